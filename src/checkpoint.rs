@@ -1,0 +1,169 @@
+//! Saving and loading models as safetensors, with PyTorch's names and layouts
+//! (`conv1.weight (8, 1, 3, 3)`, `fc1.weight (128, 784)`, ...), and atomic file writes.
+//!
+//! The model spec (TOML) is stored in the metadata under `convnet.spec`, so a model file
+//! rebuilds its network on its own.
+
+use crate::network::Network;
+use crate::spec::ModelSpec;
+use crate::Error;
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+pub const SPEC_KEY: &str = "convnet.spec";
+
+/// Writes `bytes` to `path` through a temporary file in the same folder, flushed to disk
+/// and then renamed: a crash or a full disk leaves either the old file or the new one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        // Make the rename itself durable; not every platform lets a folder be synced.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(path, e)
+    })
+}
+
+/// One named tensor to write.
+pub struct NamedTensor<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub values: &'a [f32],
+}
+
+/// Serialises tensors (f32, little-endian) and string metadata to safetensors bytes.
+pub fn to_safetensors(tensors: &[NamedTensor], metadata: HashMap<String, String>) -> Vec<u8> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| (t.name.clone(), TensorView::new(Dtype::F32, t.shape.clone(), b).expect("shape matches data")))
+        .collect();
+    safetensors::tensor::serialize(views, &Some(metadata)).expect("f32 tensors always serialise")
+}
+
+/// The network's parameters as named tensors, in PyTorch names and layouts.
+pub fn model_tensors(net: &Network) -> Vec<NamedTensor<'_>> {
+    net.named_params()
+        .into_iter()
+        .map(|(name, p)| NamedTensor {
+            name,
+            shape: p.shape.clone(),
+            values: &p.value,
+        })
+        .collect()
+}
+
+/// Saves the model (weights + spec in the metadata, plus `extra` metadata) atomically.
+pub fn save_model(path: &Path, net: &Network, extra: &[(&str, String)]) -> Result<(), Error> {
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    meta.insert(SPEC_KEY.to_string(), net.spec.to_toml());
+    for (k, v) in extra {
+        meta.insert(k.to_string(), v.clone());
+    }
+    write_atomic(path, &to_safetensors(&model_tensors(net), meta))
+}
+
+/// A model file given either directly or as the run directory holding `model.safetensors`.
+pub fn resolve_model_path(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("model.safetensors")
+    } else {
+        path.to_path_buf()
+    }
+}
+
+/// A safetensors file read into memory, checked for structure.
+pub struct TensorFile {
+    pub path: PathBuf,
+    bytes: Vec<u8>,
+    pub metadata: HashMap<String, String>,
+}
+
+impl TensorFile {
+    pub fn read(path: &Path) -> Result<TensorFile, Error> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes)
+            .map_err(|e| Error::model(path, format!("is not a valid safetensors file ({e}); truncated or corrupt?")))?;
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        SafeTensors::deserialize(&bytes)
+            .map_err(|e| Error::model(path, format!("is not a valid safetensors file ({e}); truncated or corrupt?")))?;
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            bytes,
+            metadata,
+        })
+    }
+
+    /// The tensor `name` as f32 values, checked against the expected shape.
+    pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, Error> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("checked in read");
+        let view = st
+            .tensor(name)
+            .map_err(|_| Error::model(&self.path, format!("has no tensor `{name}` (expected shape {shape:?})")))?;
+        if view.dtype() != Dtype::F32 {
+            return Err(Error::model(&self.path, format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
+        }
+        if view.shape() != shape {
+            return Err(Error::model(
+                &self.path,
+                format!("tensor `{name}` has shape {:?}, the architecture expects {shape:?}", view.shape()),
+            ));
+        }
+        Ok(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("checked in read");
+        st.names().into_iter().cloned().collect()
+    }
+
+    /// The model spec stored in the metadata.
+    pub fn spec(&self) -> Result<ModelSpec, Error> {
+        let text = self.metadata.get(SPEC_KEY).ok_or_else(|| {
+            Error::model(&self.path, format!("has no `{SPEC_KEY}` metadata: it was not saved by convnet"))
+        })?;
+        ModelSpec::from_toml(text, &format!("{} (metadata {SPEC_KEY})", self.path.display()))
+    }
+
+    /// Copies this file's weights into `net`, checking every name and shape.
+    pub fn load_weights(&self, net: &mut Network) -> Result<(), Error> {
+        let mut result = Ok(());
+        net.visit_params_mut(|_, name, p| {
+            if result.is_ok() {
+                match self.tensor(name, &p.shape) {
+                    Ok(v) => p.value = v,
+                    Err(e) => result = Err(e),
+                }
+            }
+        });
+        result
+    }
+}
+
+/// Rebuilds a network from a model file (or run directory) alone.
+pub fn load_model(path: &Path) -> Result<(Network, TensorFile), Error> {
+    let path = resolve_model_path(path);
+    let file = TensorFile::read(&path)?;
+    let mut net = Network::build(&file.spec()?)?;
+    file.load_weights(&mut net)?;
+    Ok((net, file))
+}

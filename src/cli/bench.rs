@@ -1,0 +1,137 @@
+//! `convnet bench`: training and evaluation speed on synthetic batches, per-layer times,
+//! and the GEMM crate's own peak for comparison.
+
+use super::common::ModelChoice;
+use anyhow::Result;
+use convnet::gemm::{sgemm_with, Backend};
+use convnet::optim::Sgd;
+use convnet::train::{build_network, TrainConfig};
+use convnet::Network;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    model: ModelChoice,
+    /// Training batch sizes to measure, comma-separated.
+    #[arg(long, default_value = "100", value_delimiter = ',')]
+    batch_size: Vec<usize>,
+    /// Evaluation batch size.
+    #[arg(long, default_value_t = 1000)]
+    eval_batch_size: usize,
+    /// Worker threads; 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Seconds to spend on each measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Images in the epoch the per-epoch time is quoted for.
+    #[arg(long, default_value_t = 50_000)]
+    epoch_images: usize,
+}
+
+fn random_batch(net: &mut Network, n: usize, rng: &mut impl Rng) -> Vec<u8> {
+    let classes = net.classes();
+    for v in net.input_mut(n) {
+        *v = rng.gen_range(-0.5..0.5);
+    }
+    (0..n).map(|_| rng.gen_range(0..classes) as u8).collect()
+}
+
+/// Runs `step` repeatedly for about `seconds` (after one warm-up call); returns calls/s.
+fn rate(seconds: f64, mut step: impl FnMut()) -> (f64, usize) {
+    step();
+    let start = Instant::now();
+    let mut calls = 0;
+    while calls < 3 || start.elapsed().as_secs_f64() < seconds {
+        step();
+        calls += 1;
+    }
+    (calls as f64 / start.elapsed().as_secs_f64(), calls)
+}
+
+/// GFLOP/s of a large square SGEMM split into row blocks over the thread pool.
+fn gemm_peak(backend: Backend, seconds: f64) -> f64 {
+    let n = 1024;
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(3);
+    let a: Vec<f32> = (0..n * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let b: Vec<f32> = (0..n * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let mut c = vec![0.0f32; n * n];
+    let block = n / (rayon::current_num_threads() * 4).max(1);
+    let (per_sec, _) = rate(seconds, || {
+        c.par_chunks_mut(block * n).zip(a.par_chunks(block * n)).for_each(|(c, a)| {
+            sgemm_with(backend, a.len() / n, n, n, 1.0, a, false, &b, false, 0.0, c);
+        });
+    });
+    per_sec * 2.0 * (n * n * n) as f64 / 1e9
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let threads = convnet::runtime::init_threads(args.threads);
+    let (spec, _) = args.model.resolve()?;
+    let cfg = TrainConfig::default_for(spec);
+    let mut net = build_network(&cfg)?;
+    let macs = net.macs() as f64;
+    // Forward = 2*MACs flops; backward ~ twice that (input and weight gradients).
+    let train_flops = 6.0 * macs;
+    println!(
+        "convnet bench: model {} · {} mult-adds/image · {:.2} MFLOP per training image · {threads} threads · GEMM crate {}",
+        cfg.model.name,
+        convnet::network::group_digits(net.macs()),
+        train_flops / 1e6,
+        Backend::DEFAULT.crate_name()
+    );
+    let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(7);
+    let mut sgd = Sgd::new(0.9, 5e-4, true);
+    let mut best_train = 0.0f64;
+    for &bs in &args.batch_size {
+        anyhow::ensure!(bs > 0, convnet::Error::Config("--batch-size must be at least 1".into()));
+        let labels = random_batch(&mut net, bs, &mut rng);
+        let layers = net.layers().len();
+        net.timing = Some(vec![(Duration::ZERO, Duration::ZERO); layers]);
+        let (steps_per_sec, steps) = rate(args.seconds, || {
+            net.forward(true);
+            net.backward(&labels);
+            net.visit_params_mut(|k, _, p| sgd.update(k, p, 1e-6));
+        });
+        let timing = net.timing.take().expect("timing was on");
+        let ips = steps_per_sec * bs as f64;
+        best_train = best_train.max(ips * train_flops / 1e9);
+        println!(
+            "\ntrain batch {bs:>4}: {ips:>9.0} images/s · {:>6.1} GFLOP/s · {:.2} s per {}-image epoch",
+            ips * train_flops / 1e9,
+            args.epoch_images as f64 / ips,
+            args.epoch_images
+        );
+        println!("  {:<10} {:>12} {:>12}", "layer", "forward ms", "backward ms");
+        // The warm-up step is timed too: divide by every step run.
+        let runs = (steps + 1) as f64;
+        for (l, (f, b)) in net.layers().iter().zip(&timing) {
+            println!(
+                "  {:<10} {:>12.3} {:>12.3}",
+                l.name(),
+                f.as_secs_f64() * 1e3 / runs,
+                b.as_secs_f64() * 1e3 / runs
+            );
+        }
+    }
+    let eb = args.eval_batch_size.max(1);
+    random_batch(&mut net, eb, &mut rng);
+    let (per_sec, _) = rate(args.seconds, || {
+        net.forward(false);
+    });
+    let eval_ips = per_sec * eb as f64;
+    println!(
+        "\neval batch {eb}: {eval_ips:.0} images/s · {:.1} GFLOP/s",
+        eval_ips * 2.0 * macs / 1e9
+    );
+    let peak = gemm_peak(Backend::DEFAULT, args.seconds.min(2.0));
+    println!(
+        "\n{} SGEMM 1024x1024x1024 on {threads} threads: {peak:.1} GFLOP/s; training reaches {:.1}% of it",
+        Backend::DEFAULT.crate_name(),
+        100.0 * best_train / peak
+    );
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! Command-line interface: `clap` derive, doc comments as the help text, one module per
+//! subcommand, typed errors mapped to exit codes.
+
+mod bench;
+mod common;
+mod eval;
+mod show;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+/// convnet — train and inspect convolutional networks, written from scratch in Rust.
+#[derive(Parser)]
+#[command(name = "convnet", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a network (default: the seed CNN on MNIST for 10 epochs).
+    Train(train::Args),
+    /// Evaluate a saved model on the test (or validation) set.
+    Eval(eval::Args),
+    /// Print a model's layer table: output shapes, kernels, parameters, multiply-adds.
+    Show(show::Args),
+    /// Measure training and evaluation speed on synthetic batches.
+    Bench(bench::Args),
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn run() -> i32 {
+    // Die quietly on a closed pipe (`convnet show | head`) instead of panicking.
+    // SAFETY: restoring the default SIGPIPE action at start-up, before any thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Show(a) => show::run(a),
+        Command::Bench(a) => bench::run(a),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            e.downcast_ref::<convnet::Error>().map(|e| e.exit_code()).unwrap_or(1)
+        }
+    }
+}

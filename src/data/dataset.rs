@@ -1,0 +1,179 @@
+//! Data sets in memory: u8 images and labels, loaded once; batches are normalised f32.
+
+use super::fetch;
+use super::idx::{parse_images, parse_labels, read_maybe_gzip};
+use crate::spec::Normalize;
+use crate::Error;
+use std::path::Path;
+
+/// The data sets convnet knows how to find, download and verify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatasetKind {
+    Mnist,
+    FashionMnist,
+}
+
+impl std::str::FromStr for DatasetKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<DatasetKind, String> {
+        match s {
+            "mnist" => Ok(DatasetKind::Mnist),
+            "fashion-mnist" | "fashion_mnist" | "fashion" => Ok(DatasetKind::FashionMnist),
+            _ => Err(format!("unknown dataset `{s}`: expected mnist or fashion-mnist")),
+        }
+    }
+}
+
+impl std::fmt::Display for DatasetKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.dir_name())
+    }
+}
+
+impl DatasetKind {
+    /// The folder name under a data root (`mnist`, `fashion-mnist`).
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            DatasetKind::Mnist => "mnist",
+            DatasetKind::FashionMnist => "fashion-mnist",
+        }
+    }
+
+    pub fn class_names(self) -> Vec<String> {
+        match self {
+            DatasetKind::Mnist => (0..10).map(|d| d.to_string()).collect(),
+            DatasetKind::FashionMnist => [
+                "T-shirt/top",
+                "Trouser",
+                "Pullover",
+                "Dress",
+                "Coat",
+                "Sandal",
+                "Shirt",
+                "Sneaker",
+                "Bag",
+                "Ankle boot",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Dataset {
+    pub rows: usize,
+    pub cols: usize,
+    pub images: Vec<u8>,
+    pub labels: Vec<u8>,
+    pub class_names: Vec<String>,
+}
+
+/// Training, validation and test sets. Validation is the tail of the training file.
+pub struct Splits {
+    pub train: Dataset,
+    pub val: Dataset,
+    pub test: Dataset,
+}
+
+impl Dataset {
+    /// Loads an images file and its labels file (raw or gzip), checking they agree.
+    pub fn from_files(images: &Path, labels: &Path, class_names: Vec<String>) -> Result<Dataset, Error> {
+        let img = parse_images(&read_maybe_gzip(images)?, images)?;
+        let lab = parse_labels(&read_maybe_gzip(labels)?, labels, class_names.len())?;
+        if img.count != lab.len() {
+            return Err(Error::data(
+                labels,
+                format!("has {} labels but {} has {} images", lab.len(), images.display(), img.count),
+            ));
+        }
+        Ok(Dataset {
+            rows: img.rows,
+            cols: img.cols,
+            images: img.pixels,
+            labels: lab,
+            class_names,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn pixels_per_image(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.pixels_per_image();
+        &self.images[i * n..(i + 1) * n]
+    }
+
+    /// Splits off the last `n` images as a new data set.
+    pub fn split_off_tail(&mut self, n: usize) -> Dataset {
+        let keep = self.len() - n;
+        Dataset {
+            rows: self.rows,
+            cols: self.cols,
+            images: self.images.split_off(keep * self.pixels_per_image()),
+            labels: self.labels.split_off(keep),
+            class_names: self.class_names.clone(),
+        }
+    }
+
+    /// The first `n` images (for quick runs and tests).
+    pub fn truncate(&mut self, n: usize) {
+        let n = n.min(self.len());
+        self.images.truncate(n * self.pixels_per_image());
+        self.labels.truncate(n);
+    }
+
+    /// Writes the normalised pixels of the images `indices` into `out` (NCHW, one channel)
+    /// and their labels into `labels`.
+    pub fn fill_batch(&self, indices: &[u32], lut: &PixelLut, out: &mut [f32], labels: &mut Vec<u8>) {
+        let n = self.pixels_per_image();
+        labels.clear();
+        for (&i, dst) in indices.iter().zip(out.chunks_mut(n)) {
+            for (d, &p) in dst.iter_mut().zip(self.image(i as usize)) {
+                *d = lut.0[p as usize];
+            }
+            labels.push(self.labels[i as usize]);
+        }
+    }
+}
+
+/// The normalised value of each of the 256 pixel values.
+pub struct PixelLut(pub [f32; 256]);
+
+impl PixelLut {
+    pub fn new(norm: Normalize) -> PixelLut {
+        let mut t = [0.0; 256];
+        for (v, t) in t.iter_mut().enumerate() {
+            *t = (v as f32 - norm.mean) / norm.scale;
+        }
+        PixelLut(t)
+    }
+}
+
+/// Finds (or downloads) a data set and splits it: the last `val_size` training images
+/// form the validation set; the t10k file is the test set.
+pub fn load_splits(kind: DatasetKind, data_dir: Option<&Path>, val_size: usize) -> Result<Splits, Error> {
+    let files = fetch::locate(kind, data_dir)?;
+    let names = kind.class_names();
+    let mut train = Dataset::from_files(&files.train_images, &files.train_labels, names.clone())?;
+    let test = Dataset::from_files(&files.test_images, &files.test_labels, names)?;
+    if val_size >= train.len() {
+        return Err(Error::Config(format!(
+            "--val-size {val_size} leaves no training images (the training file has {})",
+            train.len()
+        )));
+    }
+    let val = train.split_off_tail(val_size);
+    Ok(Splits { train, val, test })
+}

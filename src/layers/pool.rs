@@ -1,0 +1,178 @@
+//! Max and average pooling over K x K windows with a stride (no padding).
+//!
+//! x: (N, C, H, W)   y: (N, C, OH, OW)   OH = (H - K) / stride + 1, likewise OW.
+//!
+//! Max: y = the largest value in the window; its position is recorded (`argmax`) and the
+//! backward pass sends dy to exactly that one position. When values tie, the first in
+//! row-major order wins, so the gradient is never copied to every tied position.
+//! Average: y = mean of the window; dy / (K*K) goes to every position of it.
+//! Overlapping windows (stride < K) add their gradients.
+
+use super::{Layer, CHUNK};
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolKind {
+    Max,
+    Avg,
+}
+
+pub struct Pool2d {
+    name: String,
+    kind: PoolKind,
+    kernel: usize,
+    stride: usize,
+    input: Vec<usize>,
+    output: Vec<usize>,
+    /// For max pooling: the winning position within its (H, W) plane, per output value.
+    argmax: Vec<u32>,
+}
+
+impl Pool2d {
+    pub fn new(name: &str, kind: PoolKind, input: [usize; 3], kernel: usize, stride: usize) -> Result<Pool2d, String> {
+        let [c, h, w] = input;
+        if kernel == 0 || stride == 0 {
+            return Err("kernel and stride must be at least 1".into());
+        }
+        if h < kernel || w < kernel {
+            return Err(format!("a {kernel}x{kernel} pool does not fit the {h}x{w} input"));
+        }
+        Ok(Pool2d {
+            name: name.to_string(),
+            kind,
+            kernel,
+            stride,
+            input: input.to_vec(),
+            output: vec![c, (h - kernel) / stride + 1, (w - kernel) / stride + 1],
+            argmax: Vec::new(),
+        })
+    }
+}
+
+impl Layer for Pool2d {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn kind(&self) -> &'static str {
+        match self.kind {
+            PoolKind::Max => "max_pool2d",
+            PoolKind::Avg => "avg_pool2d",
+        }
+    }
+    fn input_shape(&self) -> &[usize] {
+        &self.input
+    }
+    fn output_shape(&self) -> &[usize] {
+        &self.output
+    }
+    fn geometry(&self) -> String {
+        format!("{0}x{0} s{1}", self.kernel, self.stride)
+    }
+
+    fn forward(&mut self, x: &Tensor, y: &mut Tensor, _train: bool) {
+        let n = x.batch();
+        let (k, s) = (self.kernel, self.stride);
+        let [_, h, w] = [self.input[0], self.input[1], self.input[2]];
+        let [c, oh, ow] = [self.output[0], self.output[1], self.output[2]];
+        let (plane_in, plane_out) = (h * w, oh * ow);
+        y.resize_batch(n, &self.output);
+        self.argmax.resize(if self.kind == PoolKind::Max { n * c * plane_out } else { 0 }, 0);
+        let planes = CHUNK * c;
+        match self.kind {
+            PoolKind::Max => y
+                .data
+                .par_chunks_mut(planes * plane_out)
+                .zip(self.argmax.par_chunks_mut(planes * plane_out))
+                .zip(x.data.par_chunks(planes * plane_in))
+                .for_each(|((y, arg), x)| {
+                    for ((y, arg), x) in y.chunks_mut(plane_out).zip(arg.chunks_mut(plane_out)).zip(x.chunks(plane_in)) {
+                        for i in 0..oh {
+                            for j in 0..ow {
+                                let mut best = i * s * w + j * s;
+                                for di in 0..k {
+                                    for dj in 0..k {
+                                        let p = (i * s + di) * w + j * s + dj;
+                                        // Strict `>`: the first of tied values wins.
+                                        if x[p] > x[best] {
+                                            best = p;
+                                        }
+                                    }
+                                }
+                                y[i * ow + j] = x[best];
+                                arg[i * ow + j] = best as u32;
+                            }
+                        }
+                    }
+                }),
+            PoolKind::Avg => {
+                let scale = 1.0 / (k * k) as f32;
+                y.data
+                    .par_chunks_mut(planes * plane_out)
+                    .zip(x.data.par_chunks(planes * plane_in))
+                    .for_each(|(y, x)| {
+                        for (y, x) in y.chunks_mut(plane_out).zip(x.chunks(plane_in)) {
+                            for i in 0..oh {
+                                for j in 0..ow {
+                                    let mut acc = 0.0;
+                                    for di in 0..k {
+                                        let row = (i * s + di) * w + j * s;
+                                        acc += x[row..row + k].iter().sum::<f32>();
+                                    }
+                                    y[i * ow + j] = acc * scale;
+                                }
+                            }
+                        }
+                    })
+            }
+        }
+    }
+
+    fn backward(&mut self, x: &Tensor, _y: &Tensor, dy: &Tensor, dx: Option<&mut Tensor>) {
+        let Some(dx) = dx else { return };
+        let n = x.batch();
+        let (k, s) = (self.kernel, self.stride);
+        let [_, h, w] = [self.input[0], self.input[1], self.input[2]];
+        let [c, oh, ow] = [self.output[0], self.output[1], self.output[2]];
+        let (plane_in, plane_out) = (h * w, oh * ow);
+        dx.resize_batch(n, &self.input);
+        let planes = CHUNK * c;
+        match self.kind {
+            PoolKind::Max => dx
+                .data
+                .par_chunks_mut(planes * plane_in)
+                .zip(self.argmax.par_chunks(planes * plane_out))
+                .zip(dy.data.par_chunks(planes * plane_out))
+                .for_each(|((dx, arg), dy)| {
+                    dx.fill(0.0);
+                    for ((dx, arg), dy) in dx.chunks_mut(plane_in).zip(arg.chunks(plane_out)).zip(dy.chunks(plane_out)) {
+                        for (&a, &d) in arg.iter().zip(dy) {
+                            dx[a as usize] += d;
+                        }
+                    }
+                }),
+            PoolKind::Avg => {
+                let scale = 1.0 / (k * k) as f32;
+                dx.data
+                    .par_chunks_mut(planes * plane_in)
+                    .zip(dy.data.par_chunks(planes * plane_out))
+                    .for_each(|(dx, dy)| {
+                        dx.fill(0.0);
+                        for (dx, dy) in dx.chunks_mut(plane_in).zip(dy.chunks(plane_out)) {
+                            for i in 0..oh {
+                                for j in 0..ow {
+                                    let d = dy[i * ow + j] * scale;
+                                    for di in 0..k {
+                                        let row = (i * s + di) * w + j * s;
+                                        for v in &mut dx[row..row + k] {
+                                            *v += d;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    })
+            }
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! A sequential network built from a `ModelSpec`, with shapes inferred and checked.
+//!
+//! The network owns the activations: `acts[0]` is the input batch, `acts[i + 1]` the
+//! output of layer `i`; `grads[i]` is dLoss/d`acts[i]`. All of them are reused between
+//! batches.
+
+use crate::init::{fill_normal, init_std, Init};
+use crate::layers::{Activation, ActivationKind, Conv2d, Flatten, Layer, Linear, Param, Pool2d, PoolKind};
+use crate::layers::conv::ConvGeometry;
+use crate::loss::BatchStats;
+use crate::spec::{LayerSpec, ModelSpec};
+use crate::tensor::{ShapeDisplay, Tensor};
+use crate::Error;
+use rand::Rng;
+use std::time::{Duration, Instant};
+
+pub struct Network {
+    pub spec: ModelSpec,
+    layers: Vec<Box<dyn Layer>>,
+    acts: Vec<Tensor>,
+    grads: Vec<Tensor>,
+    /// Per-layer (forward, backward) time, accumulated while `timing` is on.
+    pub timing: Option<Vec<(Duration, Duration)>>,
+}
+
+/// The fields each layer type accepts (besides name and type).
+fn allowed_fields(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "conv2d" => &["in_channels", "out_channels", "kernel", "stride", "pad", "init", "init_std"],
+        "max_pool2d" | "avg_pool2d" => &["kernel", "stride"],
+        "relu" | "sigmoid" | "tanh" | "flatten" => &[],
+        "linear" => &["in_features", "out_features", "init", "init_std"],
+        _ => return None,
+    })
+}
+
+fn set_fields(l: &LayerSpec) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    let mut add = |name, set: bool| {
+        if set {
+            v.push(name)
+        }
+    };
+    add("in_channels", l.in_channels.is_some());
+    add("out_channels", l.out_channels.is_some());
+    add("kernel", l.kernel.is_some());
+    add("stride", l.stride.is_some());
+    add("pad", l.pad.is_some());
+    add("in_features", l.in_features.is_some());
+    add("out_features", l.out_features.is_some());
+    add("init", l.init.is_some());
+    add("init_std", l.init_std.is_some());
+    v
+}
+
+/// Builds one layer for an input of per-sample shape `shape`; `prev` names the layer the
+/// input comes from, for error messages.
+fn build_layer(l: &LayerSpec, shape: &[usize], prev: &str) -> Result<Box<dyn Layer>, String> {
+    let allowed = allowed_fields(&l.kind).ok_or_else(|| {
+        format!(
+            "unknown type `{}`: expected conv2d, max_pool2d, avg_pool2d, relu, sigmoid, tanh, flatten or linear",
+            l.kind
+        )
+    })?;
+    if let Some(bad) = set_fields(l).into_iter().find(|f| !allowed.contains(f)) {
+        return Err(format!("type {} does not take `{bad}`", l.kind));
+    }
+    let need = |v: Option<usize>, field: &str| v.ok_or_else(|| format!("type {} needs `{field}`", l.kind));
+    let image = || -> Result<[usize; 3], String> {
+        match *shape {
+            [c, h, w] => Ok([c, h, w]),
+            _ => Err(format!("needs a (C, H, W) input, gets {} from {prev}", ShapeDisplay(shape))),
+        }
+    };
+    Ok(match l.kind.as_str() {
+        "conv2d" => {
+            let input = image()?;
+            if let Some(c) = l.in_channels {
+                if c != input[0] {
+                    return Err(format!(
+                        "expects {c} input channels, gets {} ({} from {prev})",
+                        input[0],
+                        ShapeDisplay(shape)
+                    ));
+                }
+            }
+            let g = ConvGeometry::new(
+                input,
+                need(l.out_channels, "out_channels")?,
+                need(l.kernel, "kernel")?,
+                l.stride.unwrap_or(1),
+                l.pad.unwrap_or(0),
+            )?;
+            Box::new(Conv2d::new(&l.name, g))
+        }
+        "max_pool2d" | "avg_pool2d" => {
+            let kind = if l.kind == "max_pool2d" { PoolKind::Max } else { PoolKind::Avg };
+            let k = need(l.kernel, "kernel")?;
+            Box::new(Pool2d::new(&l.name, kind, image()?, k, l.stride.unwrap_or(k))?)
+        }
+        "relu" => Box::new(Activation::new(&l.name, ActivationKind::Relu, shape)),
+        "sigmoid" => Box::new(Activation::new(&l.name, ActivationKind::Sigmoid, shape)),
+        "tanh" => Box::new(Activation::new(&l.name, ActivationKind::Tanh, shape)),
+        "flatten" => Box::new(Flatten::new(&l.name, shape)),
+        "linear" => {
+            let [features] = *shape else {
+                return Err(format!(
+                    "needs a flat input, gets {} from {prev}: add a flatten layer before it",
+                    ShapeDisplay(shape)
+                ));
+            };
+            if let Some(fi) = l.in_features {
+                if fi != features {
+                    return Err(format!("expects {fi} inputs, gets {features} ({} from {prev})", ShapeDisplay(shape)));
+                }
+            }
+            Box::new(Linear::new(&l.name, features, need(l.out_features, "out_features")?))
+        }
+        _ => unreachable!("checked by allowed_fields"),
+    })
+}
+
+impl Network {
+    /// Builds the layers, inferring every shape; parameters start at zero (call `initialize`).
+    pub fn build(spec: &ModelSpec) -> Result<Network, Error> {
+        let err = |msg: String| Error::Spec(format!("model `{}`: {msg}", spec.name));
+        if spec.input.len() != 3 || spec.input.contains(&0) {
+            return Err(err(format!("`input` must be [C, H, W] with no zero, got {:?}", spec.input)));
+        }
+        if spec.layers.is_empty() {
+            return Err(err("has no layers".into()));
+        }
+        if spec.normalize.scale == 0.0 || !spec.normalize.scale.is_finite() {
+            return Err(err("`normalize.scale` must be a non-zero number".into()));
+        }
+        let mut shape = spec.input.clone();
+        let mut prev = "the input".to_string();
+        let mut layers: Vec<Box<dyn Layer>> = Vec::new();
+        for l in &spec.layers {
+            if l.name.is_empty() {
+                return Err(err(format!("a {} layer has no name", l.kind)));
+            }
+            if spec.layers.iter().filter(|o| o.name == l.name).count() > 1 {
+                return Err(err(format!("two layers are named `{}`", l.name)));
+            }
+            let layer = build_layer(l, &shape, &prev).map_err(|m| err(format!("layer `{}`: {m}", l.name)))?;
+            shape = layer.output_shape().to_vec();
+            prev = format!("`{}`", l.name);
+            layers.push(layer);
+        }
+        if shape.len() != 1 {
+            return Err(err(format!(
+                "the last layer must output one score per class, gets {} from {prev}",
+                ShapeDisplay(&shape)
+            )));
+        }
+        let n = layers.len();
+        Ok(Network {
+            spec: spec.clone(),
+            layers,
+            acts: vec![Tensor::default(); n + 1],
+            grads: vec![Tensor::default(); n + 1],
+            timing: None,
+        })
+    }
+
+    /// Draws every weight from the layer's initialisation and zeroes the biases.
+    /// `override_init` replaces every layer's choice (the CLI's `--init` / `--init-std`).
+    pub fn initialize<R: Rng>(&mut self, rng: &mut R, override_init: Option<(Init, f32)>) {
+        let spec = self.spec.clone();
+        for (layer, ls) in self.layers.iter_mut().zip(&spec.layers) {
+            let (init, std) = override_init.unwrap_or((
+                ls.init.unwrap_or(spec.init),
+                ls.init_std.unwrap_or(spec.init_std),
+            ));
+            layer.visit_params_mut(&mut |p: &mut Param| {
+                if p.is_bias {
+                    p.value.fill(0.0);
+                } else {
+                    let s = init_std(init, std, &p.shape);
+                    fill_normal(&mut p.value, s, rng);
+                }
+            });
+        }
+    }
+
+    pub fn layers(&self) -> &[Box<dyn Layer>] {
+        &self.layers
+    }
+
+    pub fn input_shape(&self) -> &[usize] {
+        &self.spec.input
+    }
+
+    pub fn classes(&self) -> usize {
+        self.layers.last().map(|l| l.output_shape()[0]).unwrap_or(0)
+    }
+
+    /// The input buffer for a batch of `n` samples, to be filled by the caller.
+    pub fn input_mut(&mut self, n: usize) -> &mut [f32] {
+        let shape = self.spec.input.clone();
+        self.acts[0].resize_batch(n, &shape);
+        &mut self.acts[0].data
+    }
+
+    /// Runs every layer on the current input batch and returns the logits.
+    pub fn forward(&mut self, train: bool) -> &Tensor {
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let start = self.timing.as_ref().map(|_| Instant::now());
+            let (before, after) = self.acts.split_at_mut(i + 1);
+            layer.forward(&before[i], &mut after[0], train);
+            if let (Some(t), Some(s)) = (self.timing.as_mut(), start) {
+                t[i].0 += s.elapsed();
+            }
+        }
+        self.acts.last().expect("a network has layers")
+    }
+
+    /// The output of layer `i` from the last forward pass (`i = 0` is the first layer).
+    pub fn activation(&self, i: usize) -> &Tensor {
+        &self.acts[i + 1]
+    }
+
+    pub fn output(&self) -> &Tensor {
+        self.acts.last().expect("a network has layers")
+    }
+
+    /// Computes the loss of the last forward pass against `labels`, then backpropagates,
+    /// leaving every parameter's gradient in place.
+    pub fn backward(&mut self, labels: &[u8]) -> BatchStats {
+        let n = self.layers.len();
+        let stats = self.spec.loss.forward_backward(&self.acts[n], labels, &mut self.grads[n]);
+        for i in (0..n).rev() {
+            let start = self.timing.as_ref().map(|_| Instant::now());
+            let (gb, ga) = self.grads.split_at_mut(i + 1);
+            // The input gradient of the first layer is never needed.
+            let dx = if i > 0 { Some(&mut gb[i]) } else { None };
+            self.layers[i].backward(&self.acts[i], &self.acts[i + 1], &ga[0], dx);
+            if let (Some(t), Some(s)) = (self.timing.as_mut(), start) {
+                t[i].1 += s.elapsed();
+            }
+        }
+        stats
+    }
+
+    /// Visits every parameter in a fixed order with its PyTorch name (`conv1.weight`).
+    pub fn visit_params_mut(&mut self, mut f: impl FnMut(usize, &str, &mut Param)) {
+        let mut index = 0;
+        for layer in &mut self.layers {
+            let lname = layer.name().to_string();
+            layer.visit_params_mut(&mut |p: &mut Param| {
+                f(index, &format!("{lname}.{}", p.name), p);
+                index += 1;
+            });
+        }
+    }
+
+    /// Every parameter with its PyTorch name, in a fixed order.
+    pub fn named_params(&self) -> Vec<(String, &Param)> {
+        self.layers
+            .iter()
+            .flat_map(|l| l.params().into_iter().map(move |p| (format!("{}.{}", l.name(), p.name), p)))
+            .collect()
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.named_params().iter().map(|(_, p)| p.value.len()).sum()
+    }
+
+    /// Multiply-adds per sample in the forward pass.
+    pub fn macs(&self) -> usize {
+        self.layers.iter().map(|l| l.macs()).sum()
+    }
+
+    /// The layer table a report would contain.
+    pub fn layer_table(&self) -> String {
+        let mut rows = vec![[
+            "layer".to_string(),
+            "type".into(),
+            "output".into(),
+            "kernel".into(),
+            "params".into(),
+            "mult-adds".into(),
+        ]];
+        rows.push([
+            "input".into(),
+            "".into(),
+            ShapeDisplay(&self.spec.input).to_string(),
+            "".into(),
+            "".into(),
+            "".into(),
+        ]);
+        for l in &self.layers {
+            let params: usize = l.params().iter().map(|p| p.value.len()).sum();
+            rows.push([
+                l.name().to_string(),
+                l.kind().to_string(),
+                ShapeDisplay(l.output_shape()).to_string(),
+                l.geometry(),
+                if params > 0 { group_digits(params) } else { String::new() },
+                if l.macs() > 0 { group_digits(l.macs()) } else { String::new() },
+            ]);
+        }
+        rows.push([
+            "total".into(),
+            "".into(),
+            "".into(),
+            "".into(),
+            group_digits(self.param_count()),
+            group_digits(self.macs()),
+        ]);
+        let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+        let mut out = String::new();
+        for (i, r) in rows.iter().enumerate() {
+            let line: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(c, v)| if c >= 4 { format!("{v:>w$}", w = widths[c]) } else { format!("{v:<w$}", w = widths[c]) })
+                .collect();
+            out.push_str(line.join("  ").trim_end());
+            out.push('\n');
+            if i == 0 || i == rows.len() - 2 {
+                out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 10));
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// `1234567` -> `1,234,567`.
+pub fn group_digits(n: usize) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
