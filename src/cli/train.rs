@@ -25,12 +25,12 @@ pub struct Args {
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Base learning rate (the schedule scales it).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     lr: f32,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     momentum: f32,
     /// L2 weight decay, applied to weights and biases.
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
     weight_decay: f32,
     /// Exclude biases from weight decay.
     #[arg(long)]
@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long)]
     init: Option<Init>,
     /// Standard deviation of gaussian initialisation; alone, it implies --init gaussian.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     init_std: Option<f32>,
     /// Seed for every random choice (initialisation, shuffling). Printed and saved.
     #[arg(long, default_value_t = 1)]

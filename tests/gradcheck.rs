@@ -1,0 +1,369 @@
+//! Finite-difference gradient checks for every layer and both losses, and the im2col
+//! convolution against the direct reference.
+//!
+//! Each layer is checked on the scalar L = sum(r * y) for a fixed random r, so dL/dy = r.
+//! Central differences in f32 with step 1e-2 (conv, linear and pooling are piecewise linear,
+//! so the step adds no truncation error); the check is on the relative error of the whole
+//! gradient, ||num - ana|| / (||num|| + ||ana||) < 2e-3.
+
+use convnet::layers::conv::ConvGeometry;
+use convnet::layers::{Activation, ActivationKind, Conv2d, Flatten, Layer, Linear, Pool2d, PoolKind};
+use convnet::loss::Loss;
+use convnet::Tensor;
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+
+fn rng(seed: u64) -> Pcg64Mcg {
+    Pcg64Mcg::seed_from_u64(seed)
+}
+
+fn random(shape: &[usize], r: &mut Pcg64Mcg) -> Tensor {
+    let n = shape.iter().product();
+    Tensor::from_vec(shape, (0..n).map(|_| r.gen_range(-1.0f32..1.0)).collect())
+}
+
+/// Values spread apart (and away from zero) so no step of size `EPS` crosses a kink
+/// of ReLU or changes the winner of a max-pool window.
+fn spread(shape: &[usize], r: &mut Pcg64Mcg) -> Tensor {
+    let n: usize = shape.iter().product();
+    let mut vals: Vec<f32> = (0..n).map(|i| (i as f32 + 0.5) * 0.05 - n as f32 * 0.025).collect();
+    for i in (1..n).rev() {
+        vals.swap(i, r.gen_range(0..=i));
+    }
+    Tensor::from_vec(shape, vals)
+}
+
+const EPS: f32 = 1e-2;
+
+fn rel_err(num: &[f64], ana: &[f32]) -> f64 {
+    let diff: f64 = num.iter().zip(ana).map(|(n, a)| (n - *a as f64).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = num.iter().map(|n| n * n).sum::<f64>().sqrt() + ana.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    if norm == 0.0 {
+        0.0
+    } else {
+        diff / norm
+    }
+}
+
+fn objective(layer: &mut dyn Layer, x: &Tensor, r: &Tensor) -> f64 {
+    let mut y = Tensor::default();
+    layer.forward(x, &mut y, true);
+    y.data.iter().zip(&r.data).map(|(a, b)| *a as f64 * *b as f64).sum()
+}
+
+/// Checks dx and every parameter gradient of `layer` at input `x`.
+fn check_layer(layer: &mut dyn Layer, x: &Tensor, seed: u64, what: &str) {
+    let mut r = rng(seed);
+    let mut y = Tensor::default();
+    layer.forward(x, &mut y, true);
+    let dy = random(&y.shape, &mut r);
+    let mut dx = Tensor::default();
+    layer.backward(x, &y, &dy, Some(&mut dx));
+    assert_eq!(dx.shape, x.shape, "{what}: dx shape");
+
+    let mut num = vec![0.0f64; x.data.len()];
+    let mut xp = x.clone();
+    for i in 0..x.data.len() {
+        let orig = xp.data[i];
+        xp.data[i] = orig + EPS;
+        let up = objective(layer, &xp, &dy);
+        xp.data[i] = orig - EPS;
+        let down = objective(layer, &xp, &dy);
+        xp.data[i] = orig;
+        num[i] = (up - down) / (2.0 * EPS as f64);
+    }
+    let e = rel_err(&num, &dx.data);
+    assert!(e < 2e-3, "{what}: dx relative error {e}");
+
+    let mut grads: Vec<Vec<f32>> = Vec::new();
+    layer.visit_params_mut(&mut |p| grads.push(p.grad.clone()));
+    for (pi, ana) in grads.iter().enumerate() {
+        let mut num = vec![0.0f64; ana.len()];
+        for i in 0..ana.len() {
+            let nudge = |layer: &mut dyn Layer, delta: f32| {
+                let mut k = 0;
+                layer.visit_params_mut(&mut |p| {
+                    if k == pi {
+                        p.value[i] += delta;
+                    }
+                    k += 1;
+                });
+            };
+            nudge(layer, EPS);
+            let up = objective(layer, x, &dy);
+            nudge(layer, -2.0 * EPS);
+            let down = objective(layer, x, &dy);
+            nudge(layer, EPS);
+            num[i] = (up - down) / (2.0 * EPS as f64);
+        }
+        let e = rel_err(&num, ana);
+        assert!(e < 2e-3, "{what}: parameter {pi} relative error {e}");
+    }
+}
+
+fn randomize_params(layer: &mut dyn Layer, r: &mut Pcg64Mcg) {
+    layer.visit_params_mut(&mut |p| {
+        for v in &mut p.value {
+            *v = r.gen_range(-0.5..0.5);
+        }
+    });
+}
+
+/// (batch, C, H, W, out channels, kernel, stride, pad): strides 1-3, pads 0-2, non-square
+/// inputs, several channels, batches that do and do not fill the last chunk.
+const CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+    (2, 1, 5, 5, 2, 3, 1, 1),
+    (3, 3, 7, 6, 4, 3, 2, 0),
+    (2, 2, 6, 9, 3, 5, 1, 2),
+    (1, 2, 8, 8, 3, 2, 2, 1),
+    (2, 3, 5, 7, 2, 1, 1, 0),
+    (2, 2, 9, 7, 3, 4, 3, 2),
+    (11, 1, 4, 5, 2, 3, 2, 1),
+];
+
+#[test]
+fn conv2d_gradients() {
+    for (ci, &(n, c, h, w, o, k, s, p)) in CONV_CASES.iter().enumerate() {
+        let mut r = rng(ci as u64);
+        let g = ConvGeometry::new([c, h, w], o, k, s, p).unwrap();
+        let mut layer = Conv2d::new("conv", g);
+        randomize_params(&mut layer, &mut r);
+        let x = random(&[n, c, h, w], &mut r);
+        check_layer(&mut layer, &x, 100 + ci as u64, &format!("conv case {ci} {:?}", CONV_CASES[ci]));
+    }
+}
+
+#[test]
+fn conv2d_im2col_matches_direct_reference() {
+    for (ci, &(n, c, h, w, o, k, s, p)) in CONV_CASES.iter().enumerate() {
+        let mut r = rng(50 + ci as u64);
+        let g = ConvGeometry::new([c, h, w], o, k, s, p).unwrap();
+        let mut layer = Conv2d::new("conv", g);
+        randomize_params(&mut layer, &mut r);
+        let x = random(&[n, c, h, w], &mut r);
+        let mut y = Tensor::default();
+        layer.forward(&x, &mut y, true);
+        let want = convnet::layers::conv2d_forward_reference(&g, &x.data, &layer.weight.value, &layer.bias.value, n);
+        assert_eq!(y.data.len(), want.len());
+        for (a, b) in y.data.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-5, "case {ci}: forward {a} vs {b}");
+        }
+        let dy = random(&y.shape, &mut r);
+        let mut dx = Tensor::default();
+        layer.backward(&x, &y, &dy, Some(&mut dx));
+        let (rdx, rdw, rdb) = convnet::layers::conv2d_backward_reference(&g, &x.data, &layer.weight.value, &dy.data, n);
+        for (name, got, want) in [("dx", &dx.data, &rdx), ("dw", &layer.weight.grad, &rdw), ("db", &layer.bias.grad, &rdb)] {
+            for (a, b) in got.iter().zip(want.iter()) {
+                assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "case {ci}: {name} {a} vs {b}");
+            }
+        }
+        // Evaluation mode (one column buffer per chunk) gives the same output.
+        let mut y_eval = Tensor::default();
+        layer.forward(&x, &mut y_eval, false);
+        assert_eq!(y_eval, y, "case {ci}: eval-mode forward differs");
+    }
+}
+
+#[test]
+fn conv2d_is_bit_identical_across_thread_counts() {
+    let g = ConvGeometry::new([3, 12, 12], 5, 3, 1, 1).unwrap();
+    let mut r = rng(9);
+    let x = random(&[37, 3, 12, 12], &mut r);
+    let dy = random(&[37, 5, 12, 12], &mut r);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut layer = Conv2d::new("conv", g);
+            randomize_params(&mut layer, &mut rng(1));
+            let (mut y, mut dx) = (Tensor::default(), Tensor::default());
+            layer.forward(&x, &mut y, true);
+            layer.backward(&x, &y, &dy, Some(&mut dx));
+            (y.data, dx.data, layer.weight.grad.clone(), layer.bias.grad.clone())
+        })
+    };
+    assert_eq!(run(1), run(2));
+    assert_eq!(run(1), run(3));
+}
+
+#[test]
+fn linear_gradients() {
+    for (i, &(n, fi, fo)) in [(1, 3, 2), (4, 7, 5), (11, 20, 33)].iter().enumerate() {
+        let mut r = rng(200 + i as u64);
+        let mut layer = Linear::new("fc", fi, fo);
+        randomize_params(&mut layer, &mut r);
+        let x = random(&[n, fi], &mut r);
+        check_layer(&mut layer, &x, 300 + i as u64, &format!("linear {n}x{fi}->{fo}"));
+    }
+}
+
+#[test]
+fn pooling_gradients() {
+    // (batch, C, H, W, kernel, stride): overlapping (stride < kernel) and ragged edges.
+    for (i, &(n, c, h, w, k, s)) in [(2, 2, 4, 4, 2, 2), (1, 3, 7, 5, 3, 2), (3, 1, 6, 7, 2, 1), (9, 2, 5, 5, 3, 3)]
+        .iter()
+        .enumerate()
+    {
+        for kind in [PoolKind::Max, PoolKind::Avg] {
+            let mut r = rng(400 + i as u64);
+            let mut layer = Pool2d::new("pool", kind, [c, h, w], k, s).unwrap();
+            let x = spread(&[n, c, h, w], &mut r);
+            check_layer(&mut layer, &x, 500 + i as u64, &format!("{kind:?} pool case {i}"));
+        }
+    }
+}
+
+#[test]
+fn max_pool_sends_the_gradient_of_a_tie_to_exactly_one_position() {
+    // Every window is all ties; the first position (row-major) of each window wins.
+    let mut layer = Pool2d::new("pool", PoolKind::Max, [1, 4, 4], 2, 2).unwrap();
+    let x = Tensor::from_vec(&[1, 1, 4, 4], vec![1.0; 16]);
+    let mut y = Tensor::default();
+    layer.forward(&x, &mut y, true);
+    assert_eq!(y.data, vec![1.0; 4]);
+    let dy = Tensor::from_vec(&[1, 1, 2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+    let mut dx = Tensor::default();
+    layer.backward(&x, &y, &dy, Some(&mut dx));
+    #[rustfmt::skip]
+    let want = vec![
+        1.0, 0.0, 2.0, 0.0,
+        0.0, 0.0, 0.0, 0.0,
+        3.0, 0.0, 4.0, 0.0,
+        0.0, 0.0, 0.0, 0.0,
+    ];
+    assert_eq!(dx.data, want);
+    // A partial tie: the two maxima of the window are at positions 1 and 2; position 1 wins.
+    let x = Tensor::from_vec(&[1, 1, 2, 2], vec![0.0, 5.0, 5.0, -1.0]);
+    let mut layer = Pool2d::new("pool", PoolKind::Max, [1, 2, 2], 2, 2).unwrap();
+    layer.forward(&x, &mut y, true);
+    let dy = Tensor::from_vec(&[1, 1, 1, 1], vec![1.0]);
+    layer.backward(&x, &y, &dy, Some(&mut dx));
+    assert_eq!(dx.data, vec![0.0, 1.0, 0.0, 0.0]);
+}
+
+#[test]
+fn activation_gradients() {
+    for kind in [ActivationKind::Relu, ActivationKind::Sigmoid, ActivationKind::Tanh] {
+        let mut r = rng(600);
+        let mut layer = Activation::new("act", kind, &[3, 4, 5]);
+        let x = spread(&[2, 3, 4, 5], &mut r);
+        check_layer(&mut layer, &x, 601, &format!("{kind:?}"));
+    }
+}
+
+#[test]
+fn flatten_gradient_and_order() {
+    let mut r = rng(700);
+    let mut layer = Flatten::new("flat", &[2, 3, 4]);
+    let x = random(&[3, 2, 3, 4], &mut r);
+    check_layer(&mut layer, &x, 701, "flatten");
+    let mut y = Tensor::default();
+    layer.forward(&x, &mut y, false);
+    assert_eq!(y.shape, vec![3, 24]);
+    // (C, H, W) order: element (c=1, h=2, w=3) of sample 1 is feature 1*12 + 2*4 + 3.
+    assert_eq!(y.data[24 + 23], x.data[24 + 12 + 8 + 3]);
+}
+
+#[test]
+fn loss_gradients() {
+    for loss in [Loss::SoftmaxCrossEntropy, Loss::Euclidean] {
+        let mut r = rng(800);
+        let logits = random(&[5, 7], &mut r);
+        let labels: Vec<u8> = (0..5).map(|_| r.gen_range(0..7)).collect();
+        let mut grad = Tensor::default();
+        let stats = loss.forward_backward(&logits, &labels, &mut grad);
+        assert!((stats.mean_loss() - loss.value(&logits, &labels)).abs() < 1e-9);
+        let mut num = vec![0.0; logits.data.len()];
+        let mut z = logits.clone();
+        let h = 1e-3f32;
+        for i in 0..z.data.len() {
+            let o = z.data[i];
+            z.data[i] = o + h;
+            let up = loss.value(&z, &labels);
+            z.data[i] = o - h;
+            let down = loss.value(&z, &labels);
+            z.data[i] = o;
+            num[i] = (up - down) / (2.0 * h as f64);
+        }
+        let e = rel_err(&num, &grad.data);
+        assert!(e < 1e-3, "{loss:?}: relative error {e}");
+    }
+}
+
+#[test]
+fn softmax_cross_entropy_is_stable_for_huge_logits() {
+    let logits = Tensor::from_vec(&[1, 3], vec![1000.0, 0.0, -1000.0]);
+    let mut grad = Tensor::default();
+    let s = Loss::SoftmaxCrossEntropy.forward_backward(&logits, &[1], &mut grad);
+    assert!((s.loss_sum - 1000.0).abs() < 1e-6, "loss {}", s.loss_sum);
+    assert!(grad.data.iter().all(|g| g.is_finite()));
+    assert!((grad.data[0] - 1.0).abs() < 1e-6 && (grad.data[1] + 1.0).abs() < 1e-6);
+}
+
+/// The whole seed-cnn shape in miniature: checks that the network wires the layers'
+/// gradients together (the loss gradient of a conv weight against finite differences).
+#[test]
+fn network_backpropagation_matches_finite_differences() {
+    let spec = convnet::ModelSpec::from_toml(
+        r#"
+        name = "tiny"
+        input = [1, 6, 6]
+        [[layers]]
+        name = "conv1"
+        type = "conv2d"
+        out_channels = 2
+        kernel = 3
+        pad = 1
+        [[layers]]
+        name = "act"
+        type = "tanh"
+        [[layers]]
+        name = "pool"
+        type = "avg_pool2d"
+        kernel = 2
+        [[layers]]
+        name = "flatten"
+        type = "flatten"
+        [[layers]]
+        name = "fc"
+        type = "linear"
+        out_features = 3
+        "#,
+        "test",
+    )
+    .unwrap();
+    let mut net = convnet::Network::build(&spec).unwrap();
+    net.initialize(&mut rng(5), None);
+    let mut r = rng(6);
+    let x: Vec<f32> = (0..3 * 36).map(|_| r.gen_range(-1.0..1.0)).collect();
+    let labels = [0u8, 2, 1];
+    let loss_at = |net: &mut convnet::Network| {
+        net.input_mut(3).copy_from_slice(&x);
+        let out = net.forward(true).clone();
+        Loss::SoftmaxCrossEntropy.value(&out, &labels)
+    };
+    loss_at(&mut net);
+    net.backward(&labels);
+    let mut analytic = Vec::new();
+    net.visit_params_mut(|_, name, p| analytic.push((name.to_string(), p.grad.clone())));
+    for (pi, (name, ana)) in analytic.iter().enumerate() {
+        let mut num = vec![0.0; ana.len()];
+        for i in 0..ana.len() {
+            let nudge = |net: &mut convnet::Network, d: f32| {
+                net.visit_params_mut(|k, _, p| {
+                    if k == pi {
+                        p.value[i] += d;
+                    }
+                })
+            };
+            let h = 1e-2;
+            nudge(&mut net, h);
+            let up = loss_at(&mut net);
+            nudge(&mut net, -2.0 * h);
+            let down = loss_at(&mut net);
+            nudge(&mut net, h);
+            num[i] = (up - down) / (2.0 * h as f64);
+        }
+        let e = rel_err(&num, ana);
+        assert!(e < 5e-3, "{name}: relative error {e}");
+    }
+}
