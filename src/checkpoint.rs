@@ -18,8 +18,14 @@ pub const SPEC_KEY: &str = "convnet.spec";
 /// Writes `bytes` to `path` through a temporary file in the same folder, flushed to disk
 /// and then renamed: a crash or a full disk leaves either the old file or the new one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -54,7 +60,12 @@ pub fn to_safetensors(tensors: &[NamedTensor], metadata: HashMap<String, String>
     let views: Vec<(String, TensorView)> = tensors
         .iter()
         .zip(&bytes)
-        .map(|(t, b)| (t.name.clone(), TensorView::new(Dtype::F32, t.shape.clone(), b).expect("shape matches data")))
+        .map(|(t, b)| {
+            (
+                t.name.clone(),
+                TensorView::new(Dtype::F32, t.shape.clone(), b).expect("shape matches data"),
+            )
+        })
         .collect();
     safetensors::tensor::serialize(views, &Some(metadata)).expect("f32 tensors always serialise")
 }
@@ -101,11 +112,19 @@ pub struct TensorFile {
 impl TensorFile {
     pub fn read(path: &Path) -> Result<TensorFile, Error> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, meta) = SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::model(path, format!("is not a valid safetensors file ({e}); truncated or corrupt?")))?;
+        let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
+            Error::model(
+                path,
+                format!("is not a valid safetensors file ({e}); truncated or corrupt?"),
+            )
+        })?;
         let metadata = meta.metadata().clone().unwrap_or_default();
-        SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::model(path, format!("is not a valid safetensors file ({e}); truncated or corrupt?")))?;
+        SafeTensors::deserialize(&bytes).map_err(|e| {
+            Error::model(
+                path,
+                format!("is not a valid safetensors file ({e}); truncated or corrupt?"),
+            )
+        })?;
         Ok(TensorFile {
             path: path.to_path_buf(),
             bytes,
@@ -116,19 +135,32 @@ impl TensorFile {
     /// The tensor `name` as f32 values, checked against the expected shape.
     pub fn tensor(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, Error> {
         let st = SafeTensors::deserialize(&self.bytes).expect("checked in read");
-        let view = st
-            .tensor(name)
-            .map_err(|_| Error::model(&self.path, format!("has no tensor `{name}` (expected shape {shape:?})")))?;
+        let view = st.tensor(name).map_err(|_| {
+            Error::model(
+                &self.path,
+                format!("has no tensor `{name}` (expected shape {shape:?})"),
+            )
+        })?;
         if view.dtype() != Dtype::F32 {
-            return Err(Error::model(&self.path, format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
+            return Err(Error::model(
+                &self.path,
+                format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
+            ));
         }
         if view.shape() != shape {
             return Err(Error::model(
                 &self.path,
-                format!("tensor `{name}` has shape {:?}, the architecture expects {shape:?}", view.shape()),
+                format!(
+                    "tensor `{name}` has shape {:?}, the architecture expects {shape:?}",
+                    view.shape()
+                ),
             ));
         }
-        Ok(view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        Ok(view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -139,9 +171,15 @@ impl TensorFile {
     /// The model spec stored in the metadata.
     pub fn spec(&self) -> Result<ModelSpec, Error> {
         let text = self.metadata.get(SPEC_KEY).ok_or_else(|| {
-            Error::model(&self.path, format!("has no `{SPEC_KEY}` metadata: it was not saved by convnet"))
+            Error::model(
+                &self.path,
+                format!("has no `{SPEC_KEY}` metadata: it was not saved by convnet"),
+            )
         })?;
-        ModelSpec::from_toml(text, &format!("{} (metadata {SPEC_KEY})", self.path.display()))
+        ModelSpec::from_toml(
+            text,
+            &format!("{} (metadata {SPEC_KEY})", self.path.display()),
+        )
     }
 
     /// Copies this file's weights into `net`, checking every name and shape.

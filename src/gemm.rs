@@ -19,7 +19,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    pub const DEFAULT: Backend = Backend::MatrixMultiply;
+    pub const DEFAULT: Backend = Backend::Gemm;
     pub const ALL: [Backend; 2] = [Backend::MatrixMultiply, Backend::Gemm];
 
     pub fn crate_name(self) -> &'static str {
@@ -47,7 +47,17 @@ pub fn sgemm(
 ) {
     let lda = if a_trans { m } else { k };
     let ldb = if b_trans { k } else { n };
-    sgemm_ld(Backend::DEFAULT, m, k, n, alpha, (a, lda, a_trans), (b, ldb, b_trans), beta, (c, n))
+    sgemm_ld(
+        Backend::DEFAULT,
+        m,
+        k,
+        n,
+        alpha,
+        (a, lda, a_trans),
+        (b, ldb, b_trans),
+        beta,
+        (c, n),
+    )
 }
 
 /// `sgemm` with an explicit backend (benchmarks and tests compare them).
@@ -67,7 +77,17 @@ pub fn sgemm_with(
 ) {
     let lda = if a_trans { m } else { k };
     let ldb = if b_trans { k } else { n };
-    sgemm_ld(backend, m, k, n, alpha, (a, lda, a_trans), (b, ldb, b_trans), beta, (c, n))
+    sgemm_ld(
+        backend,
+        m,
+        k,
+        n,
+        alpha,
+        (a, lda, a_trans),
+        (b, ldb, b_trans),
+        beta,
+        (c, n),
+    )
 }
 
 /// The general form: each matrix is `(slice, leading dimension, transposed)`, where the
@@ -91,12 +111,35 @@ pub fn sgemm_ld(
     // Stored shapes: A is m x k (or k x m when transposed), B is k x n (or n x k).
     let (a_rows, a_cols) = if a_trans { (k, m) } else { (m, k) };
     let (b_rows, b_cols) = if b_trans { (n, k) } else { (k, n) };
-    let needed = |rows: usize, cols: usize, ld: usize| if rows == 0 || cols == 0 { 0 } else { (rows - 1) * ld + cols };
-    assert!(lda >= a_cols && a.len() >= needed(a_rows, a_cols, lda), "sgemm: A too small");
-    assert!(ldb >= b_cols && b.len() >= needed(b_rows, b_cols, ldb), "sgemm: B too small");
-    assert!(ldc >= n && c.len() >= needed(m, n, ldc), "sgemm: C too small");
-    let (rsa, csa) = if a_trans { (1, lda as isize) } else { (lda as isize, 1) };
-    let (rsb, csb) = if b_trans { (1, ldb as isize) } else { (ldb as isize, 1) };
+    let needed = |rows: usize, cols: usize, ld: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * ld + cols
+        }
+    };
+    assert!(
+        lda >= a_cols && a.len() >= needed(a_rows, a_cols, lda),
+        "sgemm: A too small"
+    );
+    assert!(
+        ldb >= b_cols && b.len() >= needed(b_rows, b_cols, ldb),
+        "sgemm: B too small"
+    );
+    assert!(
+        ldc >= n && c.len() >= needed(m, n, ldc),
+        "sgemm: C too small"
+    );
+    let (rsa, csa) = if a_trans {
+        (1, lda as isize)
+    } else {
+        (lda as isize, 1)
+    };
+    let (rsb, csb) = if b_trans {
+        (1, ldb as isize)
+    } else {
+        (ldb as isize, 1)
+    };
     let (rsc, csc) = (ldc as isize, 1isize);
     if k == 0 {
         for row in c.chunks_mut(ldc).take(m) {
@@ -173,7 +216,11 @@ pub fn sgemm_reference(
                 let bv = if b_trans { b[j * k + p] } else { b[p * n + j] };
                 acc += av as f64 * bv as f64;
             }
-            let old = if beta == 0.0 { 0.0 } else { beta * c[i * n + j] };
+            let old = if beta == 0.0 {
+                0.0
+            } else {
+                beta * c[i * n + j]
+            };
             c[i * n + j] = alpha * acc as f32 + old;
         }
     }
@@ -184,7 +231,9 @@ mod tests {
     use super::*;
 
     fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((*seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
     }
 
@@ -202,7 +251,10 @@ mod tests {
                     let mut got = c0.clone();
                     sgemm_with(backend, m, k, n, 0.7, &a, ta, &b, tb, 0.3, &mut got);
                     for (g, w) in got.iter().zip(&want) {
-                        assert!((g - w).abs() < 1e-4, "{backend:?} {m}x{k}x{n} {ta} {tb}: {g} vs {w}");
+                        assert!(
+                            (g - w).abs() < 1e-4,
+                            "{backend:?} {m}x{k}x{n} {ta} {tb}: {g} vs {w}"
+                        );
                     }
                 }
             }

@@ -25,7 +25,9 @@ impl std::str::FromStr for Init {
             "gaussian" => Ok(Init::Gaussian),
             "he" => Ok(Init::He),
             "xavier" => Ok(Init::Xavier),
-            _ => Err(format!("unknown init `{s}`: expected gaussian, he or xavier")),
+            _ => Err(format!(
+                "unknown init `{s}`: expected gaussian, he or xavier"
+            )),
         }
     }
 }

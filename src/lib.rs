@@ -68,7 +68,10 @@ pub enum Error {
     #[error("{}: {msg}", path.display())]
     Model { path: PathBuf, msg: String },
     #[error("{}: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// Training produced a NaN or infinite loss.
     #[error("{0}")]
     Diverged(String),

@@ -74,7 +74,10 @@ impl Loss {
     /// Mean loss over the batch (for gradient checks and evaluation).
     pub fn value(self, logits: &Tensor, labels: &[u8]) -> f64 {
         let n = logits.batch();
-        (0..n).map(|i| self.sample_loss(logits.sample(i), labels[i] as usize)).sum::<f64>() / n as f64
+        (0..n)
+            .map(|i| self.sample_loss(logits.sample(i), labels[i] as usize))
+            .sum::<f64>()
+            / n as f64
     }
 
     /// Computes the batch statistics and writes dL/dlogits (of the batch mean) into `grad`.
@@ -84,8 +87,16 @@ impl Loss {
         assert_eq!(labels.len(), n, "one label per sample");
         grad.resize_batch(n, &logits.shape[1..]);
         let inv_n = 1.0 / n as f32;
-        let mut stats = BatchStats { count: n, ..Default::default() };
-        for (i, (z, g)) in logits.data.chunks(k).zip(grad.data.chunks_mut(k)).enumerate() {
+        let mut stats = BatchStats {
+            count: n,
+            ..Default::default()
+        };
+        for (i, (z, g)) in logits
+            .data
+            .chunks(k)
+            .zip(grad.data.chunks_mut(k))
+            .enumerate()
+        {
             let t = labels[i] as usize;
             assert!(t < k, "label {t} out of range for {k} outputs");
             stats.loss_sum += self.sample_loss(z, t);

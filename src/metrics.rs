@@ -69,7 +69,10 @@ impl EpochMetrics {
 
 /// `9922/10000 (99.22%)`.
 pub fn format_count(correct: usize, total: usize) -> String {
-    format!("{correct}/{total} ({:.2}%)", 100.0 * correct as f64 / total.max(1) as f64)
+    format!(
+        "{correct}/{total} ({:.2}%)",
+        100.0 * correct as f64 / total.max(1) as f64
+    )
 }
 
 pub struct MetricsLog {
@@ -82,7 +85,9 @@ impl MetricsLog {
         if !path.exists() {
             std::fs::write(path, format!("{HEADER}\n")).map_err(|e| Error::io(path, e))?;
         }
-        Ok(MetricsLog { path: path.to_path_buf() })
+        Ok(MetricsLog {
+            path: path.to_path_buf(),
+        })
     }
 
     pub fn append(&self, m: &EpochMetrics) -> Result<(), Error> {
@@ -90,12 +95,18 @@ impl MetricsLog {
             .append(true)
             .open(&self.path)
             .map_err(|e| Error::io(&self.path, e))?;
-        writeln!(f, "{}", m.to_csv()).and_then(|_| f.sync_data()).map_err(|e| Error::io(&self.path, e))
+        writeln!(f, "{}", m.to_csv())
+            .and_then(|_| f.sync_data())
+            .map_err(|e| Error::io(&self.path, e))
     }
 
     /// Reads every complete row; a torn last line (from a crash) is ignored.
     pub fn read(path: &Path) -> Result<Vec<EpochMetrics>, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Ok(text.lines().skip(1).filter_map(EpochMetrics::from_csv).collect())
+        Ok(text
+            .lines()
+            .skip(1)
+            .filter_map(EpochMetrics::from_csv)
+            .collect())
     }
 }

@@ -5,8 +5,10 @@
 //! batches.
 
 use crate::init::{fill_normal, init_std, Init};
-use crate::layers::{Activation, ActivationKind, Conv2d, Flatten, Layer, Linear, Param, Pool2d, PoolKind};
 use crate::layers::conv::ConvGeometry;
+use crate::layers::{
+    Activation, ActivationKind, Conv2d, Flatten, Layer, Linear, Param, Pool2d, PoolKind,
+};
 use crate::loss::BatchStats;
 use crate::spec::{LayerSpec, ModelSpec};
 use crate::tensor::{ShapeDisplay, Tensor};
@@ -26,7 +28,15 @@ pub struct Network {
 /// The fields each layer type accepts (besides name and type).
 fn allowed_fields(kind: &str) -> Option<&'static [&'static str]> {
     Some(match kind {
-        "conv2d" => &["in_channels", "out_channels", "kernel", "stride", "pad", "init", "init_std"],
+        "conv2d" => &[
+            "in_channels",
+            "out_channels",
+            "kernel",
+            "stride",
+            "pad",
+            "init",
+            "init_std",
+        ],
         "max_pool2d" | "avg_pool2d" => &["kernel", "stride"],
         "relu" | "sigmoid" | "tanh" | "flatten" => &[],
         "linear" => &["in_features", "out_features", "init", "init_std"],
@@ -65,11 +75,15 @@ fn build_layer(l: &LayerSpec, shape: &[usize], prev: &str) -> Result<Box<dyn Lay
     if let Some(bad) = set_fields(l).into_iter().find(|f| !allowed.contains(f)) {
         return Err(format!("type {} does not take `{bad}`", l.kind));
     }
-    let need = |v: Option<usize>, field: &str| v.ok_or_else(|| format!("type {} needs `{field}`", l.kind));
+    let need =
+        |v: Option<usize>, field: &str| v.ok_or_else(|| format!("type {} needs `{field}`", l.kind));
     let image = || -> Result<[usize; 3], String> {
         match *shape {
             [c, h, w] => Ok([c, h, w]),
-            _ => Err(format!("needs a (C, H, W) input, gets {} from {prev}", ShapeDisplay(shape))),
+            _ => Err(format!(
+                "needs a (C, H, W) input, gets {} from {prev}",
+                ShapeDisplay(shape)
+            )),
         }
     };
     Ok(match l.kind.as_str() {
@@ -94,9 +108,19 @@ fn build_layer(l: &LayerSpec, shape: &[usize], prev: &str) -> Result<Box<dyn Lay
             Box::new(Conv2d::new(&l.name, g))
         }
         "max_pool2d" | "avg_pool2d" => {
-            let kind = if l.kind == "max_pool2d" { PoolKind::Max } else { PoolKind::Avg };
+            let kind = if l.kind == "max_pool2d" {
+                PoolKind::Max
+            } else {
+                PoolKind::Avg
+            };
             let k = need(l.kernel, "kernel")?;
-            Box::new(Pool2d::new(&l.name, kind, image()?, k, l.stride.unwrap_or(k))?)
+            Box::new(Pool2d::new(
+                &l.name,
+                kind,
+                image()?,
+                k,
+                l.stride.unwrap_or(k),
+            )?)
         }
         "relu" => Box::new(Activation::new(&l.name, ActivationKind::Relu, shape)),
         "sigmoid" => Box::new(Activation::new(&l.name, ActivationKind::Sigmoid, shape)),
@@ -111,10 +135,17 @@ fn build_layer(l: &LayerSpec, shape: &[usize], prev: &str) -> Result<Box<dyn Lay
             };
             if let Some(fi) = l.in_features {
                 if fi != features {
-                    return Err(format!("expects {fi} inputs, gets {features} ({} from {prev})", ShapeDisplay(shape)));
+                    return Err(format!(
+                        "expects {fi} inputs, gets {features} ({} from {prev})",
+                        ShapeDisplay(shape)
+                    ));
                 }
             }
-            Box::new(Linear::new(&l.name, features, need(l.out_features, "out_features")?))
+            Box::new(Linear::new(
+                &l.name,
+                features,
+                need(l.out_features, "out_features")?,
+            ))
         }
         _ => unreachable!("checked by allowed_fields"),
     })
@@ -125,7 +156,10 @@ impl Network {
     pub fn build(spec: &ModelSpec) -> Result<Network, Error> {
         let err = |msg: String| Error::Spec(format!("model `{}`: {msg}", spec.name));
         if spec.input.len() != 3 || spec.input.contains(&0) {
-            return Err(err(format!("`input` must be [C, H, W] with no zero, got {:?}", spec.input)));
+            return Err(err(format!(
+                "`input` must be [C, H, W] with no zero, got {:?}",
+                spec.input
+            )));
         }
         if spec.layers.is_empty() {
             return Err(err("has no layers".into()));
@@ -143,7 +177,8 @@ impl Network {
             if spec.layers.iter().filter(|o| o.name == l.name).count() > 1 {
                 return Err(err(format!("two layers are named `{}`", l.name)));
             }
-            let layer = build_layer(l, &shape, &prev).map_err(|m| err(format!("layer `{}`: {m}", l.name)))?;
+            let layer = build_layer(l, &shape, &prev)
+                .map_err(|m| err(format!("layer `{}`: {m}", l.name)))?;
             shape = layer.output_shape().to_vec();
             prev = format!("`{}`", l.name);
             layers.push(layer);
@@ -229,7 +264,10 @@ impl Network {
     /// leaving every parameter's gradient in place.
     pub fn backward(&mut self, labels: &[u8]) -> BatchStats {
         let n = self.layers.len();
-        let stats = self.spec.loss.forward_backward(&self.acts[n], labels, &mut self.grads[n]);
+        let stats = self
+            .spec
+            .loss
+            .forward_backward(&self.acts[n], labels, &mut self.grads[n]);
         for i in (0..n).rev() {
             let start = self.timing.as_ref().map(|_| Instant::now());
             let (gb, ga) = self.grads.split_at_mut(i + 1);
@@ -259,7 +297,11 @@ impl Network {
     pub fn named_params(&self) -> Vec<(String, &Param)> {
         self.layers
             .iter()
-            .flat_map(|l| l.params().into_iter().map(move |p| (format!("{}.{}", l.name(), p.name), p)))
+            .flat_map(|l| {
+                l.params()
+                    .into_iter()
+                    .map(move |p| (format!("{}.{}", l.name(), p.name), p))
+            })
             .collect()
     }
 
@@ -297,8 +339,16 @@ impl Network {
                 l.kind().to_string(),
                 ShapeDisplay(l.output_shape()).to_string(),
                 l.geometry(),
-                if params > 0 { group_digits(params) } else { String::new() },
-                if l.macs() > 0 { group_digits(l.macs()) } else { String::new() },
+                if params > 0 {
+                    group_digits(params)
+                } else {
+                    String::new()
+                },
+                if l.macs() > 0 {
+                    group_digits(l.macs())
+                } else {
+                    String::new()
+                },
             ]);
         }
         rows.push([
@@ -309,13 +359,21 @@ impl Network {
             group_digits(self.param_count()),
             group_digits(self.macs()),
         ]);
-        let widths: Vec<usize> = (0..6).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> = (0..6)
+            .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
         let mut out = String::new();
         for (i, r) in rows.iter().enumerate() {
             let line: Vec<String> = r
                 .iter()
                 .enumerate()
-                .map(|(c, v)| if c >= 4 { format!("{v:>w$}", w = widths[c]) } else { format!("{v:<w$}", w = widths[c]) })
+                .map(|(c, v)| {
+                    if c >= 4 {
+                        format!("{v:>w$}", w = widths[c])
+                    } else {
+                        format!("{v:<w$}", w = widths[c])
+                    }
+                })
                 .collect();
             out.push_str(line.join("  ").trim_end());
             out.push('\n');
@@ -333,7 +391,7 @@ pub fn group_digits(n: usize) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -39,7 +39,11 @@ impl Sgd {
         if v.len() != p.value.len() {
             *v = vec![0.0; p.value.len()];
         }
-        let wd = if p.is_bias && !self.decay_bias { 0.0 } else { self.weight_decay };
+        let wd = if p.is_bias && !self.decay_bias {
+            0.0
+        } else {
+            self.weight_decay
+        };
         let mu = self.momentum;
         for ((w, &g), v) in p.value.iter_mut().zip(&p.grad).zip(v.iter_mut()) {
             *v = mu * *v + (g + wd * *w);
@@ -62,7 +66,13 @@ pub enum Schedule {
 
 impl Schedule {
     /// Learning rate at `iteration` (counted from 0 over the whole run).
-    pub fn lr(&self, base: f32, iteration: usize, iters_per_epoch: usize, total_iters: usize) -> f32 {
+    pub fn lr(
+        &self,
+        base: f32,
+        iteration: usize,
+        iters_per_epoch: usize,
+        total_iters: usize,
+    ) -> f32 {
         match *self {
             Schedule::Constant => base,
             Schedule::Step { every, gamma } => {
@@ -110,7 +120,10 @@ mod tests {
 
     #[test]
     fn schedules() {
-        let s = Schedule::Step { every: 2, gamma: 0.1 };
+        let s = Schedule::Step {
+            every: 2,
+            gamma: 0.1,
+        };
         assert_eq!(s.lr(1.0, 0, 10, 100), 1.0);
         assert_eq!(s.lr(1.0, 19, 10, 100), 1.0);
         assert!((s.lr(1.0, 20, 10, 100) - 0.1).abs() < 1e-7);

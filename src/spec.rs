@@ -38,7 +38,10 @@ pub struct Normalize {
 
 impl Default for Normalize {
     fn default() -> Normalize {
-        Normalize { mean: 128.0, scale: 255.0 }
+        Normalize {
+            mean: 128.0,
+            scale: 255.0,
+        }
     }
 }
 
@@ -106,7 +109,10 @@ impl ModelSpec {
     pub fn preset(name: &str) -> Result<ModelSpec, Error> {
         let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
             let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
-            Error::Config(format!("unknown preset `{name}`: expected one of {}", names.join(", ")))
+            Error::Config(format!(
+                "unknown preset `{name}`: expected one of {}",
+                names.join(", ")
+            ))
         })?;
         ModelSpec::from_toml(text, &format!("preset {name}"))
     }

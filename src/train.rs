@@ -82,10 +82,16 @@ impl TrainConfig {
             return bad("--epochs must be at least 1".into());
         }
         if !(0.0..1.0).contains(&self.momentum) {
-            return bad(format!("--momentum must be in [0, 1), got {}", self.momentum));
+            return bad(format!(
+                "--momentum must be in [0, 1), got {}",
+                self.momentum
+            ));
         }
         if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
-            return bad(format!("--weight-decay must be >= 0, got {}", self.weight_decay));
+            return bad(format!(
+                "--weight-decay must be >= 0, got {}",
+                self.weight_decay
+            ));
         }
         if let Some(s) = self.init_std {
             if !(s >= 0.0 && s.is_finite()) {
@@ -93,7 +99,7 @@ impl TrainConfig {
             }
         }
         if let Schedule::Step { every, gamma } = self.schedule {
-            if every == 0 || !(gamma > 0.0) {
+            if every == 0 || gamma.is_nan() || gamma <= 0.0 {
                 return bad("a step schedule needs --step-every >= 1 and --gamma > 0".into());
             }
         }
@@ -117,7 +123,9 @@ impl TrainConfig {
 
 /// A seed for each purpose and epoch, derived from the run's one seed (SplitMix64).
 pub fn derive_seed(seed: u64, stream: u64, index: u64) -> u64 {
-    let mut z = seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03) ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let mut z = seed
+        ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03)
+        ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -129,14 +137,27 @@ const STREAM_SHUFFLE: u64 = 2;
 /// The order in which epoch `epoch` (0-based) visits the training images.
 pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<u32> {
     let mut order: Vec<u32> = (0..n as u32).collect();
-    order.shuffle(&mut Pcg64Mcg::seed_from_u64(derive_seed(seed, STREAM_SHUFFLE, epoch as u64)));
+    order.shuffle(&mut Pcg64Mcg::seed_from_u64(derive_seed(
+        seed,
+        STREAM_SHUFFLE,
+        epoch as u64,
+    )));
     order
 }
 
 /// What the training loop tells its caller as it goes.
 pub enum Event<'a> {
-    EpochStart { epoch: usize, iters: usize },
-    Batch { epoch: usize, iter: usize, iters: usize, loss: f64, images_per_sec: f64 },
+    EpochStart {
+        epoch: usize,
+        iters: usize,
+    },
+    Batch {
+        epoch: usize,
+        iter: usize,
+        iters: usize,
+        loss: f64,
+        images_per_sec: f64,
+    },
     Epoch(&'a EpochMetrics),
 }
 
@@ -149,13 +170,21 @@ pub struct Outcome {
 /// Builds and initialises the network of a config.
 pub fn build_network(cfg: &TrainConfig) -> Result<Network, Error> {
     let mut net = Network::build(&cfg.model)?;
-    net.initialize(&mut Pcg64Mcg::seed_from_u64(derive_seed(cfg.seed, STREAM_INIT, 0)), cfg.init_override());
+    net.initialize(
+        &mut Pcg64Mcg::seed_from_u64(derive_seed(cfg.seed, STREAM_INIT, 0)),
+        cfg.init_override(),
+    );
     Ok(net)
 }
 
 /// Trains from scratch into `run_dir` (which must exist): writes `config.toml`,
 /// `metrics.csv` row by row and `model.safetensors` at the end.
-pub fn train(cfg: &TrainConfig, splits: &Splits, run_dir: &Path, on_event: &mut dyn FnMut(Event)) -> Result<Outcome, Error> {
+pub fn train(
+    cfg: &TrainConfig,
+    splits: &Splits,
+    run_dir: &Path,
+    on_event: &mut dyn FnMut(Event),
+) -> Result<Outcome, Error> {
     cfg.validate()?;
     crate::checkpoint::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
     let log = MetricsLog::create(&run_dir.join("metrics.csv"))?;
@@ -163,14 +192,20 @@ pub fn train(cfg: &TrainConfig, splits: &Splits, run_dir: &Path, on_event: &mut 
     let mut sgd = Sgd::new(cfg.momentum, cfg.weight_decay, cfg.decay_bias);
     let lut = PixelLut::new(cfg.model.normalize);
     let train_set = &splits.train;
-    let n_train = cfg.train_limit.unwrap_or(train_set.len()).min(train_set.len());
+    let n_train = cfg
+        .train_limit
+        .unwrap_or(train_set.len())
+        .min(train_set.len());
     let iters = n_train.div_ceil(cfg.batch_size);
     let total_iters = iters * cfg.epochs;
     let mut labels = Vec::with_capacity(cfg.batch_size);
     let mut metrics = Vec::new();
     let mut iteration = 0;
     for epoch in 0..cfg.epochs {
-        on_event(Event::EpochStart { epoch: epoch + 1, iters });
+        on_event(Event::EpochStart {
+            epoch: epoch + 1,
+            iters,
+        });
         let order = epoch_order(cfg.seed, epoch, n_train);
         let start = Instant::now();
         let mut stats = BatchStats::default();
@@ -218,7 +253,10 @@ pub fn train(cfg: &TrainConfig, splits: &Splits, run_dir: &Path, on_event: &mut 
     let meta = [
         ("convnet.dataset", cfg.dataset.to_string()),
         ("convnet.seed", cfg.seed.to_string()),
-        ("convnet.test_accuracy", format!("{}/{}", test.correct, test.count)),
+        (
+            "convnet.test_accuracy",
+            format!("{}/{}", test.correct, test.count),
+        ),
     ];
     save_model(&run_dir.join("model.safetensors"), &net, &meta)?;
     Ok(Outcome { net, metrics, test })
@@ -226,7 +264,12 @@ pub fn train(cfg: &TrainConfig, splits: &Splits, run_dir: &Path, on_event: &mut 
 
 /// Runs the network in evaluation mode over a whole data set; `per_sample(index, logits)`
 /// sees every sample's logits.
-pub fn evaluate(net: &mut Network, ds: &Dataset, batch: usize, mut per_sample: impl FnMut(usize, &[f32])) -> BatchStats {
+pub fn evaluate(
+    net: &mut Network,
+    ds: &Dataset,
+    batch: usize,
+    mut per_sample: impl FnMut(usize, &[f32]),
+) -> BatchStats {
     let lut = PixelLut::new(net.spec.normalize);
     let loss = net.spec.loss;
     let mut labels = Vec::with_capacity(batch);

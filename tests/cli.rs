@@ -4,11 +4,17 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn convnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_convnet")).args(args).output().expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_convnet"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -16,8 +22,14 @@ fn show_prints_the_layer_table() {
     let o = convnet(&["show", "--preset", "seed-cnn"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(out.contains("fc1      linear      128                  100,480    100,352"), "{out}");
-    assert!(out.contains("total                                     103,018    383,872"), "{out}");
+    assert!(
+        out.contains("fc1      linear      128                  100,480    100,352"),
+        "{out}"
+    );
+    assert!(
+        out.contains("total                                     103,018    383,872"),
+        "{out}"
+    );
     let o = convnet(&["show", "--preset", "mlp", "--toml"]);
     assert!(text(&o).0.contains("name = \"mlp\""));
 }
@@ -27,7 +39,10 @@ fn nonsense_hyper_parameters_are_rejected_before_any_work() {
     for (args, expect) in [
         (&["--lr", "0"][..], "--lr must be a positive number"),
         (&["--lr", "-1"][..], "--lr must be a positive number"),
-        (&["--batch-size", "0"][..], "--batch-size must be at least 1"),
+        (
+            &["--batch-size", "0"][..],
+            "--batch-size must be at least 1",
+        ),
         (&["--epochs", "0"][..], "--epochs must be at least 1"),
         (&["--momentum", "1.5"][..], "--momentum must be in [0, 1)"),
         (&["--preset", "nope"][..], "unknown preset `nope`"),
@@ -55,13 +70,19 @@ fn a_broken_model_file_names_the_layer() {
     let o = convnet(&["train", "--model", spec.to_str().unwrap()]);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
-    assert!(err.contains("layer `fc1`: expects 100 inputs, gets 784"), "{err}");
+    assert!(
+        err.contains("layer `fc1`: expects 100 inputs, gets 784"),
+        "{err}"
+    );
 }
 
 #[test]
 fn missing_data_offline_says_what_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let data = dir.path().join("data");
     let o = Command::new(env!("CARGO_BIN_EXE_convnet"))
         .args(["train", "--epochs", "1", "--data", data.to_str().unwrap()])
@@ -72,14 +93,29 @@ fn missing_data_offline_says_what_to_do() {
         .unwrap();
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(3), "{err}");
-    for needle in ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "--data DIR", "CONVNET_DATA", "could not fetch"] {
+    for needle in [
+        "train-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+        "--data DIR",
+        "CONVNET_DATA",
+        "could not fetch",
+    ] {
         assert!(err.contains(needle), "missing `{needle}` in: {err}");
     }
 }
 
 fn run_dir_test_accuracy(out: &str) -> String {
-    let line = out.lines().find(|l| l.starts_with("test:")).expect("a test line");
-    line.split("accuracy ").nth(1).unwrap().split(" —").next().unwrap().to_string()
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("test:"))
+        .expect("a test line");
+    line.split("accuracy ")
+        .nth(1)
+        .unwrap()
+        .split(" —")
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 #[test]
@@ -88,27 +124,46 @@ fn train_writes_a_run_directory_that_eval_reproduces() {
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let o = convnet(&[
-        "train", "--epochs", "2", "--limit", "3000", "--val-size", "1000", "--seed", "7", "--out", run.to_str().unwrap(),
+        "train",
+        "--epochs",
+        "2",
+        "--limit",
+        "3000",
+        "--val-size",
+        "1000",
+        "--seed",
+        "7",
+        "--out",
+        run.to_str().unwrap(),
     ]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{out}\n{err}");
     assert!(out.contains("seed 7"), "the seed is printed: {out}");
     assert!(out.contains("epoch  2/2"), "{out}");
-    assert!(out.contains("/1000 ("), "validation accuracy with its count: {out}");
+    assert!(
+        out.contains("/1000 ("),
+        "validation accuracy with its count: {out}"
+    );
     for f in ["config.toml", "metrics.csv", "model.safetensors"] {
         assert!(Path::new(&run).join(f).exists(), "{f} missing");
     }
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
-    assert!(config.contains("seed = 7") && config.contains("name = \"seed-cnn\""), "{config}");
+    assert!(
+        config.contains("seed = 7") && config.contains("name = \"seed-cnn\""),
+        "{config}"
+    );
     let acc = run_dir_test_accuracy(&out);
     assert!(acc.ends_with("%)") && acc.contains("/10000"), "{acc}");
 
     let o = convnet(&["eval", "--model", run.to_str().unwrap()]);
     let (eout, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(eout.contains(&format!("accuracy {acc}")), "eval says {eout}, train said {acc}");
+    assert!(
+        eout.contains(&format!("accuracy {acc}")),
+        "eval says {eout}, train said {acc}"
+    );
 
     // The same --out again is refused rather than overwritten.
     let o = convnet(&["train", "--epochs", "1", "--out", run.to_str().unwrap()]);

@@ -7,7 +7,8 @@ use convnet::ModelSpec;
 use std::path::PathBuf;
 
 fn data_root() -> PathBuf {
-    let root = std::env::var("CONVNET_DATA").expect("set CONVNET_DATA to the folder holding mnist/ (see .ci/run)");
+    let root = std::env::var("CONVNET_DATA")
+        .expect("set CONVNET_DATA to the folder holding mnist/ (see .ci/run)");
     let root = PathBuf::from(root);
     assert!(
         convnet::data::fetch::find_in(&root, DatasetKind::Mnist).is_some(),
@@ -20,14 +21,21 @@ fn data_root() -> PathBuf {
 #[test]
 fn seed_cnn_reaches_97_percent_after_one_epoch() {
     let splits = load_splits(DatasetKind::Mnist, Some(&data_root()), 5000).unwrap();
-    assert_eq!((splits.train.len(), splits.val.len(), splits.test.len()), (55_000, 5_000, 10_000));
+    assert_eq!(
+        (splits.train.len(), splits.val.len(), splits.test.len()),
+        (55_000, 5_000, 10_000)
+    );
     assert_eq!(&splits.test.labels[..10], &[7, 2, 1, 0, 4, 1, 4, 9, 5, 9]);
     let mut cfg = TrainConfig::default_for(ModelSpec::preset("seed-cnn").unwrap());
     cfg.epochs = 1;
     let dir = tempfile::tempdir().unwrap();
     let out = train(&cfg, &splits, dir.path(), &mut |_| {}).unwrap();
     let acc = out.test.accuracy();
-    assert!(acc >= 0.97, "test accuracy {} after one epoch", out.test.correct);
+    assert!(
+        acc >= 0.97,
+        "test accuracy {} after one epoch",
+        out.test.correct
+    );
     assert_eq!(out.test.count, 10_000);
     // The metric log has its header and one row per epoch.
     let log = convnet::metrics::MetricsLog::read(&dir.path().join("metrics.csv")).unwrap();
@@ -51,5 +59,9 @@ fn the_seed_reports_hyper_parameters_train() {
     let dir = tempfile::tempdir().unwrap();
     let out = train(&cfg, &splits, dir.path(), &mut |_| {}).unwrap();
     // A small learning rate on a batch-mean loss: slow but steady (≈ 87% after one epoch).
-    assert!(out.test.accuracy() > 0.80, "test accuracy {}/10000", out.test.correct);
+    assert!(
+        out.test.accuracy() > 0.80,
+        "test accuracy {}/10000",
+        out.test.correct
+    );
 }

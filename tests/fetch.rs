@@ -34,7 +34,10 @@ fn serve(files: HashMap<String, Vec<u8>>) -> (String, Arc<Mutex<Vec<String>>>) {
                 Some(b) => ("200 OK", b.clone()),
                 None => ("404 Not Found", b"not here".to_vec()),
             };
-            let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
             let _ = stream.write_all(head.as_bytes());
             let _ = stream.write_all(&body);
         }
@@ -61,10 +64,17 @@ fn downloads_from_the_first_mirror_with_the_right_content() {
     let file = remote("t10k-labels-idx1-ubyte", &good);
     // Mirror A is missing the file, mirror B serves different content, mirror C is right.
     let mut files = HashMap::new();
-    files.insert("/b/t10k-labels-idx1-ubyte.gz".to_string(), gzip(&convnet::data::idx::encode_labels(&[9])));
+    files.insert(
+        "/b/t10k-labels-idx1-ubyte.gz".to_string(),
+        gzip(&convnet::data::idx::encode_labels(&[9])),
+    );
     files.insert("/c/t10k-labels-idx1-ubyte.gz".to_string(), gzip(&good));
     let (base, log) = serve(files);
-    let mirrors = vec![format!("{base}/a/"), format!("{base}/b"), format!("{base}/c/")];
+    let mirrors = vec![
+        format!("{base}/a/"),
+        format!("{base}/b"),
+        format!("{base}/c/"),
+    ];
     let dir = tempfile::tempdir().unwrap();
     download(dir.path(), &[file], &mirrors).unwrap();
     let saved = dir.path().join("t10k-labels-idx1-ubyte.gz");
@@ -72,7 +82,11 @@ fn downloads_from_the_first_mirror_with_the_right_content() {
     assert_eq!(content, good);
     assert_eq!(
         *log.lock().unwrap(),
-        vec!["/a/t10k-labels-idx1-ubyte.gz", "/b/t10k-labels-idx1-ubyte.gz", "/c/t10k-labels-idx1-ubyte.gz"]
+        vec![
+            "/a/t10k-labels-idx1-ubyte.gz",
+            "/b/t10k-labels-idx1-ubyte.gz",
+            "/c/t10k-labels-idx1-ubyte.gz"
+        ]
     );
     // Nothing but the file itself is left in the folder (no temporary files).
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -85,7 +99,10 @@ fn downloads_from_the_first_mirror_with_the_right_content() {
 fn failure_reports_every_mirror_and_writes_nothing() {
     let file = remote("train-labels-idx1-ubyte", b"whatever");
     let mut files = HashMap::new();
-    files.insert("/bad/train-labels-idx1-ubyte.gz".to_string(), gzip(b"other bytes"));
+    files.insert(
+        "/bad/train-labels-idx1-ubyte.gz".to_string(),
+        gzip(b"other bytes"),
+    );
     let (base, _) = serve(files);
     // A closed port stands for being offline.
     let closed = {
@@ -95,7 +112,10 @@ fn failure_reports_every_mirror_and_writes_nothing() {
     let mirrors = vec![closed.clone(), format!("{base}/bad/")];
     let dir = tempfile::tempdir().unwrap();
     let msg = download(dir.path(), &[file], &mirrors).unwrap_err();
-    assert!(msg.contains("could not fetch train-labels-idx1-ubyte"), "{msg}");
+    assert!(
+        msg.contains("could not fetch train-labels-idx1-ubyte"),
+        "{msg}"
+    );
     assert!(msg.contains(&closed), "{msg}");
     assert!(msg.contains("checksum mismatch"), "{msg}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -108,7 +128,11 @@ fn finds_files_in_the_dataset_folder_or_the_root_raw_or_gzip() {
     let sub = root.path().join("mnist");
     std::fs::create_dir(&sub).unwrap();
     for (i, n) in convnet::data::fetch::FILE_NAMES.iter().enumerate() {
-        let name = if i % 2 == 0 { format!("{n}.gz") } else { n.to_string() };
+        let name = if i % 2 == 0 {
+            format!("{n}.gz")
+        } else {
+            n.to_string()
+        };
         std::fs::write(sub.join(name), b"x").unwrap();
     }
     let f = find_in(root.path(), DatasetKind::Mnist).unwrap();
@@ -124,12 +148,22 @@ fn finds_files_in_the_dataset_folder_or_the_root_raw_or_gzip() {
 #[test]
 fn the_shipped_checksums_match_the_shared_copies() {
     // The checksums the downloader verifies must be those of the real files.
-    let root = std::env::var("CONVNET_DATA").expect("CONVNET_DATA must point at the data sets (see .ci/run)");
+    let root = std::env::var("CONVNET_DATA")
+        .expect("CONVNET_DATA must point at the data sets (see .ci/run)");
     for kind in [DatasetKind::Mnist, DatasetKind::FashionMnist] {
-        let files = find_in(std::path::Path::new(&root), kind).unwrap_or_else(|| panic!("{kind} missing under {root}"));
-        for (path, remote) in [files.test_labels, files.train_labels].iter().zip([kind.files()[3], kind.files()[1]]) {
+        let files = find_in(std::path::Path::new(&root), kind)
+            .unwrap_or_else(|| panic!("{kind} missing under {root}"));
+        for (path, remote) in [files.test_labels, files.train_labels]
+            .iter()
+            .zip([kind.files()[3], kind.files()[1]])
+        {
             let content = convnet::data::idx::read_maybe_gzip(path).unwrap();
-            assert_eq!(hex(&Sha256::digest(&content)), remote.sha256, "{}", path.display());
+            assert_eq!(
+                hex(&Sha256::digest(&content)),
+                remote.sha256,
+                "{}",
+                path.display()
+            );
         }
     }
 }

@@ -6,8 +6,12 @@
 //! so the step adds no truncation error); the check is on the relative error of the whole
 //! gradient, ||num - ana|| / (||num|| + ||ana||) < 2e-3.
 
+#![allow(clippy::needless_range_loop, clippy::type_complexity)]
+
 use convnet::layers::conv::ConvGeometry;
-use convnet::layers::{Activation, ActivationKind, Conv2d, Flatten, Layer, Linear, Pool2d, PoolKind};
+use convnet::layers::{
+    Activation, ActivationKind, Conv2d, Flatten, Layer, Linear, Pool2d, PoolKind,
+};
 use convnet::loss::Loss;
 use convnet::Tensor;
 use rand::{Rng, SeedableRng};
@@ -26,7 +30,9 @@ fn random(shape: &[usize], r: &mut Pcg64Mcg) -> Tensor {
 /// of ReLU or changes the winner of a max-pool window.
 fn spread(shape: &[usize], r: &mut Pcg64Mcg) -> Tensor {
     let n: usize = shape.iter().product();
-    let mut vals: Vec<f32> = (0..n).map(|i| (i as f32 + 0.5) * 0.05 - n as f32 * 0.025).collect();
+    let mut vals: Vec<f32> = (0..n)
+        .map(|i| (i as f32 + 0.5) * 0.05 - n as f32 * 0.025)
+        .collect();
     for i in (1..n).rev() {
         vals.swap(i, r.gen_range(0..=i));
     }
@@ -36,8 +42,14 @@ fn spread(shape: &[usize], r: &mut Pcg64Mcg) -> Tensor {
 const EPS: f32 = 1e-2;
 
 fn rel_err(num: &[f64], ana: &[f32]) -> f64 {
-    let diff: f64 = num.iter().zip(ana).map(|(n, a)| (n - *a as f64).powi(2)).sum::<f64>().sqrt();
-    let norm: f64 = num.iter().map(|n| n * n).sum::<f64>().sqrt() + ana.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    let diff: f64 = num
+        .iter()
+        .zip(ana)
+        .map(|(n, a)| (n - *a as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let norm: f64 = num.iter().map(|n| n * n).sum::<f64>().sqrt()
+        + ana.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
     if norm == 0.0 {
         0.0
     } else {
@@ -48,7 +60,11 @@ fn rel_err(num: &[f64], ana: &[f32]) -> f64 {
 fn objective(layer: &mut dyn Layer, x: &Tensor, r: &Tensor) -> f64 {
     let mut y = Tensor::default();
     layer.forward(x, &mut y, true);
-    y.data.iter().zip(&r.data).map(|(a, b)| *a as f64 * *b as f64).sum()
+    y.data
+        .iter()
+        .zip(&r.data)
+        .map(|(a, b)| *a as f64 * *b as f64)
+        .sum()
 }
 
 /// Checks dx and every parameter gradient of `layer` at input `x`.
@@ -129,7 +145,12 @@ fn conv2d_gradients() {
         let mut layer = Conv2d::new("conv", g);
         randomize_params(&mut layer, &mut r);
         let x = random(&[n, c, h, w], &mut r);
-        check_layer(&mut layer, &x, 100 + ci as u64, &format!("conv case {ci} {:?}", CONV_CASES[ci]));
+        check_layer(
+            &mut layer,
+            &x,
+            100 + ci as u64,
+            &format!("conv case {ci} {:?}", CONV_CASES[ci]),
+        );
     }
 }
 
@@ -143,7 +164,13 @@ fn conv2d_im2col_matches_direct_reference() {
         let x = random(&[n, c, h, w], &mut r);
         let mut y = Tensor::default();
         layer.forward(&x, &mut y, true);
-        let want = convnet::layers::conv2d_forward_reference(&g, &x.data, &layer.weight.value, &layer.bias.value, n);
+        let want = convnet::layers::conv2d_forward_reference(
+            &g,
+            &x.data,
+            &layer.weight.value,
+            &layer.bias.value,
+            n,
+        );
         assert_eq!(y.data.len(), want.len());
         for (a, b) in y.data.iter().zip(&want) {
             assert!((a - b).abs() < 1e-5, "case {ci}: forward {a} vs {b}");
@@ -151,10 +178,23 @@ fn conv2d_im2col_matches_direct_reference() {
         let dy = random(&y.shape, &mut r);
         let mut dx = Tensor::default();
         layer.backward(&x, &y, &dy, Some(&mut dx));
-        let (rdx, rdw, rdb) = convnet::layers::conv2d_backward_reference(&g, &x.data, &layer.weight.value, &dy.data, n);
-        for (name, got, want) in [("dx", &dx.data, &rdx), ("dw", &layer.weight.grad, &rdw), ("db", &layer.bias.grad, &rdb)] {
+        let (rdx, rdw, rdb) = convnet::layers::conv2d_backward_reference(
+            &g,
+            &x.data,
+            &layer.weight.value,
+            &dy.data,
+            n,
+        );
+        for (name, got, want) in [
+            ("dx", &dx.data, &rdx),
+            ("dw", &layer.weight.grad, &rdw),
+            ("db", &layer.bias.grad, &rdb),
+        ] {
             for (a, b) in got.iter().zip(want.iter()) {
-                assert!((a - b).abs() < 1e-4 * (1.0 + b.abs()), "case {ci}: {name} {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+                    "case {ci}: {name} {a} vs {b}"
+                );
             }
         }
         // Evaluation mode (one column buffer per chunk) gives the same output.
@@ -171,14 +211,22 @@ fn conv2d_is_bit_identical_across_thread_counts() {
     let x = random(&[37, 3, 12, 12], &mut r);
     let dy = random(&[37, 5, 12, 12], &mut r);
     let run = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| {
             let mut layer = Conv2d::new("conv", g);
             randomize_params(&mut layer, &mut rng(1));
             let (mut y, mut dx) = (Tensor::default(), Tensor::default());
             layer.forward(&x, &mut y, true);
             layer.backward(&x, &y, &dy, Some(&mut dx));
-            (y.data, dx.data, layer.weight.grad.clone(), layer.bias.grad.clone())
+            (
+                y.data,
+                dx.data,
+                layer.weight.grad.clone(),
+                layer.bias.grad.clone(),
+            )
         })
     };
     assert_eq!(run(1), run(2));
@@ -192,22 +240,37 @@ fn linear_gradients() {
         let mut layer = Linear::new("fc", fi, fo);
         randomize_params(&mut layer, &mut r);
         let x = random(&[n, fi], &mut r);
-        check_layer(&mut layer, &x, 300 + i as u64, &format!("linear {n}x{fi}->{fo}"));
+        check_layer(
+            &mut layer,
+            &x,
+            300 + i as u64,
+            &format!("linear {n}x{fi}->{fo}"),
+        );
     }
 }
 
 #[test]
 fn pooling_gradients() {
     // (batch, C, H, W, kernel, stride): overlapping (stride < kernel) and ragged edges.
-    for (i, &(n, c, h, w, k, s)) in [(2, 2, 4, 4, 2, 2), (1, 3, 7, 5, 3, 2), (3, 1, 6, 7, 2, 1), (9, 2, 5, 5, 3, 3)]
-        .iter()
-        .enumerate()
+    for (i, &(n, c, h, w, k, s)) in [
+        (2, 2, 4, 4, 2, 2),
+        (1, 3, 7, 5, 3, 2),
+        (3, 1, 6, 7, 2, 1),
+        (9, 2, 5, 5, 3, 3),
+    ]
+    .iter()
+    .enumerate()
     {
         for kind in [PoolKind::Max, PoolKind::Avg] {
             let mut r = rng(400 + i as u64);
             let mut layer = Pool2d::new("pool", kind, [c, h, w], k, s).unwrap();
             let x = spread(&[n, c, h, w], &mut r);
-            check_layer(&mut layer, &x, 500 + i as u64, &format!("{kind:?} pool case {i}"));
+            check_layer(
+                &mut layer,
+                &x,
+                500 + i as u64,
+                &format!("{kind:?} pool case {i}"),
+            );
         }
     }
 }
@@ -242,7 +305,11 @@ fn max_pool_sends_the_gradient_of_a_tie_to_exactly_one_position() {
 
 #[test]
 fn activation_gradients() {
-    for kind in [ActivationKind::Relu, ActivationKind::Sigmoid, ActivationKind::Tanh] {
+    for kind in [
+        ActivationKind::Relu,
+        ActivationKind::Sigmoid,
+        ActivationKind::Tanh,
+    ] {
         let mut r = rng(600);
         let mut layer = Activation::new("act", kind, &[3, 4, 5]);
         let x = spread(&[2, 3, 4, 5], &mut r);

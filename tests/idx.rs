@@ -1,7 +1,9 @@
 //! The IDX reader on fixtures made here: valid raw and gzip files, and each way a file
 //! can be wrong. Every error must name the file and say what was expected.
 
-use convnet::data::idx::{encode_images, encode_labels, parse_images, parse_labels, read_maybe_gzip};
+use convnet::data::idx::{
+    encode_images, encode_labels, parse_images, parse_labels, read_maybe_gzip,
+};
 use convnet::data::Dataset;
 use flate2::write::GzEncoder;
 use std::io::Write;
@@ -58,7 +60,10 @@ fn wrong_magic_is_named() {
     let labels = write(dir.path(), "labels-as-images", &encode_labels(&[1, 2]));
     let msg = err_text(parse_images(&read_maybe_gzip(&labels).unwrap(), &labels));
     assert!(msg.contains("labels-as-images"), "{msg}");
-    assert!(msg.contains("magic number is 0x00000801, expected 0x00000803"), "{msg}");
+    assert!(
+        msg.contains("magic number is 0x00000801, expected 0x00000803"),
+        "{msg}"
+    );
     assert!(msg.contains("this is a labels file"), "{msg}");
 }
 
@@ -68,7 +73,10 @@ fn truncated_and_overlong_files_are_rejected() {
     let images = encode_images(2, 2, &[0; 12]);
     let short = write(dir.path(), "short", &images[..images.len() - 1]);
     let msg = err_text(parse_images(&std::fs::read(&short).unwrap(), &short));
-    assert!(msg.contains("short") && msg.contains("needs exactly 28") && msg.contains("truncated"), "{msg}");
+    assert!(
+        msg.contains("short") && msg.contains("needs exactly 28") && msg.contains("truncated"),
+        "{msg}"
+    );
     let mut long = images.clone();
     long.push(0);
     let msg = err_text(parse_images(&long, Path::new("long")));
@@ -77,7 +85,10 @@ fn truncated_and_overlong_files_are_rejected() {
     assert!(msg.contains("too short for an IDX images header"), "{msg}");
     let labels = encode_labels(&[1, 2, 3]);
     let msg = err_text(parse_labels(&labels[..9], Path::new("lab"), 10));
-    assert!(msg.contains("its header (3 labels) needs exactly 11"), "{msg}");
+    assert!(
+        msg.contains("its header (3 labels) needs exactly 11"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -86,7 +97,11 @@ fn zero_dimensions_and_bad_labels_are_rejected() {
     images[8..12].copy_from_slice(&0u32.to_be_bytes());
     let msg = err_text(parse_images(&images, Path::new("zero")));
     assert!(msg.contains("none may be zero"), "{msg}");
-    let msg = err_text(parse_labels(&encode_labels(&[1, 10, 2]), Path::new("lab"), 10));
+    let msg = err_text(parse_labels(
+        &encode_labels(&[1, 10, 2]),
+        Path::new("lab"),
+        10,
+    ));
     assert!(msg.contains("label 1 is 10, expected 0..=9"), "{msg}");
 }
 
@@ -96,7 +111,10 @@ fn mismatched_image_and_label_counts_are_rejected() {
     let i = write(dir.path(), "imgs", &encode_images(2, 2, &[0; 12]));
     let l = write(dir.path(), "labs", &encode_labels(&[1, 2]));
     let msg = err_text(Dataset::from_files(&i, &l, digits()));
-    assert!(msg.contains("labs") && msg.contains("has 2 labels but") && msg.contains("has 3 images"), "{msg}");
+    assert!(
+        msg.contains("labs") && msg.contains("has 2 labels but") && msg.contains("has 3 images"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -107,5 +125,8 @@ fn corrupt_gzip_is_named() {
     gz.truncate(n - 6);
     let p = write(dir.path(), "broken.gz", &gz);
     let msg = err_text(read_maybe_gzip(&p));
-    assert!(msg.contains("broken.gz") && msg.contains("not a valid gzip file"), "{msg}");
+    assert!(
+        msg.contains("broken.gz") && msg.contains("not a valid gzip file"),
+        "{msg}"
+    );
 }

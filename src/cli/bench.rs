@@ -61,9 +61,11 @@ fn gemm_peak(backend: Backend, seconds: f64) -> f64 {
     let mut c = vec![0.0f32; n * n];
     let block = n / (rayon::current_num_threads() * 4).max(1);
     let (per_sec, _) = rate(seconds, || {
-        c.par_chunks_mut(block * n).zip(a.par_chunks(block * n)).for_each(|(c, a)| {
-            sgemm_with(backend, a.len() / n, n, n, 1.0, a, false, &b, false, 0.0, c);
-        });
+        c.par_chunks_mut(block * n)
+            .zip(a.par_chunks(block * n))
+            .for_each(|(c, a)| {
+                sgemm_with(backend, a.len() / n, n, n, 1.0, a, false, &b, false, 0.0, c);
+            });
     });
     per_sec * 2.0 * (n * n * n) as f64 / 1e9
 }
@@ -87,7 +89,10 @@ pub fn run(args: Args) -> Result<()> {
     let mut sgd = Sgd::new(0.9, 5e-4, true);
     let mut best_train = 0.0f64;
     for &bs in &args.batch_size {
-        anyhow::ensure!(bs > 0, convnet::Error::Config("--batch-size must be at least 1".into()));
+        anyhow::ensure!(
+            bs > 0,
+            convnet::Error::Config("--batch-size must be at least 1".into())
+        );
         let labels = random_batch(&mut net, bs, &mut rng);
         let layers = net.layers().len();
         net.timing = Some(vec![(Duration::ZERO, Duration::ZERO); layers]);
@@ -105,7 +110,10 @@ pub fn run(args: Args) -> Result<()> {
             args.epoch_images as f64 / ips,
             args.epoch_images
         );
-        println!("  {:<10} {:>12} {:>12}", "layer", "forward ms", "backward ms");
+        println!(
+            "  {:<10} {:>12} {:>12}",
+            "layer", "forward ms", "backward ms"
+        );
         // The warm-up step is timed too: divide by every step run.
         let runs = (steps + 1) as f64;
         for (l, (f, b)) in net.layers().iter().zip(&timing) {

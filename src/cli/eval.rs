@@ -31,13 +31,18 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     convnet::runtime::init_threads(args.threads);
     let (mut net, file) = load_model(&args.model)?;
-    let trained_on = file.metadata.get("convnet.dataset").and_then(|d| d.parse().ok());
+    let trained_on = file
+        .metadata
+        .get("convnet.dataset")
+        .and_then(|d| d.parse().ok());
     let dataset = args.data.kind_or(trained_on.unwrap_or(DatasetKind::Mnist));
     let splits = load_splits(dataset, args.data.data.as_deref(), args.val_size)?;
     let ds = match args.split.as_str() {
         "test" => &splits.test,
         "val" => &splits.val,
-        other => anyhow::bail!(convnet::Error::Config(format!("unknown --split `{other}`: expected test or val"))),
+        other => anyhow::bail!(convnet::Error::Config(format!(
+            "unknown --split `{other}`: expected test or val"
+        ))),
     };
     let s = evaluate(&mut net, ds, args.batch_size.max(1), |_, _| {});
     println!(

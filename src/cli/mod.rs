@@ -48,7 +48,9 @@ pub fn run() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e:#}");
-            e.downcast_ref::<convnet::Error>().map(|e| e.exit_code()).unwrap_or(1)
+            e.downcast_ref::<convnet::Error>()
+                .map(|e| e.exit_code())
+                .unwrap_or(1)
         }
     }
 }

@@ -26,7 +26,12 @@ pub fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     let net = Network::build(&spec)?;
-    println!("model {}: input {:?}, {} classes\n", spec.name, spec.input, net.classes());
+    println!(
+        "model {}: input {:?}, {} classes\n",
+        spec.name,
+        spec.input,
+        net.classes()
+    );
     print!("{}", net.layer_table());
     Ok(())
 }

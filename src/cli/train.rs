@@ -98,7 +98,12 @@ pub fn timestamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// A fresh run directory: `out` when given (must not hold a run yet), else a new one under runs/.
@@ -124,7 +129,8 @@ fn make_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf> {
             dir
         }
     };
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create run directory {}", dir.display()))?;
     Ok(dir)
 }
 
@@ -151,7 +157,10 @@ pub fn run(args: Args) -> Result<()> {
     let threads = convnet::runtime::init_threads(cfg.threads);
     let splits = load_splits(cfg.dataset, args.data.data.as_deref(), cfg.val_size)?;
     let run_dir = make_run_dir(args.out.as_deref(), &cfg.model.name)?;
-    let n_train = cfg.train_limit.unwrap_or(splits.train.len()).min(splits.train.len());
+    let n_train = cfg
+        .train_limit
+        .unwrap_or(splits.train.len())
+        .min(splits.train.len());
     println!(
         "convnet train: model {} ({} parameters), {} — {} train / {} val / {} test images",
         cfg.model.name,

@@ -20,7 +20,9 @@ impl std::str::FromStr for DatasetKind {
         match s {
             "mnist" => Ok(DatasetKind::Mnist),
             "fashion-mnist" | "fashion_mnist" | "fashion" => Ok(DatasetKind::FashionMnist),
-            _ => Err(format!("unknown dataset `{s}`: expected mnist or fashion-mnist")),
+            _ => Err(format!(
+                "unknown dataset `{s}`: expected mnist or fashion-mnist"
+            )),
         }
     }
 }
@@ -80,13 +82,22 @@ pub struct Splits {
 
 impl Dataset {
     /// Loads an images file and its labels file (raw or gzip), checking they agree.
-    pub fn from_files(images: &Path, labels: &Path, class_names: Vec<String>) -> Result<Dataset, Error> {
+    pub fn from_files(
+        images: &Path,
+        labels: &Path,
+        class_names: Vec<String>,
+    ) -> Result<Dataset, Error> {
         let img = parse_images(&read_maybe_gzip(images)?, images)?;
         let lab = parse_labels(&read_maybe_gzip(labels)?, labels, class_names.len())?;
         if img.count != lab.len() {
             return Err(Error::data(
                 labels,
-                format!("has {} labels but {} has {} images", lab.len(), images.display(), img.count),
+                format!(
+                    "has {} labels but {} has {} images",
+                    lab.len(),
+                    images.display(),
+                    img.count
+                ),
             ));
         }
         Ok(Dataset {
@@ -136,7 +147,13 @@ impl Dataset {
 
     /// Writes the normalised pixels of the images `indices` into `out` (NCHW, one channel)
     /// and their labels into `labels`.
-    pub fn fill_batch(&self, indices: &[u32], lut: &PixelLut, out: &mut [f32], labels: &mut Vec<u8>) {
+    pub fn fill_batch(
+        &self,
+        indices: &[u32],
+        lut: &PixelLut,
+        out: &mut [f32],
+        labels: &mut Vec<u8>,
+    ) {
         let n = self.pixels_per_image();
         labels.clear();
         for (&i, dst) in indices.iter().zip(out.chunks_mut(n)) {
@@ -163,7 +180,11 @@ impl PixelLut {
 
 /// Finds (or downloads) a data set and splits it: the last `val_size` training images
 /// form the validation set; the t10k file is the test set.
-pub fn load_splits(kind: DatasetKind, data_dir: Option<&Path>, val_size: usize) -> Result<Splits, Error> {
+pub fn load_splits(
+    kind: DatasetKind,
+    data_dir: Option<&Path>,
+    val_size: usize,
+) -> Result<Splits, Error> {
     let files = fetch::locate(kind, data_dir)?;
     let names = kind.class_names();
     let mut train = Dataset::from_files(&files.train_images, &files.train_labels, names.clone())?;

@@ -3,8 +3,7 @@
 //! Where we look, in order: `--data DIR`, then `$CONVNET_DATA`, then the per-user cache
 //! (`$XDG_CACHE_HOME/convnet` or `~/.cache/convnet`), then (Fashion-MNIST) Debian's
 //! `/usr/share/datasets`. In each root the files may sit in `ROOT/<dataset>/` or in `ROOT/`
-//! itself, raw or `.gz`. When missing, they are downloaded into the first of `--data`,
-//! `$CONVNET_DATA`, the cache; each mirror is tried in turn, the SHA-256 of the
+//! itself, raw or `.gz`. When missing, they are downloaded into `--data` when given, else into the cache; each mirror is tried in turn, the SHA-256 of the
 //! *decompressed* bytes is checked (re-gzipped copies differ in their .gz bytes only), and
 //! the file is written to a temporary name and renamed, so a failed download leaves nothing
 //! half-written. `$CONVNET_MIRRORS` (comma-separated base URLs) replaces the mirror list.
@@ -56,7 +55,11 @@ impl DatasetKind {
     /// Base URLs that serve `<name>.gz`, tried in turn.
     pub fn mirrors(self) -> Vec<String> {
         if let Ok(list) = std::env::var("CONVNET_MIRRORS") {
-            return list.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+            return list
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
         }
         let m: &[&str] = match self {
             DatasetKind::Mnist => &[
@@ -103,7 +106,10 @@ pub fn search_roots(kind: DatasetKind, flag: Option<&Path>) -> Vec<(PathBuf, &'s
         roots.push((d, "cache"));
     }
     if kind == DatasetKind::FashionMnist {
-        roots.push((PathBuf::from("/usr/share/datasets"), "Debian package dataset-fashion-mnist"));
+        roots.push((
+            PathBuf::from("/usr/share/datasets"),
+            "Debian package dataset-fashion-mnist",
+        ));
     }
     roots
 }
@@ -118,7 +124,10 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
 /// Looks for all four files in `root/<dataset>/`, then in `root/`.
 pub fn find_in(root: &Path, kind: DatasetKind) -> Option<DataFiles> {
     for dir in [root.join(kind.dir_name()), root.to_path_buf()] {
-        let found: Vec<PathBuf> = FILE_NAMES.iter().filter_map(|n| find_file(&dir, n)).collect();
+        let found: Vec<PathBuf> = FILE_NAMES
+            .iter()
+            .filter_map(|n| find_file(&dir, n))
+            .collect();
         if let [a, b, c, d] = &found[..] {
             return Some(DataFiles {
                 train_images: a.clone(),
@@ -137,21 +146,40 @@ pub fn locate(kind: DatasetKind, flag: Option<&Path>) -> Result<DataFiles, Error
     if let Some(files) = roots.iter().find_map(|(r, _)| find_in(r, kind)) {
         return Ok(files);
     }
-    let Some((root, _)) = roots.first() else {
-        return Err(Error::Fetch(missing_message(kind, &roots, "no folder to download into (HOME is not set)")));
+    // Download into the folder the user named with --data, else into the cache (a
+    // CONVNET_DATA folder may be shared and read-only).
+    let target = flag.map(Path::to_path_buf).or_else(cache_dir);
+    let Some(root) = target.as_ref() else {
+        return Err(Error::Fetch(missing_message(
+            kind,
+            &roots,
+            "no folder to download into (HOME is not set)",
+        )));
     };
     let dest = root.join(kind.dir_name());
     eprintln!("{kind} not found; downloading into {}", dest.display());
     download(&dest, &kind.files(), &kind.mirrors())
         .map_err(|why| Error::Fetch(missing_message(kind, &roots, &why)))?;
-    find_in(root, kind).ok_or_else(|| Error::Fetch(missing_message(kind, &roots, "download finished but files are missing")))
+    find_in(root, kind).ok_or_else(|| {
+        Error::Fetch(missing_message(
+            kind,
+            &roots,
+            "download finished but files are missing",
+        ))
+    })
 }
 
 fn missing_message(kind: DatasetKind, roots: &[(PathBuf, &str)], why: &str) -> String {
-    let mut m = format!("the {kind} data set was not found and could not be downloaded:\n  {why}\n");
+    let mut m =
+        format!("the {kind} data set was not found and could not be downloaded:\n  {why}\n");
     m.push_str("Looked in:\n");
     for (r, from) in roots {
-        m.push_str(&format!("  {}/{} and {} ({from})\n", r.display(), kind.dir_name(), r.display()));
+        m.push_str(&format!(
+            "  {}/{} and {} ({from})\n",
+            r.display(),
+            kind.dir_name(),
+            r.display()
+        ));
     }
     m.push_str("Expected files (raw or .gz):\n");
     for n in FILE_NAMES {
@@ -181,12 +209,24 @@ pub fn download(dest: &Path, files: &[RemoteFile], mirrors: &[String]) -> Result
         let mut failures = Vec::new();
         let mut done = false;
         for base in mirrors {
-            let url = format!("{}{}.gz", if base.ends_with('/') { base.clone() } else { format!("{base}/") }, f.name);
+            let url = format!(
+                "{}{}.gz",
+                if base.ends_with('/') {
+                    base.clone()
+                } else {
+                    format!("{base}/")
+                },
+                f.name
+            );
             match fetch_verified(&agent, &url, f) {
                 Ok(body) => {
                     // Keep the bytes as served; name them by what they are.
                     let gz = body.starts_with(&[0x1f, 0x8b]);
-                    let path = dest.join(if gz { format!("{}.gz", f.name) } else { f.name.to_string() });
+                    let path = dest.join(if gz {
+                        format!("{}.gz", f.name)
+                    } else {
+                        f.name.to_string()
+                    });
                     crate::checkpoint::write_atomic(&path, &body).map_err(|e| e.to_string())?;
                     eprintln!("  {url} -> {} (sha256 ok)", path.display());
                     done = true;
@@ -196,7 +236,11 @@ pub fn download(dest: &Path, files: &[RemoteFile], mirrors: &[String]) -> Result
             }
         }
         if !done {
-            return Err(format!("could not fetch {}:\n    {}", f.name, failures.join("\n    ")));
+            return Err(format!(
+                "could not fetch {}:\n    {}",
+                f.name,
+                failures.join("\n    ")
+            ));
         }
     }
     Ok(())
@@ -212,7 +256,10 @@ fn fetch_verified(agent: &ureq::Agent, url: &str, f: &RemoteFile) -> Result<Vec<
     let content = decompress_if_gzip(body.clone(), Path::new(url)).map_err(|e| e.to_string())?;
     let sum = hex(&Sha256::digest(&content));
     if sum != f.sha256 {
-        return Err(format!("checksum mismatch: sha256 of the content is {sum}, expected {}", f.sha256));
+        return Err(format!(
+            "checksum mismatch: sha256 of the content is {sum}, expected {}",
+            f.sha256
+        ));
     }
     Ok(body)
 }

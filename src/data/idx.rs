@@ -31,7 +31,14 @@ pub fn decompress_if_gzip(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>, Error> {
         let mut out = Vec::with_capacity(raw.len() * 4);
         MultiGzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .map_err(|e| Error::data(path, format!("is not a valid gzip file ({e}); delete it and it will be fetched again")))?;
+            .map_err(|e| {
+                Error::data(
+                    path,
+                    format!(
+                        "is not a valid gzip file ({e}); delete it and it will be fetched again"
+                    ),
+                )
+            })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -42,12 +49,24 @@ fn be_u32(bytes: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
-fn check_header(bytes: &[u8], path: &Path, magic: u32, header: usize, what: &str) -> Result<(), Error> {
-    if bytes.len() < header {
-        return Err(Error::data(
+fn check_header(
+    bytes: &[u8],
+    path: &Path,
+    magic: u32,
+    header: usize,
+    what: &str,
+) -> Result<(), Error> {
+    let too_short = || {
+        Error::data(
             path,
-            format!("is {} bytes long, too short for an IDX {what} header ({header} bytes)", bytes.len()),
-        ));
+            format!(
+                "is {} bytes long, too short for an IDX {what} header ({header} bytes)",
+                bytes.len()
+            ),
+        )
+    };
+    if bytes.len() < 4 {
+        return Err(too_short());
     }
     let found = be_u32(bytes, 0);
     if found != magic {
@@ -61,14 +80,24 @@ fn check_header(bytes: &[u8], path: &Path, magic: u32, header: usize, what: &str
             format!("magic number is 0x{found:08x}, expected 0x{magic:08x} for IDX {what}{hint}"),
         ));
     }
+    if bytes.len() < header {
+        return Err(too_short());
+    }
     Ok(())
 }
 
 pub fn parse_images(bytes: &[u8], path: &Path) -> Result<IdxImages, Error> {
     check_header(bytes, path, IMAGES_MAGIC, 16, "images")?;
-    let (count, rows, cols) = (be_u32(bytes, 4) as usize, be_u32(bytes, 8) as usize, be_u32(bytes, 12) as usize);
+    let (count, rows, cols) = (
+        be_u32(bytes, 4) as usize,
+        be_u32(bytes, 8) as usize,
+        be_u32(bytes, 12) as usize,
+    );
     if count == 0 || rows == 0 || cols == 0 {
-        return Err(Error::data(path, format!("header says {count} images of {rows}x{cols}; none may be zero")));
+        return Err(Error::data(
+            path,
+            format!("header says {count} images of {rows}x{cols}; none may be zero"),
+        ));
     }
     let expected = 16 + count * rows * cols;
     if bytes.len() != expected {
@@ -95,12 +124,23 @@ pub fn parse_labels(bytes: &[u8], path: &Path, classes: usize) -> Result<Vec<u8>
     if bytes.len() != 8 + count {
         return Err(Error::data(
             path,
-            format!("is {} bytes long; its header ({count} labels) needs exactly {}", bytes.len(), 8 + count),
+            format!(
+                "is {} bytes long; its header ({count} labels) needs exactly {}",
+                bytes.len(),
+                8 + count
+            ),
         ));
     }
     let labels = bytes[8..].to_vec();
-    if let Some((i, &bad)) = labels.iter().enumerate().find(|(_, &l)| l as usize >= classes) {
-        return Err(Error::data(path, format!("label {i} is {bad}, expected 0..={}", classes - 1)));
+    if let Some((i, &bad)) = labels
+        .iter()
+        .enumerate()
+        .find(|(_, &l)| l as usize >= classes)
+    {
+        return Err(Error::data(
+            path,
+            format!("label {i} is {bad}, expected 0..={}", classes - 1),
+        ));
     }
     Ok(labels)
 }

@@ -226,7 +226,11 @@ impl Layer for Conv2d {
             .zip(self.cols.par_chunks_mut(cols_per_chunk))
             .for_each(|((y, x), cols)| {
                 for (i, (y, x)) in y.chunks_mut(out_len).zip(x.chunks(in_len)).enumerate() {
-                    let col = if train { &mut cols[i * col_len..(i + 1) * col_len] } else { &mut *cols };
+                    let col = if train {
+                        &mut cols[i * col_len..(i + 1) * col_len]
+                    } else {
+                        &mut *cols
+                    };
                     im2col(&g, x, col);
                     for (row, &bias) in y.chunks_mut(g.ohw()).zip(b) {
                         row.fill(bias);
@@ -237,7 +241,11 @@ impl Layer for Conv2d {
     }
 
     fn backward(&mut self, x: &Tensor, _y: &Tensor, dy: &Tensor, dx: Option<&mut Tensor>) {
-        assert!(self.cols_hold_batch, "{}: backward needs a training-mode forward first", self.name);
+        assert!(
+            self.cols_hold_batch,
+            "{}: backward needs a training-mode forward first",
+            self.name
+        );
         let g = self.geometry;
         let n = x.batch();
         let (out_len, col_len, ohw, ckk) = (g.out_len(), g.ckk() * g.ohw(), g.ohw(), g.ckk());
@@ -273,7 +281,11 @@ impl Layer for Conv2d {
                 .zip(self.cols.par_chunks_mut(CHUNK * col_len))
                 .zip(dy.data.par_chunks(CHUNK * out_len))
                 .for_each(|((dx, cols), dy)| {
-                    for ((dx, col), dy) in dx.chunks_mut(in_len).zip(cols.chunks_mut(col_len)).zip(dy.chunks(out_len)) {
+                    for ((dx, col), dy) in dx
+                        .chunks_mut(in_len)
+                        .zip(cols.chunks_mut(col_len))
+                        .zip(dy.chunks(out_len))
+                    {
                         sgemm(ckk, g.out_c, ohw, 1.0, w, true, dy, false, 0.0, col);
                         col2im(&g, col, dx);
                     }
@@ -304,7 +316,13 @@ pub(crate) fn sum_parts(parts: &[f32], out: &mut [f32]) {
 
 /// Direct convolution, seven nested loops in f64: the reference for the im2col path.
 /// Returns y (N, O, OH, OW).
-pub fn conv2d_forward_reference(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32], n: usize) -> Vec<f32> {
+pub fn conv2d_forward_reference(
+    g: &ConvGeometry,
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    n: usize,
+) -> Vec<f32> {
     let k = g.kernel;
     let mut y = vec![0.0f32; n * g.out_len()];
     for img in 0..n {
@@ -317,10 +335,15 @@ pub fn conv2d_forward_reference(g: &ConvGeometry, x: &[f32], w: &[f32], b: &[f32
                             for kj in 0..k {
                                 let ih = (oh * g.stride + ki) as isize - g.pad as isize;
                                 let iw = (ow * g.stride + kj) as isize - g.pad as isize;
-                                if ih < 0 || iw < 0 || ih >= g.in_h as isize || iw >= g.in_w as isize {
+                                if ih < 0
+                                    || iw < 0
+                                    || ih >= g.in_h as isize
+                                    || iw >= g.in_w as isize
+                                {
                                     continue;
                                 }
-                                let xv = x[((img * g.in_c + c) * g.in_h + ih as usize) * g.in_w + iw as usize];
+                                let xv = x[((img * g.in_c + c) * g.in_h + ih as usize) * g.in_w
+                                    + iw as usize];
                                 acc += xv as f64 * w[((o * g.in_c + c) * k + ki) * k + kj] as f64;
                             }
                         }
@@ -356,10 +379,15 @@ pub fn conv2d_backward_reference(
                             for kj in 0..k {
                                 let ih = (oh * g.stride + ki) as isize - g.pad as isize;
                                 let iw = (ow * g.stride + kj) as isize - g.pad as isize;
-                                if ih < 0 || iw < 0 || ih >= g.in_h as isize || iw >= g.in_w as isize {
+                                if ih < 0
+                                    || iw < 0
+                                    || ih >= g.in_h as isize
+                                    || iw >= g.in_w as isize
+                                {
                                     continue;
                                 }
-                                let xi = ((img * g.in_c + c) * g.in_h + ih as usize) * g.in_w + iw as usize;
+                                let xi = ((img * g.in_c + c) * g.in_h + ih as usize) * g.in_w
+                                    + iw as usize;
                                 let wi = ((o * g.in_c + c) * k + ki) * k + kj;
                                 dx[xi] += d * w[wi] as f64;
                                 dw[wi] += d * x[xi] as f64;

@@ -30,13 +30,21 @@ pub struct Pool2d {
 }
 
 impl Pool2d {
-    pub fn new(name: &str, kind: PoolKind, input: [usize; 3], kernel: usize, stride: usize) -> Result<Pool2d, String> {
+    pub fn new(
+        name: &str,
+        kind: PoolKind,
+        input: [usize; 3],
+        kernel: usize,
+        stride: usize,
+    ) -> Result<Pool2d, String> {
         let [c, h, w] = input;
         if kernel == 0 || stride == 0 {
             return Err("kernel and stride must be at least 1".into());
         }
         if h < kernel || w < kernel {
-            return Err(format!("a {kernel}x{kernel} pool does not fit the {h}x{w} input"));
+            return Err(format!(
+                "a {kernel}x{kernel} pool does not fit the {h}x{w} input"
+            ));
         }
         Ok(Pool2d {
             name: name.to_string(),
@@ -77,7 +85,14 @@ impl Layer for Pool2d {
         let [c, oh, ow] = [self.output[0], self.output[1], self.output[2]];
         let (plane_in, plane_out) = (h * w, oh * ow);
         y.resize_batch(n, &self.output);
-        self.argmax.resize(if self.kind == PoolKind::Max { n * c * plane_out } else { 0 }, 0);
+        self.argmax.resize(
+            if self.kind == PoolKind::Max {
+                n * c * plane_out
+            } else {
+                0
+            },
+            0,
+        );
         let planes = CHUNK * c;
         match self.kind {
             PoolKind::Max => y
@@ -86,22 +101,15 @@ impl Layer for Pool2d {
                 .zip(self.argmax.par_chunks_mut(planes * plane_out))
                 .zip(x.data.par_chunks(planes * plane_in))
                 .for_each(|((y, arg), x)| {
-                    for ((y, arg), x) in y.chunks_mut(plane_out).zip(arg.chunks_mut(plane_out)).zip(x.chunks(plane_in)) {
-                        for i in 0..oh {
-                            for j in 0..ow {
-                                let mut best = i * s * w + j * s;
-                                for di in 0..k {
-                                    for dj in 0..k {
-                                        let p = (i * s + di) * w + j * s + dj;
-                                        // Strict `>`: the first of tied values wins.
-                                        if x[p] > x[best] {
-                                            best = p;
-                                        }
-                                    }
-                                }
-                                y[i * ow + j] = x[best];
-                                arg[i * ow + j] = best as u32;
-                            }
+                    for ((y, arg), x) in y
+                        .chunks_mut(plane_out)
+                        .zip(arg.chunks_mut(plane_out))
+                        .zip(x.chunks(plane_in))
+                    {
+                        if k == 2 && s == 2 {
+                            max_pool_2x2(x, w, y, arg, ow);
+                        } else {
+                            max_pool_plane(x, w, k, s, y, arg, ow);
                         }
                     }
                 }),
@@ -145,7 +153,11 @@ impl Layer for Pool2d {
                 .zip(dy.data.par_chunks(planes * plane_out))
                 .for_each(|((dx, arg), dy)| {
                     dx.fill(0.0);
-                    for ((dx, arg), dy) in dx.chunks_mut(plane_in).zip(arg.chunks(plane_out)).zip(dy.chunks(plane_out)) {
+                    for ((dx, arg), dy) in dx
+                        .chunks_mut(plane_in)
+                        .zip(arg.chunks(plane_out))
+                        .zip(dy.chunks(plane_out))
+                    {
                         for (&a, &d) in arg.iter().zip(dy) {
                             dx[a as usize] += d;
                         }
@@ -174,5 +186,83 @@ impl Layer for Pool2d {
                     })
             }
         }
+    }
+}
+
+/// The common 2x2, stride-2 case of max pooling over one plane, unrolled; the same
+/// first-wins rule on ties as the general loop (tested against it).
+fn max_pool_2x2(x: &[f32], w: usize, y: &mut [f32], arg: &mut [u32], ow: usize) {
+    for (i, (yr, ar)) in y
+        .chunks_exact_mut(ow)
+        .zip(arg.chunks_exact_mut(ow))
+        .enumerate()
+    {
+        let top = &x[2 * i * w..2 * i * w + 2 * ow];
+        let bottom = &x[(2 * i + 1) * w..(2 * i + 1) * w + 2 * ow];
+        let base = (2 * i * w) as u32;
+        for (j, (yv, av)) in yr.iter_mut().zip(ar.iter_mut()).enumerate() {
+            let (a, b, c, d) = (top[2 * j], top[2 * j + 1], bottom[2 * j], bottom[2 * j + 1]);
+            let (mut best, mut at) = (a, 2 * j as u32);
+            if b > best {
+                best = b;
+                at = 2 * j as u32 + 1;
+            }
+            if c > best {
+                best = c;
+                at = w as u32 + 2 * j as u32;
+            }
+            if d > best {
+                best = d;
+                at = w as u32 + 2 * j as u32 + 1;
+            }
+            *yv = best;
+            *av = base + at;
+        }
+    }
+}
+
+/// Max pooling of one (H, W) plane with any kernel and stride: the plain version.
+fn max_pool_plane(
+    x: &[f32],
+    w: usize,
+    k: usize,
+    s: usize,
+    y: &mut [f32],
+    arg: &mut [u32],
+    ow: usize,
+) {
+    for (o, (yv, av)) in y.iter_mut().zip(arg.iter_mut()).enumerate() {
+        let (i, j) = (o / ow, o % ow);
+        let mut best = i * s * w + j * s;
+        for di in 0..k {
+            for dj in 0..k {
+                let p = (i * s + di) * w + j * s + dj;
+                // Strict `>`: the first of tied values wins.
+                if x[p] > x[best] {
+                    best = p;
+                }
+            }
+        }
+        *yv = x[best];
+        *av = best as u32;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unrolled_2x2_matches_the_plain_loop_including_ties() {
+        // Few distinct values, so most windows hold ties; odd width leaves a ragged edge.
+        let (h, w) = (6, 7);
+        let x: Vec<f32> = (0..h * w).map(|i| ((i * 7919) % 3) as f32).collect();
+        let (oh, ow) = (3, 3);
+        let (mut y1, mut a1) = (vec![0.0; oh * ow], vec![0; oh * ow]);
+        let (mut y2, mut a2) = (vec![0.0; oh * ow], vec![0; oh * ow]);
+        max_pool_2x2(&x, w, &mut y1, &mut a1, ow);
+        max_pool_plane(&x, w, 2, 2, &mut y2, &mut a2, ow);
+        assert_eq!(y1, y2);
+        assert_eq!(a1, a2);
     }
 }
