@@ -18,7 +18,10 @@ fn main() {
         ("fc1 dx      dy.w", 8, 128, 784, false, false),
         ("square 512", 512, 512, 512, false, false),
     ];
-    println!("{:<24} {:>16} {:>16}", "shape (m x k x n)", "matrixmultiply", "gemm");
+    println!(
+        "{:<24} {:>16} {:>16}",
+        "shape (m x k x n)", "matrixmultiply", "gemm"
+    );
     println!("{:<24} {:>16} {:>16}", "", "GFLOP/s", "GFLOP/s");
     for (what, m, k, n, ta, tb) in shapes {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 13) as f32 * 0.1 - 0.6).collect();

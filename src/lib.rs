@@ -38,6 +38,7 @@ pub mod loss;
 pub mod metrics;
 pub mod network;
 pub mod optim;
+pub mod plot;
 pub mod runtime;
 pub mod spec;
 pub mod tensor;
@@ -75,6 +76,9 @@ pub enum Error {
     /// Training produced a NaN or infinite loss.
     #[error("{0}")]
     Diverged(String),
+    /// Training was interrupted (Ctrl-C) and a checkpoint was written.
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 impl Error {
@@ -105,6 +109,7 @@ impl Error {
             Error::Model { .. } => 4,
             Error::Io { .. } => 5,
             Error::Diverged(_) => 6,
+            Error::Interrupted(_) => 130,
         }
     }
 }

@@ -1,11 +1,13 @@
 //! The training loop: seeded shuffling, batches, forward, backward, SGD step, per-epoch
 //! validation, and the metric log.
 
-use crate::checkpoint::save_model;
+use crate::checkpoint::{
+    model_tensors, save_model, to_safetensors, write_atomic, NamedTensor, TensorFile, SPEC_KEY,
+};
 use crate::data::dataset::{Dataset, DatasetKind, PixelLut, Splits};
 use crate::init::Init;
 use crate::loss::{argmax, BatchStats};
-use crate::metrics::{EpochMetrics, MetricsLog};
+use crate::metrics::{EpochMetrics, MetricsLog, HEADER};
 use crate::network::Network;
 use crate::optim::{Schedule, Sgd};
 use crate::spec::ModelSpec;
@@ -14,7 +16,10 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_pcg::Pcg64Mcg;
 use serde::{Deserialize, Serialize};
-use std::path::Path;
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Everything that defines a run; saved as `config.toml` in the run directory.
@@ -150,6 +155,7 @@ pub enum Event<'a> {
     EpochStart {
         epoch: usize,
         iters: usize,
+        first_batch: usize,
     },
     Batch {
         epoch: usize,
@@ -159,12 +165,10 @@ pub enum Event<'a> {
         images_per_sec: f64,
     },
     Epoch(&'a EpochMetrics),
-}
-
-pub struct Outcome {
-    pub net: Network,
-    pub metrics: Vec<EpochMetrics>,
-    pub test: BatchStats,
+    Checkpoint {
+        path: &'a Path,
+        state: &'a RunState,
+    },
 }
 
 /// Builds and initialises the network of a config.
@@ -177,89 +181,392 @@ pub fn build_network(cfg: &TrainConfig) -> Result<Network, Error> {
     Ok(net)
 }
 
-/// Trains from scratch into `run_dir` (which must exist): writes `config.toml`,
-/// `metrics.csv` row by row and `model.safetensors` at the end.
+/// Where a run is. Saved in every checkpoint; together with the seed it also fixes the
+/// random state, since every epoch's shuffle is derived from (seed, epoch).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunState {
+    /// Complete epochs.
+    pub epochs_done: usize,
+    /// Batches done in the epoch under way.
+    pub batch_in_epoch: usize,
+    /// Batches done over the whole run.
+    pub iteration: usize,
+    /// The running statistics of the epoch under way.
+    pub epoch_loss_sum: f64,
+    pub epoch_correct: usize,
+    pub epoch_count: usize,
+    pub epoch_seconds: f64,
+    /// Best validation accuracy so far (correct count) and its epoch (0 = none yet).
+    pub best_val_correct: usize,
+    pub best_epoch: usize,
+    /// The metrics.csv rows so far.
+    pub metrics: Vec<String>,
+}
+
+pub const CHECKPOINT: &str = "checkpoint.safetensors";
+pub const BEST: &str = "best.safetensors";
+pub const MODEL: &str = "model.safetensors";
+pub const CONFIG: &str = "config.toml";
+pub const METRICS: &str = "metrics.csv";
+pub const STEPS: &str = "steps.csv";
+const STATE_KEY: &str = "convnet.state";
+const CONFIG_KEY: &str = "convnet.config";
+
+/// A run in progress: the config, the network, the optimiser and where it is.
+pub struct Trainer {
+    pub cfg: TrainConfig,
+    pub net: Network,
+    pub sgd: Sgd,
+    pub state: RunState,
+    pub run_dir: PathBuf,
+    /// Write a checkpoint every this many iterations as well (0 = only at epoch ends).
+    pub checkpoint_every: usize,
+    steps: Option<BufWriter<File>>,
+}
+
+impl Trainer {
+    /// Starts a new run in `run_dir` (which must exist): writes `config.toml` and the
+    /// metric log's header.
+    pub fn new(cfg: &TrainConfig, run_dir: &Path) -> Result<Trainer, Error> {
+        cfg.validate()?;
+        write_atomic(&run_dir.join(CONFIG), cfg.to_toml().as_bytes())?;
+        for f in [METRICS, STEPS, CHECKPOINT, BEST, MODEL] {
+            let _ = std::fs::remove_file(run_dir.join(f));
+        }
+        MetricsLog::create(&run_dir.join(METRICS))?;
+        Ok(Trainer {
+            cfg: cfg.clone(),
+            net: build_network(cfg)?,
+            sgd: Sgd::new(cfg.momentum, cfg.weight_decay, cfg.decay_bias),
+            state: RunState::default(),
+            run_dir: run_dir.to_path_buf(),
+            checkpoint_every: 0,
+            steps: None,
+        })
+    }
+
+    /// Continues the run in `run_dir` from its last checkpoint (or from the start, with the
+    /// same config, when it stopped before its first checkpoint). The metric and step logs
+    /// are cut back to what the checkpoint knows, so no row is duplicated or lost.
+    pub fn resume(run_dir: &Path) -> Result<Trainer, Error> {
+        let cfg_path = run_dir.join(CONFIG);
+        let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        let cfg: TrainConfig = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("{}: {e}", cfg_path.display())))?;
+        let ckpt = run_dir.join(CHECKPOINT);
+        if !ckpt.exists() {
+            return Trainer::new(&cfg, run_dir);
+        }
+        let file = TensorFile::read(&ckpt)?;
+        let state: RunState = serde_json::from_str(
+            file.metadata
+                .get(STATE_KEY)
+                .map(String::as_str)
+                .unwrap_or(""),
+        )
+        .map_err(|e| Error::model(&ckpt, format!("has no valid `{STATE_KEY}` metadata ({e})")))?;
+        if file.spec()? != cfg.model {
+            return Err(Error::model(
+                &ckpt,
+                format!("its model differs from the one in {}", cfg_path.display()),
+            ));
+        }
+        let mut net = Network::build(&cfg.model)?;
+        file.load_weights(&mut net)?;
+        let mut sgd = Sgd::new(cfg.momentum, cfg.weight_decay, cfg.decay_bias);
+        let mut result = Ok(());
+        net.visit_params_mut(|_, name, p| {
+            if result.is_ok() {
+                match file.tensor(&format!("optimizer.{name}.momentum_buffer"), &p.shape) {
+                    Ok(v) => sgd.velocity.push(v),
+                    Err(e) => result = Err(e),
+                }
+            }
+        });
+        result?;
+        // Cut the logs back to the checkpoint.
+        let metrics = format!(
+            "{HEADER}\n{}",
+            state
+                .metrics
+                .iter()
+                .map(|r| format!("{r}\n"))
+                .collect::<String>()
+        );
+        write_atomic(&run_dir.join(METRICS), metrics.as_bytes())?;
+        let steps_path = run_dir.join(STEPS);
+        if let Ok(text) = std::fs::read_to_string(&steps_path) {
+            let kept: String = text
+                .lines()
+                .enumerate()
+                .filter(|(i, l)| {
+                    *i == 0
+                        || l.split(',')
+                            .next()
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .is_some_and(|it| it <= state.iteration)
+                })
+                .map(|(_, l)| format!("{l}\n"))
+                .collect();
+            write_atomic(&steps_path, kept.as_bytes())?;
+        }
+        Ok(Trainer {
+            cfg,
+            net,
+            sgd,
+            state,
+            run_dir: run_dir.to_path_buf(),
+            checkpoint_every: 0,
+            steps: None,
+        })
+    }
+
+    /// Writes `checkpoint.safetensors`: weights, momentum buffers, the config, the state.
+    pub fn save_checkpoint(&mut self) -> Result<(), Error> {
+        if let Some(s) = self.steps.as_mut() {
+            s.flush()
+                .map_err(|e| Error::io(&self.run_dir.join(STEPS), e))?;
+        }
+        let mut tensors = model_tensors(&self.net);
+        let names: Vec<(String, Vec<usize>)> = tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        let zeros: Vec<Vec<f32>> = names
+            .iter()
+            .map(|(_, s)| vec![0.0; s.iter().product()])
+            .collect();
+        for (k, (name, shape)) in names.into_iter().enumerate() {
+            let v = self
+                .sgd
+                .velocity
+                .get(k)
+                .filter(|v| !v.is_empty())
+                .unwrap_or(&zeros[k]);
+            tensors.push(NamedTensor {
+                name: format!("optimizer.{name}.momentum_buffer"),
+                shape,
+                values: v,
+            });
+        }
+        let mut meta = HashMap::new();
+        meta.insert("format".to_string(), "pt".to_string());
+        meta.insert(SPEC_KEY.to_string(), self.net.spec.to_toml());
+        meta.insert(CONFIG_KEY.to_string(), self.cfg.to_toml());
+        meta.insert(
+            STATE_KEY.to_string(),
+            serde_json::to_string(&self.state).expect("state serialises"),
+        );
+        write_atomic(
+            &self.run_dir.join(CHECKPOINT),
+            &to_safetensors(&tensors, meta),
+        )
+    }
+
+    fn model_metadata(&self, extra: (&'static str, String)) -> Vec<(&'static str, String)> {
+        vec![
+            ("convnet.dataset", self.cfg.dataset.to_string()),
+            ("convnet.seed", self.cfg.seed.to_string()),
+            extra,
+        ]
+    }
+
+    fn log_step(&mut self, epoch: usize, loss: f64, lr: f32) -> Result<(), Error> {
+        if self.steps.is_none() {
+            let path = self.run_dir.join(STEPS);
+            let fresh = !path.exists();
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            let mut w = BufWriter::new(f);
+            if fresh {
+                writeln!(w, "iteration,epoch,loss,lr").map_err(|e| Error::io(&path, e))?;
+            }
+            self.steps = Some(w);
+        }
+        let w = self.steps.as_mut().expect("opened above");
+        writeln!(w, "{},{epoch},{loss:.6},{lr}", self.state.iteration)
+            .map_err(|e| Error::io(&self.run_dir.join(STEPS), e))
+    }
+
+    /// Trains until the configured number of epochs, then evaluates on the test set and
+    /// writes `model.safetensors`. `stop()` is asked after every batch; when it says yes, a
+    /// checkpoint is written and `Error::Interrupted` returned.
+    pub fn run(
+        &mut self,
+        splits: &Splits,
+        on_event: &mut dyn FnMut(Event),
+        stop: &dyn Fn() -> bool,
+    ) -> Result<BatchStats, Error> {
+        let cfg = self.cfg.clone();
+        let lut = PixelLut::new(cfg.model.normalize);
+        let train_set = &splits.train;
+        let n_train = cfg
+            .train_limit
+            .unwrap_or(train_set.len())
+            .min(train_set.len());
+        let iters = n_train.div_ceil(cfg.batch_size);
+        let total_iters = iters * cfg.epochs;
+        let log = MetricsLog::create(&self.run_dir.join(METRICS))?;
+        let mut labels = Vec::with_capacity(cfg.batch_size);
+        for epoch in self.state.epochs_done..cfg.epochs {
+            let first = self.state.batch_in_epoch;
+            on_event(Event::EpochStart {
+                epoch: epoch + 1,
+                iters,
+                first_batch: first,
+            });
+            let order = epoch_order(cfg.seed, epoch, n_train);
+            let start = Instant::now();
+            let seconds_before = self.state.epoch_seconds;
+            let mut stats = BatchStats {
+                loss_sum: self.state.epoch_loss_sum,
+                correct: self.state.epoch_correct,
+                count: self.state.epoch_count,
+            };
+            let count_at_start = stats.count;
+            let mut lr = cfg.lr;
+            for (i, batch) in order.chunks(cfg.batch_size).enumerate().skip(first) {
+                train_set.fill_batch(batch, &lut, self.net.input_mut(batch.len()), &mut labels);
+                self.net.forward(true);
+                let s = self.net.backward(&labels);
+                lr = cfg
+                    .schedule
+                    .lr(cfg.lr, self.state.iteration, iters, total_iters);
+                if !s.loss_sum.is_finite() {
+                    let msg = format!(
+                        "training diverged: the loss became {} at epoch {}, iteration {} (lr {lr}); \
+                         the last good checkpoint is kept. Try a smaller --lr.",
+                        s.loss_sum,
+                        epoch + 1,
+                        i + 1
+                    );
+                    stats.add(s);
+                    let row = EpochMetrics {
+                        epoch: epoch + 1,
+                        iteration: self.state.iteration + 1,
+                        lr,
+                        train: stats,
+                        val: BatchStats::default(),
+                        seconds: seconds_before + start.elapsed().as_secs_f64(),
+                        images_per_sec: 0.0,
+                    };
+                    log.append(&row)?;
+                    return Err(Error::Diverged(msg));
+                }
+                let sgd = &mut self.sgd;
+                self.net.visit_params_mut(|k, _, p| sgd.update(k, p, lr));
+                stats.add(s);
+                self.state.iteration += 1;
+                self.state.batch_in_epoch = i + 1;
+                self.log_step(epoch + 1, s.mean_loss(), lr)?;
+                let secs = start.elapsed().as_secs_f64();
+                on_event(Event::Batch {
+                    epoch: epoch + 1,
+                    iter: i + 1,
+                    iters,
+                    loss: stats.mean_loss(),
+                    images_per_sec: (stats.count - count_at_start) as f64 / secs,
+                });
+                let interrupted = i + 1 < iters && stop();
+                let periodic = self.checkpoint_every > 0
+                    && self.state.iteration.is_multiple_of(self.checkpoint_every);
+                if (interrupted || periodic) && i + 1 < iters {
+                    self.state.epoch_loss_sum = stats.loss_sum;
+                    self.state.epoch_correct = stats.correct;
+                    self.state.epoch_count = stats.count;
+                    self.state.epoch_seconds = seconds_before + secs;
+                    self.save_checkpoint()?;
+                    let path = self.run_dir.join(CHECKPOINT);
+                    on_event(Event::Checkpoint {
+                        path: &path,
+                        state: &self.state,
+                    });
+                }
+                if interrupted {
+                    return Err(self.interrupted());
+                }
+            }
+            let seconds = seconds_before + start.elapsed().as_secs_f64();
+            let val = evaluate(&mut self.net, &splits.val, 1000, |_, _| {});
+            let m = EpochMetrics {
+                epoch: epoch + 1,
+                iteration: self.state.iteration,
+                lr,
+                train: stats,
+                val,
+                seconds,
+                images_per_sec: stats.count as f64 / seconds,
+            };
+            log.append(&m)?;
+            self.state.metrics.push(m.to_csv());
+            self.state.epochs_done = epoch + 1;
+            self.state.batch_in_epoch = 0;
+            self.state.epoch_loss_sum = 0.0;
+            self.state.epoch_correct = 0;
+            self.state.epoch_count = 0;
+            self.state.epoch_seconds = 0.0;
+            if val.count > 0
+                && (self.state.best_epoch == 0 || val.correct > self.state.best_val_correct)
+            {
+                self.state.best_val_correct = val.correct;
+                self.state.best_epoch = epoch + 1;
+                let meta = self.model_metadata(("convnet.best_epoch", (epoch + 1).to_string()));
+                save_model(&self.run_dir.join(BEST), &self.net, &meta)?;
+            }
+            self.save_checkpoint()?;
+            on_event(Event::Epoch(&m));
+            if epoch + 1 < cfg.epochs && stop() {
+                return Err(self.interrupted());
+            }
+        }
+        let test = evaluate(&mut self.net, &splits.test, 1000, |_, _| {});
+        let meta = self.model_metadata((
+            "convnet.test_accuracy",
+            format!("{}/{}", test.correct, test.count),
+        ));
+        save_model(&self.run_dir.join(MODEL), &self.net, &meta)?;
+        Ok(test)
+    }
+
+    fn interrupted(&self) -> Error {
+        Error::Interrupted(format!(
+            "interrupted: checkpoint saved after epoch {} batch {} (iteration {})",
+            self.state.epochs_done + usize::from(self.state.batch_in_epoch > 0),
+            self.state.batch_in_epoch,
+            self.state.iteration
+        ))
+    }
+}
+
+pub struct Outcome {
+    pub net: Network,
+    pub metrics: Vec<EpochMetrics>,
+    pub test: BatchStats,
+}
+
+/// Trains from scratch into `run_dir` (which must exist), without interruption.
 pub fn train(
     cfg: &TrainConfig,
     splits: &Splits,
     run_dir: &Path,
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Outcome, Error> {
-    cfg.validate()?;
-    crate::checkpoint::write_atomic(&run_dir.join("config.toml"), cfg.to_toml().as_bytes())?;
-    let log = MetricsLog::create(&run_dir.join("metrics.csv"))?;
-    let mut net = build_network(cfg)?;
-    let mut sgd = Sgd::new(cfg.momentum, cfg.weight_decay, cfg.decay_bias);
-    let lut = PixelLut::new(cfg.model.normalize);
-    let train_set = &splits.train;
-    let n_train = cfg
-        .train_limit
-        .unwrap_or(train_set.len())
-        .min(train_set.len());
-    let iters = n_train.div_ceil(cfg.batch_size);
-    let total_iters = iters * cfg.epochs;
-    let mut labels = Vec::with_capacity(cfg.batch_size);
-    let mut metrics = Vec::new();
-    let mut iteration = 0;
-    for epoch in 0..cfg.epochs {
-        on_event(Event::EpochStart {
-            epoch: epoch + 1,
-            iters,
-        });
-        let order = epoch_order(cfg.seed, epoch, n_train);
-        let start = Instant::now();
-        let mut stats = BatchStats::default();
-        let mut lr = cfg.lr;
-        for (i, batch) in order.chunks(cfg.batch_size).enumerate() {
-            train_set.fill_batch(batch, &lut, net.input_mut(batch.len()), &mut labels);
-            net.forward(true);
-            let s = net.backward(&labels);
-            if !s.loss_sum.is_finite() {
-                return Err(Error::Diverged(format!(
-                    "the loss became {} at epoch {}, iteration {} (lr {lr}): try a smaller --lr",
-                    s.loss_sum,
-                    epoch + 1,
-                    i + 1
-                )));
-            }
-            lr = cfg.schedule.lr(cfg.lr, iteration, iters, total_iters);
-            net.visit_params_mut(|k, _, p| sgd.update(k, p, lr));
-            stats.add(s);
-            iteration += 1;
-            on_event(Event::Batch {
-                epoch: epoch + 1,
-                iter: i + 1,
-                iters,
-                loss: stats.mean_loss(),
-                images_per_sec: stats.count as f64 / start.elapsed().as_secs_f64(),
-            });
-        }
-        let seconds = start.elapsed().as_secs_f64();
-        let val = evaluate(&mut net, &splits.val, 1000, |_, _| {});
-        let m = EpochMetrics {
-            epoch: epoch + 1,
-            iteration,
-            lr,
-            train: stats,
-            val,
-            seconds,
-            images_per_sec: stats.count as f64 / seconds,
-        };
-        log.append(&m)?;
-        on_event(Event::Epoch(&m));
-        metrics.push(m);
-    }
-    let test = evaluate(&mut net, &splits.test, 1000, |_, _| {});
-    let meta = [
-        ("convnet.dataset", cfg.dataset.to_string()),
-        ("convnet.seed", cfg.seed.to_string()),
-        (
-            "convnet.test_accuracy",
-            format!("{}/{}", test.correct, test.count),
-        ),
-    ];
-    save_model(&run_dir.join("model.safetensors"), &net, &meta)?;
-    Ok(Outcome { net, metrics, test })
+    let mut t = Trainer::new(cfg, run_dir)?;
+    let test = t.run(splits, on_event, &|| false)?;
+    let metrics = t
+        .state
+        .metrics
+        .iter()
+        .filter_map(|r| EpochMetrics::from_csv(r))
+        .collect();
+    Ok(Outcome {
+        net: t.net,
+        metrics,
+        test,
+    })
 }
 
 /// Runs the network in evaluation mode over a whole data set; `per_sample(index, logits)`

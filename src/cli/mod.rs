@@ -4,6 +4,7 @@
 mod bench;
 mod common;
 mod eval;
+mod plot;
 mod show;
 mod train;
 
@@ -23,6 +24,8 @@ enum Command {
     Train(train::Args),
     /// Evaluate a saved model on the test (or validation) set.
     Eval(eval::Args),
+    /// Draw loss and accuracy curves of one or more runs (PNG and SVG).
+    Plot(plot::Args),
     /// Print a model's layer table: output shapes, kernels, parameters, multiply-adds.
     Show(show::Args),
     /// Measure training and evaluation speed on synthetic batches.
@@ -42,6 +45,7 @@ pub fn run() -> i32 {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Show(a) => show::run(a),
+        Command::Plot(a) => plot::run(a),
         Command::Bench(a) => bench::run(a),
     };
     match result {

@@ -7,10 +7,11 @@ use convnet::data::DatasetKind;
 use convnet::init::Init;
 use convnet::metrics::format_count;
 use convnet::optim::Schedule;
-use convnet::train::{train, Event, TrainConfig};
+use convnet::train::{Event, TrainConfig, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -65,6 +66,16 @@ pub struct Args {
     /// Run directory (default: runs/<timestamp>-<model>).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint, with its saved
+    /// settings (only --data and --threads are taken from the command line).
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// Also write a checkpoint every N iterations (one is always written after each epoch).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    checkpoint_every: usize,
+    /// Do not draw curves.png / curves.svg at the end.
+    #[arg(long)]
+    no_plot: bool,
 }
 
 fn schedule(args: &Args) -> Result<Schedule> {
@@ -134,7 +145,7 @@ fn make_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-pub fn run(args: Args) -> Result<()> {
+fn config_from_args(args: &Args) -> Result<TrainConfig> {
     let (model, preset) = args.model.resolve()?;
     let mut cfg = TrainConfig::default_for(model);
     cfg.preset = preset;
@@ -145,7 +156,7 @@ pub fn run(args: Args) -> Result<()> {
     cfg.momentum = args.momentum;
     cfg.weight_decay = args.weight_decay;
     cfg.decay_bias = !args.no_bias_decay;
-    cfg.schedule = schedule(&args)?;
+    cfg.schedule = schedule(args)?;
     cfg.init = args.init;
     cfg.init_std = args.init_std;
     cfg.seed = args.seed;
@@ -153,10 +164,54 @@ pub fn run(args: Args) -> Result<()> {
     cfg.val_size = args.val_size;
     cfg.train_limit = args.limit;
     cfg.validate()?;
+    Ok(cfg)
+}
 
-    let threads = convnet::runtime::init_threads(cfg.threads);
+/// Ctrl-C presses so far: the first asks for a checkpoint after the current batch, the
+/// second exits at once (a checkpoint being written is a temporary file until renamed, so
+/// the previous one stays intact).
+static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
+fn install_ctrl_c() {
+    let _ = ctrlc::set_handler(|| {
+        if INTERRUPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+            eprintln!("\nCtrl-C: finishing this batch and saving a checkpoint (press again to quit at once)");
+        } else {
+            eprintln!("\nCtrl-C again: quitting without a checkpoint");
+            std::process::exit(130);
+        }
+    });
+}
+
+pub fn run(args: Args) -> Result<()> {
+    let mut trainer = match &args.resume {
+        Some(dir) => {
+            let t = Trainer::resume(dir)?;
+            if t.state.epochs_done >= t.cfg.epochs && dir.join(convnet::train::MODEL).exists() {
+                anyhow::bail!(convnet::Error::Config(format!(
+                    "{} has finished all {} epochs; nothing to resume",
+                    dir.display(),
+                    t.cfg.epochs
+                )));
+            }
+            t
+        }
+        None => {
+            let cfg = config_from_args(&args)?;
+            let dir = make_run_dir(args.out.as_deref(), &cfg.model.name)?;
+            Trainer::new(&cfg, &dir)?
+        }
+    };
+    trainer.checkpoint_every = args.checkpoint_every;
+    let threads_wanted = if args.resume.is_some() {
+        args.threads
+    } else {
+        trainer.cfg.threads
+    };
+    let threads = convnet::runtime::init_threads(threads_wanted);
+    let cfg = trainer.cfg.clone();
+    let run_dir = trainer.run_dir.clone();
     let splits = load_splits(cfg.dataset, args.data.data.as_deref(), cfg.val_size)?;
-    let run_dir = make_run_dir(args.out.as_deref(), &cfg.model.name)?;
     let n_train = cfg
         .train_limit
         .unwrap_or(splits.train.len())
@@ -164,7 +219,7 @@ pub fn run(args: Args) -> Result<()> {
     println!(
         "convnet train: model {} ({} parameters), {} — {} train / {} val / {} test images",
         cfg.model.name,
-        convnet::network::group_digits(convnet::train::build_network(&cfg)?.param_count()),
+        convnet::network::group_digits(trainer.net.param_count()),
         cfg.dataset,
         n_train,
         splits.val.len(),
@@ -175,19 +230,83 @@ pub fn run(args: Args) -> Result<()> {
         cfg.seed, cfg.batch_size, cfg.lr, cfg.schedule, cfg.momentum, cfg.weight_decay
     );
     println!("run directory: {}", run_dir.display());
+    if args.resume.is_some() {
+        println!(
+            "resuming after epoch {} batch {} (iteration {})",
+            trainer.state.epochs_done, trainer.state.batch_in_epoch, trainer.state.iteration
+        );
+        for row in &trainer.state.metrics {
+            if let Some(m) = convnet::metrics::EpochMetrics::from_csv(row) {
+                println!("{}", epoch_line(&m, cfg.epochs));
+            }
+        }
+    }
 
+    install_ctrl_c();
     let started = Instant::now();
     let mut progress = Progress::new(cfg.epochs);
-    let outcome = train(&cfg, &splits, &run_dir, &mut |e| progress.event(e))?;
-    let t = outcome.test;
+    let result = trainer.run(&splits, &mut |e| progress.event(e), &|| {
+        INTERRUPTS.load(Ordering::SeqCst) > 0
+    });
+    progress.finish();
+    if !args.no_plot {
+        draw_run_curves(&run_dir);
+    }
+    let test = match result {
+        Ok(t) => t,
+        Err(e @ convnet::Error::Interrupted(_)) => {
+            let data = args
+                .data
+                .data
+                .as_ref()
+                .map(|d| format!(" --data {}", d.display()))
+                .unwrap_or_default();
+            eprintln!(
+                "{e}\nresume with:\n  convnet train --resume {}{data}",
+                run_dir.display()
+            );
+            std::process::exit(e.exit_code());
+        }
+        Err(e) => return Err(e.into()),
+    };
     println!(
         "test: loss {:.4}, accuracy {} — {:.1}s in all",
-        t.mean_loss(),
-        format_count(t.correct, t.count),
+        test.mean_loss(),
+        format_count(test.correct, test.count),
         started.elapsed().as_secs_f64()
     );
-    println!("saved {}", run_dir.join("model.safetensors").display());
+    println!(
+        "saved {} (best validation: epoch {}, {})",
+        run_dir.join(convnet::train::MODEL).display(),
+        trainer.state.best_epoch,
+        run_dir.join(convnet::train::BEST).display()
+    );
     Ok(())
+}
+
+/// Draws the run's curves next to its logs; a failure to draw does not fail the run.
+fn draw_run_curves(run_dir: &Path) {
+    let drawn = convnet::plot::load_run(run_dir).and_then(|r| {
+        convnet::plot::draw_curves(&[r], "Training curves", true, &run_dir.join("curves"))
+    });
+    match drawn {
+        Ok(paths) => println!("curves: {}", paths[0].display()),
+        Err(e) => eprintln!("warning: could not draw the curves: {e}"),
+    }
+}
+
+fn epoch_line(m: &convnet::metrics::EpochMetrics, epochs: usize) -> String {
+    format!(
+        "epoch {:>2}/{} train loss {:.4} acc {} | val loss {:.4} acc {} | {:.1}s {:.0} img/s",
+        m.epoch,
+        epochs,
+        m.train.mean_loss(),
+        format_count(m.train.correct, m.train.count),
+        m.val.mean_loss(),
+        format_count(m.val.correct, m.val.count),
+        m.seconds,
+        m.images_per_sec
+    )
 }
 
 /// An indicatif bar on a terminal; a few plain lines per epoch otherwise.
@@ -199,6 +318,12 @@ struct Progress {
 }
 
 impl Progress {
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
     fn new(epochs: usize) -> Progress {
         Progress {
             epochs,
@@ -210,7 +335,11 @@ impl Progress {
 
     fn event(&mut self, e: Event) {
         match e {
-            Event::EpochStart { epoch, iters } => {
+            Event::EpochStart {
+                epoch,
+                iters,
+                first_batch,
+            } => {
                 if self.tty {
                     let bar = ProgressBar::new(iters as u64);
                     bar.set_style(
@@ -221,9 +350,11 @@ impl Progress {
                         .progress_chars("=> "),
                     );
                     bar.set_prefix(format!("epoch {epoch}/{}", self.epochs));
+                    bar.set_position(first_batch as u64);
                     self.bar = Some(bar);
                 }
-                self.next_line = iters.div_ceil(4);
+                let step = iters.div_ceil(4);
+                self.next_line = (first_batch / step + 1) * step;
             }
             Event::Batch {
                 epoch,
@@ -246,18 +377,9 @@ impl Progress {
                 if let Some(bar) = self.bar.take() {
                     bar.finish_and_clear();
                 }
-                println!(
-                    "epoch {:>2}/{} train loss {:.4} acc {} | val loss {:.4} acc {} | {:.1}s {:.0} img/s",
-                    m.epoch,
-                    self.epochs,
-                    m.train.mean_loss(),
-                    format_count(m.train.correct, m.train.count),
-                    m.val.mean_loss(),
-                    format_count(m.val.correct, m.val.count),
-                    m.seconds,
-                    m.images_per_sec
-                );
+                println!("{}", epoch_line(m, self.epochs));
             }
+            Event::Checkpoint { .. } => {}
         }
     }
 }

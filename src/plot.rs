@@ -1,0 +1,423 @@
+//! Curves drawn from a run's logs (never re-typed): loss and accuracy per epoch, train
+//! against validation, and optionally the per-iteration loss. PNG and SVG, written
+//! atomically. Several runs overlay in one figure, one colour each.
+
+use crate::checkpoint::write_atomic;
+use crate::metrics::{EpochMetrics, MetricsLog};
+use crate::train::{TrainConfig, CONFIG, METRICS, STEPS};
+use crate::Error;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+/// One run's curves and the name it has in a legend.
+#[derive(Clone, Debug)]
+pub struct RunCurves {
+    pub label: String,
+    pub metrics: Vec<EpochMetrics>,
+    /// (iteration, loss) per training batch, from steps.csv.
+    pub steps: Vec<(usize, f64)>,
+}
+
+/// Registers the embedded DejaVu Sans, so text renders the same on every machine
+/// without system fonts.
+pub fn register_fonts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = plotters::style::register_font(
+            "sans-serif",
+            FontStyle::Normal,
+            dejavu::sans::regular(),
+        );
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Bold, dejavu::sans::bold());
+    });
+}
+
+/// Reads a run directory's logs (a run still going or interrupted is fine).
+pub fn load_run(dir: &Path) -> Result<RunCurves, Error> {
+    let metrics_path = dir.join(METRICS);
+    if !metrics_path.exists() {
+        return Err(Error::data(
+            dir,
+            format!("has no {METRICS}: is it a convnet run directory?"),
+        ));
+    }
+    let metrics = MetricsLog::read(&metrics_path)?;
+    let steps = std::fs::read_to_string(dir.join(STEPS))
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let mut f = l.split(',');
+                    let it = f.next()?.parse().ok()?;
+                    let loss = f.nth(1)?.parse().ok()?;
+                    Some((it, loss))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string());
+    let label = match std::fs::read_to_string(dir.join(CONFIG))
+        .ok()
+        .and_then(|t| toml::from_str::<TrainConfig>(&t).ok())
+    {
+        Some(c) => format!(
+            "{name} ({}, lr {}, wd {}, bs {})",
+            c.model.name, c.lr, c.weight_decay, c.batch_size
+        ),
+        None => name,
+    };
+    Ok(RunCurves {
+        label,
+        metrics,
+        steps,
+    })
+}
+
+type DrawResult = Result<(), String>;
+
+fn err<E: std::fmt::Debug>(e: E) -> String {
+    format!("{e:?}")
+}
+
+/// Draws the figure and writes `<out_base>.png` and `<out_base>.svg`.
+pub fn draw_curves(
+    runs: &[RunCurves],
+    title: &str,
+    with_steps: bool,
+    out_base: &Path,
+) -> Result<Vec<PathBuf>, Error> {
+    register_fonts();
+    let size = (1400u32, if with_steps { 950u32 } else { 560u32 });
+    let svg_path = out_base.with_extension("svg");
+    let png_path = out_base.with_extension("png");
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        draw(&root, runs, title, with_steps)
+            .map_err(|e| Error::data(&svg_path, format!("cannot draw: {e}")))?;
+        root.present().map_err(|e| Error::data(&svg_path, err(e)))?;
+    }
+    write_atomic(&svg_path, svg.as_bytes())?;
+    let png = render_png(size, |root| draw(root, runs, title, with_steps))
+        .map_err(|e| Error::data(&png_path, format!("cannot draw: {e}")))?;
+    write_atomic(&png_path, &png)?;
+    Ok(vec![png_path, svg_path])
+}
+
+/// Draws into an RGB buffer and encodes it as PNG bytes.
+pub fn render_png(
+    (w, h): (u32, u32),
+    draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> DrawResult,
+) -> Result<Vec<u8>, String> {
+    register_fonts();
+    let mut buf = vec![255u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        draw(&root)?;
+        root.present().map_err(err)?;
+    }
+    let mut out = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut out),
+        &buf,
+        w,
+        h,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(err)?;
+    Ok(out)
+}
+
+/// Axis ticks: `3` rather than `3.0`, `2.5` where it is not whole.
+fn tick(x: f64) -> String {
+    if x.fract().abs() < 1e-9 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+fn color(i: usize) -> RGBColor {
+    // Distinct, colour-blind-friendly hues (Okabe-Ito), then a wider palette.
+    const OKABE_ITO: [RGBColor; 7] = [
+        RGBColor(0, 114, 178),
+        RGBColor(213, 94, 0),
+        RGBColor(0, 158, 115),
+        RGBColor(204, 121, 167),
+        RGBColor(230, 159, 0),
+        RGBColor(86, 180, 233),
+        RGBColor(0, 0, 0),
+    ];
+    if i < OKABE_ITO.len() {
+        OKABE_ITO[i]
+    } else {
+        let c = Palette99::pick(i).to_rgba();
+        RGBColor(c.0, c.1, c.2)
+    }
+}
+
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    runs: &[RunCurves],
+    title: &str,
+    with_steps: bool,
+) -> DrawResult {
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.margin(12, 0, 0, 0);
+    let root = root
+        .titled(title, ("sans-serif", 28).into_font().style(FontStyle::Bold))
+        .map_err(err)?;
+    let (steps_area, epochs_area) = if with_steps {
+        let (_, h) = root.dim_in_pixel();
+        let (a, b) = root.split_vertically(h * 9 / 20);
+        (Some(a), b)
+    } else {
+        (None, root)
+    };
+    let panels = epochs_area.split_evenly((1, 2));
+    let max_epoch = runs
+        .iter()
+        .flat_map(|r| r.metrics.iter().map(|m| m.epoch))
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let x_range = 1f64..max_epoch as f64;
+
+    // Loss per epoch.
+    let losses = runs.iter().flat_map(|r| {
+        r.metrics
+            .iter()
+            .flat_map(|m| [m.train.mean_loss(), m.val.mean_loss()])
+    });
+    let max_loss = losses
+        .filter(|v| v.is_finite())
+        .fold(0.0f64, f64::max)
+        .max(1e-3)
+        * 1.05;
+    let mut chart = ChartBuilder::on(&panels[0])
+        .caption(
+            "Loss per epoch (solid: train, dashed: validation)",
+            ("sans-serif", 20),
+        )
+        .margin(14)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(x_range.clone(), 0f64..max_loss)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("loss")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .x_labels(max_epoch.min(12))
+        .x_label_formatter(&|x| tick(*x))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(err)?;
+    for (i, r) in runs.iter().enumerate() {
+        let c = color(i);
+        let train: Vec<(f64, f64)> = r
+            .metrics
+            .iter()
+            .map(|m| (m.epoch as f64, m.train.mean_loss()))
+            .filter(|p| p.1.is_finite())
+            .collect();
+        let val: Vec<(f64, f64)> = r
+            .metrics
+            .iter()
+            .filter(|m| m.val.count > 0)
+            .map(|m| (m.epoch as f64, m.val.mean_loss()))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(train.clone(), c.stroke_width(3)).point_size(4))
+            .map_err(err)?
+            .label(format!("{} train", r.label))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+        chart
+            .draw_series(DashedLineSeries::new(val.clone(), 10, 6, c.stroke_width(3)))
+            .map_err(err)?;
+        chart
+            .draw_series(val.iter().map(|&p| Circle::new(p, 4, c.filled())))
+            .map_err(err)?
+            .label(format!("{} validation", r.label))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], c.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)?;
+
+    // Accuracy per epoch, in percent.
+    let accs = runs.iter().flat_map(|r| {
+        r.metrics.iter().flat_map(|m| {
+            let mut v = vec![100.0 * m.train.accuracy()];
+            if m.val.count > 0 {
+                v.push(100.0 * m.val.accuracy());
+            }
+            v
+        })
+    });
+    let min_acc = accs.fold(100.0f64, f64::min);
+    let low = (min_acc - 0.5).floor().clamp(0.0, 99.0);
+    let mut chart = ChartBuilder::on(&panels[1])
+        .caption(
+            "Accuracy per epoch (solid: train, dashed: validation)",
+            ("sans-serif", 20),
+        )
+        .margin(14)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(x_range, low..100.0)
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("accuracy (%)")
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .x_labels(max_epoch.min(12))
+        .x_label_formatter(&|x| tick(*x))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(err)?;
+    for (i, r) in runs.iter().enumerate() {
+        let c = color(i);
+        let train: Vec<(f64, f64)> = r
+            .metrics
+            .iter()
+            .map(|m| (m.epoch as f64, 100.0 * m.train.accuracy()))
+            .collect();
+        let val: Vec<(f64, f64)> = r
+            .metrics
+            .iter()
+            .filter(|m| m.val.count > 0)
+            .map(|m| (m.epoch as f64, 100.0 * m.val.accuracy()))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(train, c.stroke_width(3)).point_size(4))
+            .map_err(err)?
+            .label(format!("{} train", r.label))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+        chart
+            .draw_series(DashedLineSeries::new(val.clone(), 10, 6, c.stroke_width(3)))
+            .map_err(err)?;
+        chart
+            .draw_series(val.iter().map(|&p| Circle::new(p, 4, c.filled())))
+            .map_err(err)?
+            .label(format!("{} validation", r.label))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], c.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
+
+    if let Some(area) = steps_area {
+        draw_steps(&area, runs)?;
+    }
+    Ok(())
+}
+
+/// Per-iteration training loss on a log scale, with the x axis in epochs.
+fn draw_steps<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[RunCurves]) -> DrawResult {
+    let per_epoch = |r: &RunCurves| {
+        r.metrics
+            .first()
+            .map(|m| m.iteration)
+            .unwrap_or_else(|| r.steps.len().max(1))
+            .max(1) as f64
+    };
+    let pts: Vec<f64> = runs
+        .iter()
+        .flat_map(|r| r.steps.iter().map(|s| s.1))
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .collect();
+    let (lo, hi) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    let (lo, hi) = if pts.is_empty() {
+        (1e-3, 1.0)
+    } else {
+        (lo * 0.8, hi * 1.25)
+    };
+    let max_x = runs
+        .iter()
+        .map(|r| {
+            r.steps
+                .last()
+                .map(|s| s.0 as f64 / per_epoch(r))
+                .unwrap_or(1.0)
+        })
+        .fold(1.0, f64::max);
+    let mut chart = ChartBuilder::on(area)
+        .caption(
+            "Training loss per iteration (faint) and its 50-step moving average",
+            ("sans-serif", 20),
+        )
+        .margin(14)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(0f64..max_x, (lo..hi).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .y_desc("loss (log scale)")
+        .x_label_formatter(&|x| tick(*x))
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(err)?;
+    for (i, r) in runs.iter().enumerate() {
+        let c = color(i);
+        let pe = per_epoch(r);
+        let raw: Vec<(f64, f64)> = r
+            .steps
+            .iter()
+            .filter(|s| s.1 > 0.0 && s.1.is_finite())
+            .map(|&(it, l)| (it as f64 / pe, l))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(raw.clone(), c.mix(0.25).stroke_width(1)))
+            .map_err(err)?;
+        let window = 50;
+        let smooth: Vec<(f64, f64)> = raw
+            .iter()
+            .enumerate()
+            .map(|(k, &(x, _))| {
+                let from = k.saturating_sub(window - 1);
+                let s = &raw[from..=k];
+                (x, s.iter().map(|p| p.1).sum::<f64>() / s.len() as f64)
+            })
+            .collect();
+        chart
+            .draw_series(LineSeries::new(smooth, c.stroke_width(2)))
+            .map_err(err)?
+            .label(r.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(2)));
+    }
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
