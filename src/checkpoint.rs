@@ -182,6 +182,22 @@ impl TensorFile {
         )
     }
 
+    /// Class names saved with the model, else `0`, `1`, ... for `k` classes.
+    pub fn class_names(&self, k: usize) -> Vec<String> {
+        self.metadata
+            .get("convnet.classes")
+            .and_then(|t| serde_json::from_str::<Vec<String>>(t).ok())
+            .filter(|v| v.len() == k)
+            .unwrap_or_else(|| (0..k).map(|i| i.to_string()).collect())
+    }
+
+    /// The data set the model was trained on, when it says.
+    pub fn dataset(&self) -> Option<crate::data::DatasetKind> {
+        self.metadata
+            .get("convnet.dataset")
+            .and_then(|d| d.parse().ok())
+    }
+
     /// Copies this file's weights into `net`, checking every name and shape.
     pub fn load_weights(&self, net: &mut Network) -> Result<(), Error> {
         let mut result = Ok(());

@@ -39,10 +39,12 @@ pub mod metrics;
 pub mod network;
 pub mod optim;
 pub mod plot;
+pub mod report;
 pub mod runtime;
 pub mod spec;
 pub mod tensor;
 pub mod train;
+pub mod viz;
 
 pub use network::Network;
 pub use spec::ModelSpec;

@@ -364,9 +364,13 @@ impl Trainer {
     }
 
     fn model_metadata(&self, extra: (&'static str, String)) -> Vec<(&'static str, String)> {
+        let classes =
+            serde_json::to_string(&self.cfg.dataset.class_names()).expect("strings serialise");
         vec![
             ("convnet.dataset", self.cfg.dataset.to_string()),
+            ("convnet.classes", classes),
             ("convnet.seed", self.cfg.seed.to_string()),
+            ("convnet.val_size", self.cfg.val_size.to_string()),
             extra,
         ]
     }

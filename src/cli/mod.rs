@@ -5,8 +5,10 @@ mod bench;
 mod common;
 mod eval;
 mod plot;
+mod predict;
 mod show;
 mod train;
+mod viz;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +26,10 @@ enum Command {
     Train(train::Args),
     /// Evaluate a saved model on the test (or validation) set.
     Eval(eval::Args),
+    /// Classify your own images (PNG or JPEG), prepared the way MNIST was made.
+    Predict(predict::Args),
+    /// Pictures of a trained network: its kernels, or the feature maps of one input.
+    Viz(viz::Args),
     /// Draw loss and accuracy curves of one or more runs (PNG and SVG).
     Plot(plot::Args),
     /// Print a model's layer table: output shapes, kernels, parameters, multiply-adds.
@@ -46,6 +52,8 @@ pub fn run() -> i32 {
         Command::Eval(a) => eval::run(a),
         Command::Show(a) => show::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::Predict(a) => predict::run(a),
+        Command::Viz(a) => viz::run(a),
         Command::Bench(a) => bench::run(a),
     };
     match result {

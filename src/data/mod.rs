@@ -3,5 +3,6 @@
 pub mod dataset;
 pub mod fetch;
 pub mod idx;
+pub mod preprocess;
 
 pub use dataset::{Dataset, DatasetKind, Splits};

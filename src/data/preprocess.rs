@@ -1,0 +1,305 @@
+//! A user's image, prepared the way MNIST digits were made, so the network sees what it
+//! was trained on:
+//!
+//! 1. composite any transparency onto white, convert to grey;
+//! 2. invert when the background is light (MNIST is white ink on black);
+//! 3. subtract the background level, so grey paper or uneven light is not ink;
+//! 4. find the ink with Otsu's threshold and keep its connected pieces, dropping specks
+//!    (pieces under 5% of the largest) and border-touching pieces that are not the largest
+//!    (a frame, the edge of a scanned sheet);
+//! 5. crop to the kept ink, scale the longest side to 20 px (of 28) with an area-averaging
+//!    filter, keeping the aspect ratio;
+//! 6. paste into a 28 x 28 canvas with the centre of mass at the centre.
+//!
+//! ```
+//! use convnet::data::preprocess::preprocess;
+//! // A black "1" on a white 60 x 90 canvas, off-centre.
+//! let mut img = image::GrayImage::from_pixel(60, 90, image::Luma([255u8]));
+//! for y in 10..70 {
+//!     for x in 40..46 {
+//!         img.put_pixel(x, y, image::Luma([0]));
+//!     }
+//! }
+//! let p = preprocess(&image::DynamicImage::ImageLuma8(img), 28).unwrap();
+//! assert!(p.inverted);
+//! assert_eq!(p.pixels.len(), 28 * 28);
+//! // The stroke is now white on black, 20 px tall, centred.
+//! assert_eq!(p.pixels[14 * 28 + 14], 255);
+//! assert_eq!(p.pixels[0], 0);
+//! ```
+
+use crate::Error;
+use image::{imageops::FilterType, DynamicImage, GrayImage, ImageReader, Luma};
+use std::path::Path;
+
+/// Largest image side accepted, in pixels; larger files are refused, not decoded.
+pub const MAX_SIDE: u32 = 12_000;
+
+/// What preprocessing produced.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preprocessed {
+    /// `side * side` bytes, 0 = background, 255 = ink (MNIST's convention).
+    pub pixels: Vec<u8>,
+    pub side: usize,
+    /// The input had a light background and was inverted.
+    pub inverted: bool,
+    /// The ink's bounding box in the source image: (x0, y0, x1, y1), exclusive ends.
+    pub ink_box: (u32, u32, u32, u32),
+}
+
+/// Decodes a PNG or JPEG (any size, colour type or bit depth), refusing absurd sizes.
+pub fn load_image(path: &Path) -> Result<DynamicImage, Error> {
+    let mut reader = ImageReader::open(path)
+        .map_err(|e| Error::io(path, e))?
+        .with_guessed_format()
+        .map_err(|e| Error::io(path, e))?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_SIDE);
+    limits.max_image_height = Some(MAX_SIDE);
+    limits.max_alloc = Some(1 << 30);
+    reader.limits(limits);
+    if reader.format().is_none() {
+        return Err(Error::data(
+            path,
+            "is not an image this tool reads (expected PNG or JPEG)",
+        ));
+    }
+    reader.decode().map_err(|e| match e {
+        image::ImageError::Limits(_) => Error::data(
+            path,
+            format!("is too large to read (each side must be at most {MAX_SIDE} px and the decoded image under 1 GiB)"),
+        ),
+        e => Error::data(path, format!("cannot be decoded: {e}")),
+    })
+}
+
+/// Loads and preprocesses one file.
+pub fn preprocess_file(path: &Path, side: usize) -> Result<Preprocessed, Error> {
+    let img = load_image(path)?;
+    preprocess(&img, side).map_err(|m| Error::data(path, m))
+}
+
+/// Grey levels in [0, 1] with alpha composited onto white.
+fn grey_on_white(img: &DynamicImage) -> (Vec<f32>, usize, usize) {
+    let rgba = img.to_rgba32f();
+    let (w, h) = (rgba.width() as usize, rgba.height() as usize);
+    let grey = rgba
+        .pixels()
+        .map(|p| {
+            let [r, g, b, a] = p.0;
+            let a = a.clamp(0.0, 1.0);
+            let lum = 0.299 * r + 0.587 * g + 0.114 * b;
+            (lum * a + (1.0 - a)).clamp(0.0, 1.0)
+        })
+        .collect();
+    (grey, w, h)
+}
+
+fn median(mut v: Vec<f32>) -> f32 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mid = v.len() / 2;
+    *v.select_nth_unstable_by(mid, |a, b| a.total_cmp(b)).1
+}
+
+/// Otsu's threshold over a 256-bin histogram of values in [0, 1].
+fn otsu(values: &[f32]) -> f32 {
+    let mut hist = [0usize; 256];
+    for &v in values {
+        hist[(v * 255.0).round().clamp(0.0, 255.0) as usize] += 1;
+    }
+    let total = values.len() as f64;
+    let sum_all: f64 = hist
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| i as f64 * c as f64)
+        .sum();
+    let (mut w0, mut sum0, mut best, mut best_t) = (0.0, 0.0, -1.0, 128usize);
+    for (t, &c) in hist.iter().enumerate() {
+        w0 += c as f64;
+        if w0 == 0.0 {
+            continue;
+        }
+        let w1 = total - w0;
+        if w1 == 0.0 {
+            break;
+        }
+        sum0 += t as f64 * c as f64;
+        let (m0, m1) = (sum0 / w0, (sum_all - sum0) / w1);
+        let between = w0 * w1 * (m0 - m1) * (m0 - m1);
+        if between > best {
+            best = between;
+            best_t = t;
+        }
+    }
+    (best_t as f32 + 0.5) / 255.0
+}
+
+/// Labels 8-connected components of `mask`; returns (label per pixel, 0 = none) and, per
+/// label, (area, touches the border).
+fn components(mask: &[bool], w: usize, h: usize) -> (Vec<u32>, Vec<(usize, bool)>) {
+    let mut label = vec![0u32; mask.len()];
+    let mut info = vec![(0usize, false)];
+    let mut stack = Vec::new();
+    for start in 0..mask.len() {
+        if !mask[start] || label[start] != 0 {
+            continue;
+        }
+        let id = info.len() as u32;
+        info.push((0, false));
+        label[start] = id;
+        stack.push(start);
+        while let Some(p) = stack.pop() {
+            let (x, y) = (p % w, p / w);
+            let entry = &mut info[id as usize];
+            entry.0 += 1;
+            entry.1 |= x == 0 || y == 0 || x == w - 1 || y == h - 1;
+            for dy in -1i64..=1 {
+                for dx in -1i64..=1 {
+                    let (nx, ny) = (x as i64 + dx, y as i64 + dy);
+                    if nx < 0 || ny < 0 || nx >= w as i64 || ny >= h as i64 {
+                        continue;
+                    }
+                    let q = ny as usize * w + nx as usize;
+                    if mask[q] && label[q] == 0 {
+                        label[q] = id;
+                        stack.push(q);
+                    }
+                }
+            }
+        }
+    }
+    (label, info)
+}
+
+/// Prepares an image as an MNIST-style `side x side` digit (the digit's box is
+/// `side * 20 / 28`). Errors are plain sentences (the caller adds the file name).
+pub fn preprocess(img: &DynamicImage, side: usize) -> Result<Preprocessed, String> {
+    let (grey, w, h) = grey_on_white(img);
+    if w == 0 || h == 0 {
+        return Err("is an empty image (0 pixels)".into());
+    }
+    // Background: the median of the border pixels. Light background: dark ink, invert.
+    let border: Vec<f32> = (0..w * h)
+        .filter(|&p| {
+            let (x, y) = (p % w, p / w);
+            x == 0 || y == 0 || x == w - 1 || y == h - 1
+        })
+        .map(|p| grey[p])
+        .collect();
+    let inverted = median(border.clone()) > 0.5;
+    let ink: Vec<f32> = grey
+        .iter()
+        .map(|&g| if inverted { 1.0 - g } else { g })
+        .collect();
+    let bg = if inverted {
+        1.0 - median(border)
+    } else {
+        median(border)
+    };
+    let ink: Vec<f32> = ink
+        .iter()
+        .map(|&v| ((v - bg) / (1.0 - bg).max(1e-6)).clamp(0.0, 1.0))
+        .collect();
+    let peak = ink.iter().fold(0.0f32, |a, &b| a.max(b));
+    if peak < 0.15 {
+        return Err("has no ink: the image is (nearly) uniform".into());
+    }
+    let t = otsu(&ink).max(0.1 * peak);
+    let mask: Vec<bool> = ink.iter().map(|&v| v >= t).collect();
+    let (labels, info) = components(&mask, w, h);
+    let largest = info.iter().map(|c| c.0).max().unwrap_or(0);
+    if largest == 0 {
+        return Err("has no ink".into());
+    }
+    let keep: Vec<bool> = info
+        .iter()
+        .map(|&(area, on_border)| {
+            area > 0 && area * 20 >= largest && (!on_border || area == largest)
+        })
+        .collect();
+    // Bounding box of the kept pieces.
+    let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
+    for (p, &l) in labels.iter().enumerate() {
+        if l != 0 && keep[l as usize] {
+            let (x, y) = (p % w, p / w);
+            x0 = x0.min(x);
+            y0 = y0.min(y);
+            x1 = x1.max(x + 1);
+            y1 = y1.max(y + 1);
+        }
+    }
+    // Keep the anti-aliased edge around kept strokes (one pixel), drop everything else.
+    let near_kept = |x: usize, y: usize| {
+        (y.saturating_sub(1)..(y + 2).min(h)).any(|yy| {
+            (x.saturating_sub(1)..(x + 2).min(w)).any(|xx| {
+                let l = labels[yy * w + xx];
+                l != 0 && keep[l as usize]
+            })
+        })
+    };
+    let (x0e, y0e, x1e, y1e) = (
+        x0.saturating_sub(1),
+        y0.saturating_sub(1),
+        (x1 + 1).min(w),
+        (y1 + 1).min(h),
+    );
+    let (cw, ch) = (x1e - x0e, y1e - y0e);
+    let mut crop = image::ImageBuffer::<Luma<f32>, Vec<f32>>::new(cw as u32, ch as u32);
+    for y in y0e..y1e {
+        for x in x0e..x1e {
+            let v = if near_kept(x, y) { ink[y * w + x] } else { 0.0 };
+            crop.put_pixel((x - x0e) as u32, (y - y0e) as u32, Luma([v]));
+        }
+    }
+    // Longest side to 20/28 of the canvas, aspect ratio kept.
+    let digit = ((side * 20) as f32 / 28.0).round().max(1.0) as usize;
+    let scale = digit as f32 / cw.max(ch) as f32;
+    let (nw, nh) = (
+        ((cw as f32 * scale).round() as u32).max(1),
+        ((ch as f32 * scale).round() as u32).max(1),
+    );
+    let small = image::imageops::resize(&crop, nw, nh, FilterType::Triangle);
+    // Centre of mass to the centre of the canvas.
+    let (mut mass, mut mx, mut my) = (0.0f64, 0.0f64, 0.0f64);
+    for (x, y, p) in small.enumerate_pixels() {
+        let v = p.0[0].max(0.0) as f64;
+        mass += v;
+        mx += v * (x as f64 + 0.5);
+        my += v * (y as f64 + 0.5);
+    }
+    let (cx, cy) = if mass > 0.0 {
+        (mx / mass, my / mass)
+    } else {
+        (nw as f64 / 2.0, nh as f64 / 2.0)
+    };
+    let off_x = (side as f64 / 2.0 - cx).round() as i64;
+    let off_y = (side as f64 / 2.0 - cy).round() as i64;
+    let mut pixels = vec![0u8; side * side];
+    for (x, y, p) in small.enumerate_pixels() {
+        let (tx, ty) = (x as i64 + off_x, y as i64 + off_y);
+        if tx >= 0 && ty >= 0 && (tx as usize) < side && (ty as usize) < side {
+            pixels[ty as usize * side + tx as usize] =
+                (p.0[0].clamp(0.0, 1.0) * 255.0).round() as u8;
+        }
+    }
+    // Stretch so the strongest stroke is full white, as in MNIST.
+    let max = *pixels.iter().max().unwrap_or(&0);
+    if max > 0 && max < 255 {
+        for v in &mut pixels {
+            *v = ((*v as u32 * 255 + max as u32 / 2) / max as u32) as u8;
+        }
+    }
+    Ok(Preprocessed {
+        pixels,
+        side,
+        inverted,
+        ink_box: (x0 as u32, y0 as u32, x1 as u32, y1 as u32),
+    })
+}
+
+/// The preprocessed digit as an image (to save what the network saw).
+pub fn to_gray_image(p: &Preprocessed) -> GrayImage {
+    GrayImage::from_raw(p.side as u32, p.side as u32, p.pixels.clone()).expect("side * side pixels")
+}
