@@ -170,3 +170,118 @@ fn train_writes_a_run_directory_that_eval_reproduces() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("already holds a run"));
 }
+
+#[test]
+fn eval_reports_per_class_metrics_confusion_and_pictures() {
+    let data = std::env::var("CONVNET_DATA")
+        .expect("CONVNET_DATA must point at the data sets (see .ci/run)");
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let o = convnet(&[
+        "train",
+        "--epochs",
+        "1",
+        "--limit",
+        "5000",
+        "--no-plot",
+        "--out",
+        run.to_str().unwrap(),
+        "--data",
+        &data,
+    ]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    let o = convnet(&[
+        "eval",
+        "--model",
+        run.to_str().unwrap(),
+        "--json",
+        "--mistakes",
+        "10",
+        "--data",
+        &data,
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["total"], 10000);
+    let confusion: Vec<Vec<u64>> = serde_json::from_value(v["confusion"].clone()).unwrap();
+    assert_eq!(confusion.iter().flatten().sum::<u64>(), 10000);
+    let diagonal: u64 = (0..10).map(|i| confusion[i][i]).sum();
+    assert_eq!(diagonal, v["correct"].as_u64().unwrap());
+    // Row sums are the class supports of the MNIST test set.
+    assert_eq!(confusion[1].iter().sum::<u64>(), 1135);
+    assert_eq!(v["per_class"][1]["support"], 1135);
+    let mistakes = v["most_confident_mistakes"].as_array().unwrap();
+    assert_eq!(mistakes.len(), 10);
+    let p: Vec<f64> = mistakes
+        .iter()
+        .map(|m| m["probability"].as_f64().unwrap())
+        .collect();
+    assert!(
+        p.windows(2).all(|w| w[0] >= w[1]),
+        "sorted by confidence: {p:?}"
+    );
+    for f in [
+        "confusion-test.png",
+        "confusion-test.svg",
+        "mistakes-test.png",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    // The plain report has the tables.
+    let o = convnet(&[
+        "eval",
+        "--model",
+        run.to_str().unwrap(),
+        "--no-pictures",
+        "--split",
+        "val",
+        "--data",
+        &data,
+    ]);
+    let (out, _) = text(&o);
+    assert!(
+        out.contains("mnist val: accuracy ") && out.contains("/5000 ("),
+        "{out}"
+    );
+    assert!(
+        out.contains("macro avg") && out.contains("predicted →"),
+        "{out}"
+    );
+
+    // Filters and activations.
+    let o = convnet(&["viz", "filters", "--model", run.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o).1);
+    for f in [
+        "filters-conv1.png",
+        "filters-conv1.svg",
+        "filters-conv2.png",
+    ] {
+        assert!(run.join(f).exists(), "{f} missing");
+    }
+    let o = convnet(&[
+        "viz",
+        "activations",
+        "--model",
+        run.to_str().unwrap(),
+        "0",
+        "--data",
+        &data,
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("prediction: "), "{out}");
+    let svg = std::fs::read_to_string(run.join("activations-test-0.svg")).unwrap();
+    assert!(svg.contains("conv2 (conv2d) 16x14x14") && svg.contains("pool2 (max_pool2d) 16x7x7"));
+    let o = convnet(&[
+        "viz",
+        "activations",
+        "--model",
+        run.to_str().unwrap(),
+        "10000",
+        "--data",
+        &data,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(text(&o).1.contains("out of range"));
+}

@@ -2,11 +2,11 @@
 //! was trained on:
 //!
 //! 1. composite any transparency onto white, convert to grey;
-//! 2. invert when the background is light (MNIST is white ink on black);
+//! 2. invert when the background (the median grey) is light (MNIST is white on black);
 //! 3. subtract the background level, so grey paper or uneven light is not ink;
-//! 4. find the ink with Otsu's threshold and keep its connected pieces, dropping specks
-//!    (pieces under 5% of the largest) and border-touching pieces that are not the largest
-//!    (a frame, the edge of a scanned sheet);
+//! 4. find the ink with Otsu's threshold and keep its connected pieces, dropping frames
+//!    (pieces lying mostly along the image edge), specks (pieces under 5% of the largest)
+//!    and border-touching pieces that are not the largest (the edge of a scanned sheet);
 //! 5. crop to the kept ink, scale the longest side to 20 px (of 28) with an area-averaging
 //!    filter, keeping the aspect ratio;
 //! 6. paste into a 28 x 28 canvas with the centre of mass at the centre.
@@ -136,25 +136,36 @@ fn otsu(values: &[f32]) -> f32 {
     (best_t as f32 + 0.5) / 255.0
 }
 
-/// Labels 8-connected components of `mask`; returns (label per pixel, 0 = none) and, per
-/// label, (area, touches the border).
-fn components(mask: &[bool], w: usize, h: usize) -> (Vec<u32>, Vec<(usize, bool)>) {
+/// A connected piece of ink.
+#[derive(Clone, Copy, Debug, Default)]
+struct Piece {
+    area: usize,
+    touches_border: bool,
+    /// Pixels within `band` of the image edge.
+    near_border: usize,
+}
+
+/// Labels the 8-connected components of `mask`: a label per pixel (0 = none) and, per
+/// label, its `Piece`.
+fn components(mask: &[bool], w: usize, h: usize, band: usize) -> (Vec<u32>, Vec<Piece>) {
     let mut label = vec![0u32; mask.len()];
-    let mut info = vec![(0usize, false)];
+    let mut pieces = vec![Piece::default()];
     let mut stack = Vec::new();
     for start in 0..mask.len() {
         if !mask[start] || label[start] != 0 {
             continue;
         }
-        let id = info.len() as u32;
-        info.push((0, false));
+        let id = pieces.len() as u32;
+        pieces.push(Piece::default());
         label[start] = id;
         stack.push(start);
         while let Some(p) = stack.pop() {
             let (x, y) = (p % w, p / w);
-            let entry = &mut info[id as usize];
-            entry.0 += 1;
-            entry.1 |= x == 0 || y == 0 || x == w - 1 || y == h - 1;
+            let piece = &mut pieces[id as usize];
+            piece.area += 1;
+            piece.touches_border |= x == 0 || y == 0 || x == w - 1 || y == h - 1;
+            let edge_distance = x.min(y).min(w - 1 - x).min(h - 1 - y);
+            piece.near_border += usize::from(edge_distance < band);
             for dy in -1i64..=1 {
                 for dx in -1i64..=1 {
                     let (nx, ny) = (x as i64 + dx, y as i64 + dy);
@@ -170,7 +181,35 @@ fn components(mask: &[bool], w: usize, h: usize) -> (Vec<u32>, Vec<(usize, bool)
             }
         }
     }
-    (label, info)
+    (label, pieces)
+}
+
+/// Which pieces are the digit: not a frame (a piece lying mostly along the image edge),
+/// not a speck (under 5% of the largest remaining piece), and not a border-touching
+/// piece other than the largest (the edge of a scanned sheet).
+fn digit_pieces(pieces: &[Piece]) -> Vec<bool> {
+    let frame = |p: &Piece| p.touches_border && p.near_border * 2 > p.area;
+    let largest = pieces
+        .iter()
+        .filter(|p| !frame(p))
+        .map(|p| p.area)
+        .max()
+        .unwrap_or(0);
+    let keep: Vec<bool> = pieces
+        .iter()
+        .map(|p| {
+            p.area > 0
+                && !frame(p)
+                && p.area * 20 >= largest
+                && (!p.touches_border || p.area == largest)
+        })
+        .collect();
+    if keep.iter().any(|&k| k) {
+        keep
+    } else {
+        // Nothing but frame-like ink: keep it all rather than nothing.
+        pieces.iter().map(|p| p.area > 0).collect()
+    }
 }
 
 /// Prepares an image as an MNIST-style `side x side` digit (the digit's box is
@@ -180,24 +219,16 @@ pub fn preprocess(img: &DynamicImage, side: usize) -> Result<Preprocessed, Strin
     if w == 0 || h == 0 {
         return Err("is an empty image (0 pixels)".into());
     }
-    // Background: the median of the border pixels. Light background: dark ink, invert.
-    let border: Vec<f32> = (0..w * h)
-        .filter(|&p| {
-            let (x, y) = (p % w, p / w);
-            x == 0 || y == 0 || x == w - 1 || y == h - 1
-        })
-        .map(|p| grey[p])
-        .collect();
-    let inverted = median(border.clone()) > 0.5;
+    // Background: the median grey level. Ink covers far less than half of a digit image,
+    // so this is the paper (or screen) even when a frame or shadow lines the edges.
+    // A light background means dark ink: invert, since MNIST is white on black.
+    let paper = median(grey.clone());
+    let inverted = paper > 0.5;
     let ink: Vec<f32> = grey
         .iter()
         .map(|&g| if inverted { 1.0 - g } else { g })
         .collect();
-    let bg = if inverted {
-        1.0 - median(border)
-    } else {
-        median(border)
-    };
+    let bg = if inverted { 1.0 - paper } else { paper };
     let ink: Vec<f32> = ink
         .iter()
         .map(|&v| ((v - bg) / (1.0 - bg).max(1e-6)).clamp(0.0, 1.0))
@@ -208,17 +239,12 @@ pub fn preprocess(img: &DynamicImage, side: usize) -> Result<Preprocessed, Strin
     }
     let t = otsu(&ink).max(0.1 * peak);
     let mask: Vec<bool> = ink.iter().map(|&v| v >= t).collect();
-    let (labels, info) = components(&mask, w, h);
-    let largest = info.iter().map(|c| c.0).max().unwrap_or(0);
-    if largest == 0 {
+    let band = (w.min(h) / 25).max(2);
+    let (labels, pieces) = components(&mask, w, h, band);
+    if pieces.len() < 2 {
         return Err("has no ink".into());
     }
-    let keep: Vec<bool> = info
-        .iter()
-        .map(|&(area, on_border)| {
-            area > 0 && area * 20 >= largest && (!on_border || area == largest)
-        })
-        .collect();
+    let keep = digit_pieces(&pieces);
     // Bounding box of the kept pieces.
     let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
     for (p, &l) in labels.iter().enumerate() {
