@@ -25,8 +25,8 @@
 //! assert_eq!(logits.shape, vec![2, 10]);
 //! let stats = net.backward(&[3, 7]);
 //! assert_eq!(stats.count, 2);
-//! let mut sgd = convnet::optim::Sgd::new(0.9, 5e-4, true);
-//! net.visit_params_mut(|i, _name, p| sgd.update(i, p, 0.01));
+//! let mut sgd = convnet::optim::Optimizer::sgd(0.9, 5e-4, true);
+//! net.visit_params_mut(|i, _name, p| sgd.update(i, p, 0.01, 1));
 //! ```
 
 pub mod checkpoint;
@@ -42,6 +42,7 @@ pub mod plot;
 pub mod report;
 pub mod runtime;
 pub mod spec;
+pub mod sweep;
 pub mod tensor;
 pub mod train;
 pub mod viz;

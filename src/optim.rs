@@ -1,53 +1,150 @@
-//! Optimiser and learning-rate schedules.
+//! Optimisers and learning-rate schedules.
 //!
 //! SGD with momentum mu and L2 weight decay lambda, per parameter value w with gradient g:
 //!   v <- mu * v + (g + lambda * w)
 //!   w <- w - lr * v
+//! Adam (PyTorch's `torch.optim.Adam`, L2 decay added to the gradient), at step t >= 1:
+//!   g <- g + lambda * w
+//!   m <- b1 * m + (1 - b1) * g          v <- b2 * v + (1 - b2) * g^2
+//!   w <- w - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+//! AdamW (`torch.optim.AdamW`): the same without lambda in g, and first w <- w - lr * lambda * w.
 //! Weight decay applies to every parameter unless `decay_bias = false` excludes biases.
 
 use crate::layers::Param;
 use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Sgd {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    #[default]
+    Sgd,
+    Adam,
+    Adamw,
+}
+
+impl std::str::FromStr for OptimizerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<OptimizerKind, String> {
+        match s {
+            "sgd" => Ok(OptimizerKind::Sgd),
+            "adam" => Ok(OptimizerKind::Adam),
+            "adamw" => Ok(OptimizerKind::Adamw),
+            _ => Err(format!(
+                "unknown optimizer `{s}`: expected sgd, adam or adamw"
+            )),
+        }
+    }
+}
+
+impl OptimizerKind {
+    /// The per-parameter state buffers, named as in PyTorch's optimizer state.
+    pub fn buffer_names(self) -> &'static [&'static str] {
+        match self {
+            OptimizerKind::Sgd => &["momentum_buffer"],
+            OptimizerKind::Adam | OptimizerKind::Adamw => &["exp_avg", "exp_avg_sq"],
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Optimizer {
+    pub kind: OptimizerKind,
+    /// SGD's momentum.
     pub momentum: f32,
     pub weight_decay: f32,
     pub decay_bias: bool,
-    /// One velocity buffer per parameter, in the network's parameter order.
-    #[serde(skip)]
-    pub velocity: Vec<Vec<f32>>,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    /// Per parameter (in the network's order), one buffer per `buffer_names()` entry.
+    pub state: Vec<Vec<Vec<f32>>>,
 }
 
-impl Sgd {
-    pub fn new(momentum: f32, weight_decay: f32, decay_bias: bool) -> Sgd {
-        Sgd {
+impl Optimizer {
+    pub fn sgd(momentum: f32, weight_decay: f32, decay_bias: bool) -> Optimizer {
+        Optimizer {
+            kind: OptimizerKind::Sgd,
             momentum,
             weight_decay,
             decay_bias,
-            velocity: Vec::new(),
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            state: Vec::new(),
         }
     }
 
-    /// Updates parameter number `index` (parameters must be visited in the same order
-    /// every step).
-    pub fn update(&mut self, index: usize, p: &mut Param, lr: f32) {
-        if self.velocity.len() <= index {
-            self.velocity.resize(index + 1, Vec::new());
+    pub fn adam(
+        kind: OptimizerKind,
+        betas: (f32, f32),
+        eps: f32,
+        weight_decay: f32,
+        decay_bias: bool,
+    ) -> Optimizer {
+        Optimizer {
+            kind,
+            momentum: 0.0,
+            weight_decay,
+            decay_bias,
+            beta1: betas.0,
+            beta2: betas.1,
+            eps,
+            state: Vec::new(),
         }
-        let v = &mut self.velocity[index];
-        if v.len() != p.value.len() {
-            *v = vec![0.0; p.value.len()];
+    }
+
+    /// Updates parameter number `index` (parameters must be visited in the same order every
+    /// step); `step` counts optimiser steps from 1.
+    pub fn update(&mut self, index: usize, p: &mut Param, lr: f32, step: u64) {
+        let nbuf = self.kind.buffer_names().len();
+        if self.state.len() <= index {
+            self.state.resize(index + 1, Vec::new());
+        }
+        let st = &mut self.state[index];
+        if st.len() != nbuf || st.iter().any(|b| b.len() != p.value.len()) {
+            *st = vec![vec![0.0; p.value.len()]; nbuf];
         }
         let wd = if p.is_bias && !self.decay_bias {
             0.0
         } else {
             self.weight_decay
         };
-        let mu = self.momentum;
-        for ((w, &g), v) in p.value.iter_mut().zip(&p.grad).zip(v.iter_mut()) {
-            *v = mu * *v + (g + wd * *w);
-            *w -= lr * *v;
+        match self.kind {
+            OptimizerKind::Sgd => {
+                let mu = self.momentum;
+                for ((w, &g), v) in p.value.iter_mut().zip(&p.grad).zip(st[0].iter_mut()) {
+                    *v = mu * *v + (g + wd * *w);
+                    *w -= lr * *v;
+                }
+            }
+            OptimizerKind::Adam | OptimizerKind::Adamw => {
+                let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
+                let t = step.max(1) as i32;
+                let c1 = 1.0 - (b1 as f64).powi(t);
+                let c2 = 1.0 - (b2 as f64).powi(t);
+                let step_size = (lr as f64 / c1) as f32;
+                let c2_sqrt = c2.sqrt() as f32;
+                let decoupled = self.kind == OptimizerKind::Adamw;
+                let (m, v) = st.split_at_mut(1);
+                for (((w, &g), m), v) in p
+                    .value
+                    .iter_mut()
+                    .zip(&p.grad)
+                    .zip(m[0].iter_mut())
+                    .zip(v[0].iter_mut())
+                {
+                    let g = if decoupled {
+                        *w -= lr * wd * *w;
+                        g
+                    } else {
+                        g + wd * *w
+                    };
+                    *m = b1 * *m + (1.0 - b1) * g;
+                    *v = b2 * *v + (1.0 - b2) * g * g;
+                    *w -= step_size * *m / (v.sqrt() / c2_sqrt + eps);
+                }
+            }
         }
     }
 }
@@ -62,10 +159,14 @@ pub enum Schedule {
     Step { every: usize, gamma: f32 },
     /// Half a cosine from the base rate down to zero over all iterations.
     Cosine,
+    /// One cycle (as `torch.optim.lr_scheduler.OneCycleLR`, cosine annealing): from lr/25
+    /// up to lr over the first 30% of iterations, then down to lr/1e4.
+    OneCycle,
 }
 
 impl Schedule {
-    /// Learning rate at `iteration` (counted from 0 over the whole run).
+    /// Learning rate at `iteration` (counted from 0 over the whole run), after a linear
+    /// warm-up over the first `warmup` iterations (0 = none; one-cycle has its own).
     pub fn lr(
         &self,
         base: f32,
@@ -83,6 +184,38 @@ impl Schedule {
                 let t = iteration as f64 / total_iters.max(1) as f64;
                 (base as f64 * 0.5 * (1.0 + (PI * t).cos())) as f32
             }
+            Schedule::OneCycle => {
+                let total = total_iters.max(2) as f64;
+                let up = (0.3 * total).floor().max(1.0);
+                let (start, end) = (base as f64 / 25.0, base as f64 / 25.0 / 1e4);
+                let i = iteration as f64;
+                let cos = |from: f64, to: f64, t: f64| {
+                    to + (from - to) * 0.5 * (1.0 + (PI * t.clamp(0.0, 1.0)).cos())
+                };
+                let v = if i <= up {
+                    cos(start, base as f64, i / up)
+                } else {
+                    cos(base as f64, end, (i - up) / (total - 1.0 - up).max(1.0))
+                };
+                v as f32
+            }
+        }
+    }
+
+    /// `lr` with a linear warm-up over the first `warmup` iterations.
+    pub fn lr_with_warmup(
+        &self,
+        base: f32,
+        iteration: usize,
+        iters_per_epoch: usize,
+        total_iters: usize,
+        warmup: usize,
+    ) -> f32 {
+        let lr = self.lr(base, iteration, iters_per_epoch, total_iters);
+        if iteration < warmup {
+            lr * (iteration + 1) as f32 / warmup as f32
+        } else {
+            lr
         }
     }
 }
@@ -96,11 +229,11 @@ mod tests {
         let mut p = Param::new("weight", &[2], false);
         p.value = vec![1.0, -2.0];
         p.grad = vec![0.5, 0.25];
-        let mut sgd = Sgd::new(0.9, 0.1, true);
-        sgd.update(0, &mut p, 0.1);
+        let mut sgd = Optimizer::sgd(0.9, 0.1, true);
+        sgd.update(0, &mut p, 0.1, 1);
         // v = g + 0.1 w = [0.6, 0.05]; w = w - 0.1 v
         assert!((p.value[0] - 0.94).abs() < 1e-6 && (p.value[1] + 2.005).abs() < 1e-6);
-        sgd.update(0, &mut p, 0.1);
+        sgd.update(0, &mut p, 0.1, 2);
         // v = 0.9 [0.6, 0.05] + [0.5 + 0.094, 0.25 - 0.2005]
         let v0 = 0.9 * 0.6 + 0.5 + 0.094;
         assert!((p.value[0] - (0.94 - 0.1 * v0)).abs() < 1e-6);
@@ -110,11 +243,11 @@ mod tests {
     fn biases_can_be_excluded_from_decay() {
         let mut b = Param::new("bias", &[1], true);
         b.value = vec![1.0];
-        let mut sgd = Sgd::new(0.0, 0.5, false);
-        sgd.update(0, &mut b, 1.0);
+        let mut sgd = Optimizer::sgd(0.0, 0.5, false);
+        sgd.update(0, &mut b, 1.0, 1);
         assert_eq!(b.value[0], 1.0);
-        let mut sgd = Sgd::new(0.0, 0.5, true);
-        sgd.update(0, &mut b, 1.0);
+        let mut sgd = Optimizer::sgd(0.0, 0.5, true);
+        sgd.update(0, &mut b, 1.0, 1);
         assert_eq!(b.value[0], 0.5);
     }
 
@@ -132,5 +265,15 @@ mod tests {
         assert!((c.lr(1.0, 50, 10, 100) - 0.5).abs() < 1e-6);
         assert!(c.lr(1.0, 100, 10, 100).abs() < 1e-6);
         assert_eq!(Schedule::Constant.lr(0.3, 77, 10, 100), 0.3);
+        // Warm-up: linear from lr/warmup to lr.
+        assert!((c.lr_with_warmup(1.0, 0, 10, 100, 10) - 0.1).abs() < 1e-6);
+        assert!((Schedule::Constant.lr_with_warmup(1.0, 4, 10, 100, 10) - 0.5).abs() < 1e-6);
+        assert_eq!(Schedule::Constant.lr_with_warmup(1.0, 10, 10, 100, 10), 1.0);
+        // One cycle: lr/25 at the start, the peak at 30%, lr/25e4 at the end.
+        let o = Schedule::OneCycle;
+        assert!((o.lr(1.0, 0, 10, 101) - 0.04).abs() < 1e-6);
+        assert!((o.lr(1.0, 30, 10, 101) - 1.0).abs() < 1e-6);
+        assert!((o.lr(1.0, 100, 10, 101) - 0.04e-4).abs() < 1e-8);
+        assert!(o.lr(1.0, 60, 10, 101) < 1.0 && o.lr(1.0, 60, 10, 101) > 0.04e-4);
     }
 }

@@ -421,3 +421,116 @@ fn draw_steps<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, runs: &[RunCurv
         .map_err(err)?;
     Ok(())
 }
+
+/// One line of an x-y chart.
+pub struct Line {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// Axis descriptions and ticks of an x-y chart.
+pub struct Axes<'a> {
+    pub title: &'a str,
+    pub x: &'a str,
+    pub y: &'a str,
+    /// Categorical x ticks: tick `i` is labelled `x_names[i]`.
+    pub x_names: Option<&'a [String]>,
+}
+
+fn draw_lines<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    lines: &[Line],
+    a: &Axes,
+) -> DrawResult {
+    root.fill(&WHITE).map_err(err)?;
+    let root = root.margin(10, 10, 10, 10);
+    let pts = lines
+        .iter()
+        .flat_map(|l| l.points.iter().copied())
+        .filter(|p| p.0.is_finite() && p.1.is_finite());
+    let (x0, x1, y0, y1) = pts.fold(
+        (f64::MAX, f64::MIN, f64::MAX, f64::MIN),
+        |(a, b, c, d), (x, y)| (a.min(x), b.max(x), c.min(y), d.max(y)),
+    );
+    let (x0, x1) = if x0 > x1 {
+        (0.0, 1.0)
+    } else if x0 == x1 {
+        (x0 - 0.5, x1 + 0.5)
+    } else {
+        (x0, x1)
+    };
+    let (y0, y1) = if y0 > y1 { (0.0, 1.0) } else { (y0, y1) };
+    let pad = ((y1 - y0) * 0.08).max(0.05);
+    let xpad = if a.x_names.is_some() { 0.3 } else { 0.0 };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(a.title, ("sans-serif", 22))
+        .margin(10)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d((x0 - xpad)..(x1 + xpad), (y0 - pad)..(y1 + pad))
+        .map_err(err)?;
+    let names = a.x_names;
+    let fmt = move |x: &f64| match names {
+        Some(n) => {
+            let i = x.round();
+            if (x - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n.len() {
+                n[i as usize].clone()
+            } else {
+                String::new()
+            }
+        }
+        None => tick(*x),
+    };
+    let mut mesh = chart.configure_mesh();
+    mesh.x_desc(a.x)
+        .y_desc(a.y)
+        .label_style(("sans-serif", 15))
+        .axis_desc_style(("sans-serif", 17))
+        .x_label_formatter(&fmt)
+        .light_line_style(WHITE.mix(0.0));
+    if let Some(n) = names {
+        mesh.x_labels(n.len() * 2 + 1);
+    }
+    mesh.draw().map_err(err)?;
+    for (i, l) in lines.iter().enumerate() {
+        let c = color(i);
+        chart
+            .draw_series(LineSeries::new(l.points.clone(), c.stroke_width(3)).point_size(4))
+            .map_err(err)?
+            .label(l.label.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
+    }
+    chart
+        .configure_series_labels()
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()
+        .map_err(err)?;
+    Ok(())
+}
+
+/// An x-y line chart (PNG + SVG).
+pub fn draw_line_chart(
+    lines: &[Line],
+    axes: &Axes,
+    out_base: &Path,
+) -> Result<Vec<PathBuf>, Error> {
+    register_fonts();
+    let size = (1000u32, 600u32);
+    let svg_path = out_base.with_extension("svg");
+    let png_path = out_base.with_extension("png");
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        draw_lines(&root, lines, axes)
+            .map_err(|e| Error::data(&svg_path, format!("cannot draw: {e}")))?;
+        root.present().map_err(|e| Error::data(&svg_path, err(e)))?;
+    }
+    write_atomic(&svg_path, svg.as_bytes())?;
+    let png = render_png(size, |root| draw_lines(root, lines, axes))
+        .map_err(|e| Error::data(&png_path, format!("cannot draw: {e}")))?;
+    write_atomic(&png_path, &png)?;
+    Ok(vec![png_path, svg_path])
+}

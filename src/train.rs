@@ -9,7 +9,7 @@ use crate::init::Init;
 use crate::loss::{argmax, BatchStats};
 use crate::metrics::{EpochMetrics, MetricsLog, HEADER};
 use crate::network::Network;
-use crate::optim::{Schedule, Sgd};
+use crate::optim::{Optimizer, OptimizerKind, Schedule};
 use crate::spec::ModelSpec;
 use crate::Error;
 use rand::seq::SliceRandom;
@@ -47,8 +47,39 @@ pub struct TrainConfig {
     /// Use only the first N training images (quick experiments and tests).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_limit: Option<usize>,
+    /// sgd (with `momentum`), adam or adamw (with `beta1`, `beta2`, `eps`).
+    #[serde(default)]
+    pub optimizer: OptimizerKind,
+    #[serde(default = "default_beta1")]
+    pub beta1: f32,
+    #[serde(default = "default_beta2")]
+    pub beta2: f32,
+    #[serde(default = "default_eps")]
+    pub eps: f32,
+    /// Linear learning-rate warm-up over this many epochs (fractions allowed).
+    #[serde(default)]
+    pub warmup_epochs: f32,
+    /// Softmax cross-entropy against (1 - s) * onehot + s / classes.
+    #[serde(default)]
+    pub label_smoothing: f32,
+    /// Training images are shifted by up to this many pixels (uniform, each axis).
+    #[serde(default)]
+    pub augment_shift: f32,
+    /// Training images are rotated by up to this many degrees (uniform, either way).
+    #[serde(default)]
+    pub augment_rotate: f32,
     pub schedule: Schedule,
     pub model: ModelSpec,
+}
+
+fn default_beta1() -> f32 {
+    0.9
+}
+fn default_beta2() -> f32 {
+    0.999
+}
+fn default_eps() -> f32 {
+    1e-8
 }
 
 impl TrainConfig {
@@ -69,6 +100,14 @@ impl TrainConfig {
             threads: 0,
             val_size: 5000,
             train_limit: None,
+            optimizer: OptimizerKind::Sgd,
+            beta1: default_beta1(),
+            beta2: default_beta2(),
+            eps: default_eps(),
+            warmup_epochs: 0.0,
+            label_smoothing: 0.0,
+            augment_shift: 0.0,
+            augment_rotate: 0.0,
             schedule: Schedule::Cosine,
             model,
         }
@@ -98,6 +137,31 @@ impl TrainConfig {
                 self.weight_decay
             ));
         }
+        if !(0.0..1.0).contains(&self.beta1)
+            || !(0.0..1.0).contains(&self.beta2)
+            || self.eps.is_nan()
+            || self.eps <= 0.0
+        {
+            return bad(format!(
+                "Adam needs 0 <= beta1, beta2 < 1 and eps > 0, got {}, {}, {}",
+                self.beta1, self.beta2, self.eps
+            ));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return bad(format!(
+                "--label-smoothing must be in [0, 1), got {}",
+                self.label_smoothing
+            ));
+        }
+        for (name, v) in [
+            ("--warmup-epochs", self.warmup_epochs),
+            ("--augment-shift", self.augment_shift),
+            ("--augment-rotate", self.augment_rotate),
+        ] {
+            if v.is_nan() || v < 0.0 {
+                return bad(format!("{name} must be >= 0, got {v}"));
+            }
+        }
         if let Some(s) = self.init_std {
             if !(s >= 0.0 && s.is_finite()) {
                 return bad(format!("--init-std must be >= 0, got {s}"));
@@ -110,6 +174,20 @@ impl TrainConfig {
         }
         Network::build(&self.model)?;
         Ok(())
+    }
+
+    /// A fresh optimiser for this config.
+    pub fn new_optimizer(&self) -> Optimizer {
+        match self.optimizer {
+            OptimizerKind::Sgd => Optimizer::sgd(self.momentum, self.weight_decay, self.decay_bias),
+            k => Optimizer::adam(
+                k,
+                (self.beta1, self.beta2),
+                self.eps,
+                self.weight_decay,
+                self.decay_bias,
+            ),
+        }
     }
 
     /// The initialisation override given on the command line, if any.
@@ -135,6 +213,10 @@ pub fn derive_seed(seed: u64, stream: u64, index: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+/// Batch size for validation and test passes: large enough to be fast, small enough to
+/// keep the activations of a 10-epoch run well under 300 MB.
+pub const EVAL_BATCH: usize = 500;
 
 const STREAM_INIT: u64 = 1;
 const STREAM_SHUFFLE: u64 = 2;
@@ -201,6 +283,9 @@ pub struct RunState {
     pub best_epoch: usize,
     /// The metrics.csv rows so far.
     pub metrics: Vec<String>,
+    /// Training seconds over all finished epochs (validation not counted).
+    #[serde(default)]
+    pub train_seconds: f64,
 }
 
 pub const CHECKPOINT: &str = "checkpoint.safetensors";
@@ -216,11 +301,15 @@ const CONFIG_KEY: &str = "convnet.config";
 pub struct Trainer {
     pub cfg: TrainConfig,
     pub net: Network,
-    pub sgd: Sgd,
+    pub opt: Optimizer,
     pub state: RunState,
     pub run_dir: PathBuf,
     /// Write a checkpoint every this many iterations as well (0 = only at epoch ends).
     pub checkpoint_every: usize,
+    /// Evaluate on the test set at the end (sweeps leave it for the chosen trial only).
+    pub evaluate_test: bool,
+    /// Stop at the first epoch end after this many training seconds.
+    pub time_budget: Option<f64>,
     steps: Option<BufWriter<File>>,
 }
 
@@ -237,10 +326,12 @@ impl Trainer {
         Ok(Trainer {
             cfg: cfg.clone(),
             net: build_network(cfg)?,
-            sgd: Sgd::new(cfg.momentum, cfg.weight_decay, cfg.decay_bias),
+            opt: cfg.new_optimizer(),
             state: RunState::default(),
             run_dir: run_dir.to_path_buf(),
             checkpoint_every: 0,
+            evaluate_test: true,
+            time_budget: None,
             steps: None,
         })
     }
@@ -273,14 +364,19 @@ impl Trainer {
         }
         let mut net = Network::build(&cfg.model)?;
         file.load_weights(&mut net)?;
-        let mut sgd = Sgd::new(cfg.momentum, cfg.weight_decay, cfg.decay_bias);
+        let mut opt = cfg.new_optimizer();
         let mut result = Ok(());
         net.visit_params_mut(|_, name, p| {
-            if result.is_ok() {
-                match file.tensor(&format!("optimizer.{name}.momentum_buffer"), &p.shape) {
-                    Ok(v) => sgd.velocity.push(v),
-                    Err(e) => result = Err(e),
-                }
+            let buffers = opt
+                .kind
+                .buffer_names()
+                .iter()
+                .map(|b| file.tensor(&format!("optimizer.{name}.{b}"), &p.shape))
+                .collect::<Result<Vec<_>, _>>();
+            match buffers {
+                Ok(b) if result.is_ok() => opt.state.push(b),
+                Ok(_) => {}
+                Err(e) => result = Err(e),
             }
         });
         result?;
@@ -313,12 +409,33 @@ impl Trainer {
         Ok(Trainer {
             cfg,
             net,
-            sgd,
+            opt,
             state,
             run_dir: run_dir.to_path_buf(),
             checkpoint_every: 0,
+            evaluate_test: true,
+            time_budget: None,
             steps: None,
         })
+    }
+
+    /// Resumes the run in `run_dir` when it holds this very config, starts it otherwise
+    /// (sweeps and comparisons re-run with the same command pick up where they stopped).
+    pub fn resume_or_start(cfg: &TrainConfig, run_dir: &Path) -> Result<Trainer, Error> {
+        let cfg_path = run_dir.join(CONFIG);
+        if cfg_path.exists() {
+            let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+            let saved: Result<TrainConfig, _> = toml::from_str(&text);
+            if saved.as_ref().ok() == Some(cfg) {
+                return Trainer::resume(run_dir);
+            }
+            return Err(Error::Config(format!(
+                "{} holds a run with different settings; remove it or choose another folder",
+                run_dir.display()
+            )));
+        }
+        std::fs::create_dir_all(run_dir).map_err(|e| Error::io(run_dir, e))?;
+        Trainer::new(cfg, run_dir)
     }
 
     /// Writes `checkpoint.safetensors`: weights, momentum buffers, the config, the state.
@@ -337,17 +454,20 @@ impl Trainer {
             .map(|(_, s)| vec![0.0; s.iter().product()])
             .collect();
         for (k, (name, shape)) in names.into_iter().enumerate() {
-            let v = self
-                .sgd
-                .velocity
-                .get(k)
-                .filter(|v| !v.is_empty())
-                .unwrap_or(&zeros[k]);
-            tensors.push(NamedTensor {
-                name: format!("optimizer.{name}.momentum_buffer"),
-                shape,
-                values: v,
-            });
+            for (b, buffer) in self.opt.kind.buffer_names().iter().enumerate() {
+                let v = self
+                    .opt
+                    .state
+                    .get(k)
+                    .and_then(|st| st.get(b))
+                    .filter(|v| !v.is_empty())
+                    .unwrap_or(&zeros[k]);
+                tensors.push(NamedTensor {
+                    name: format!("optimizer.{name}.{buffer}"),
+                    shape: shape.clone(),
+                    values: v,
+                });
+            }
         }
         let mut meta = HashMap::new();
         meta.insert("format".to_string(), "pt".to_string());
@@ -395,15 +515,16 @@ impl Trainer {
             .map_err(|e| Error::io(&self.run_dir.join(STEPS), e))
     }
 
-    /// Trains until the configured number of epochs, then evaluates on the test set and
-    /// writes `model.safetensors`. `stop()` is asked after every batch; when it says yes, a
-    /// checkpoint is written and `Error::Interrupted` returned.
+    /// Trains until the configured number of epochs (or the time budget), then evaluates on
+    /// the test set (unless `evaluate_test` is off) and writes `model.safetensors`.
+    /// `stop()` is asked after every batch; when it says yes, a checkpoint is written and
+    /// `Error::Interrupted` returned.
     pub fn run(
         &mut self,
         splits: &Splits,
         on_event: &mut dyn FnMut(Event),
         stop: &dyn Fn() -> bool,
-    ) -> Result<BatchStats, Error> {
+    ) -> Result<Option<BatchStats>, Error> {
         let cfg = self.cfg.clone();
         let lut = PixelLut::new(cfg.model.normalize);
         let train_set = &splits.train;
@@ -413,6 +534,7 @@ impl Trainer {
             .min(train_set.len());
         let iters = n_train.div_ceil(cfg.batch_size);
         let total_iters = iters * cfg.epochs;
+        let warmup = (cfg.warmup_epochs * iters as f32).round() as usize;
         let log = MetricsLog::create(&self.run_dir.join(METRICS))?;
         let mut labels = Vec::with_capacity(cfg.batch_size);
         for epoch in self.state.epochs_done..cfg.epochs {
@@ -436,9 +558,13 @@ impl Trainer {
                 train_set.fill_batch(batch, &lut, self.net.input_mut(batch.len()), &mut labels);
                 self.net.forward(true);
                 let s = self.net.backward(&labels);
-                lr = cfg
-                    .schedule
-                    .lr(cfg.lr, self.state.iteration, iters, total_iters);
+                lr = cfg.schedule.lr_with_warmup(
+                    cfg.lr,
+                    self.state.iteration,
+                    iters,
+                    total_iters,
+                    warmup,
+                );
                 if !s.loss_sum.is_finite() {
                     let msg = format!(
                         "training diverged: the loss became {} at epoch {}, iteration {} (lr {lr}); \
@@ -460,8 +586,10 @@ impl Trainer {
                     log.append(&row)?;
                     return Err(Error::Diverged(msg));
                 }
-                let sgd = &mut self.sgd;
-                self.net.visit_params_mut(|k, _, p| sgd.update(k, p, lr));
+                let opt = &mut self.opt;
+                let step = self.state.iteration as u64 + 1;
+                self.net
+                    .visit_params_mut(|k, _, p| opt.update(k, p, lr, step));
                 stats.add(s);
                 self.state.iteration += 1;
                 self.state.batch_in_epoch = i + 1;
@@ -494,7 +622,7 @@ impl Trainer {
                 }
             }
             let seconds = seconds_before + start.elapsed().as_secs_f64();
-            let val = evaluate(&mut self.net, &splits.val, 1000, |_, _| {});
+            let val = evaluate(&mut self.net, &splits.val, EVAL_BATCH, |_, _| {});
             let m = EpochMetrics {
                 epoch: epoch + 1,
                 iteration: self.state.iteration,
@@ -507,6 +635,7 @@ impl Trainer {
             log.append(&m)?;
             self.state.metrics.push(m.to_csv());
             self.state.epochs_done = epoch + 1;
+            self.state.train_seconds += seconds;
             self.state.batch_in_epoch = 0;
             self.state.epoch_loss_sum = 0.0;
             self.state.epoch_correct = 0;
@@ -522,15 +651,27 @@ impl Trainer {
             }
             self.save_checkpoint()?;
             on_event(Event::Epoch(&m));
+            if self
+                .time_budget
+                .is_some_and(|b| self.state.train_seconds >= b)
+            {
+                break;
+            }
             if epoch + 1 < cfg.epochs && stop() {
                 return Err(self.interrupted());
             }
         }
-        let test = evaluate(&mut self.net, &splits.test, 1000, |_, _| {});
-        let meta = self.model_metadata((
-            "convnet.test_accuracy",
-            format!("{}/{}", test.correct, test.count),
-        ));
+        let test = self
+            .evaluate_test
+            .then(|| evaluate(&mut self.net, &splits.test, EVAL_BATCH, |_, _| {}));
+        let note = match test {
+            Some(t) => (
+                "convnet.test_accuracy",
+                format!("{}/{}", t.correct, t.count),
+            ),
+            None => ("convnet.epochs", self.state.epochs_done.to_string()),
+        };
+        let meta = self.model_metadata(note);
         save_model(&self.run_dir.join(MODEL), &self.net, &meta)?;
         Ok(test)
     }
@@ -559,7 +700,9 @@ pub fn train(
     on_event: &mut dyn FnMut(Event),
 ) -> Result<Outcome, Error> {
     let mut t = Trainer::new(cfg, run_dir)?;
-    let test = t.run(splits, on_event, &|| false)?;
+    let test = t
+        .run(splits, on_event, &|| false)?
+        .expect("the test set is evaluated");
     let metrics = t
         .state
         .metrics

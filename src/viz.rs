@@ -585,3 +585,146 @@ pub fn activations(
         |r| draw_activations(r, maps, probs, heading, per_row, tile_px),
     )
 }
+
+// ----- sweep grids ------------------------------------------------------------------
+
+/// A matrix of results: rows are the values of one key, columns of another.
+pub struct GridCells<'a> {
+    pub title: &'a str,
+    pub row_key: &'a str,
+    pub rows: &'a [String],
+    pub col_key: &'a str,
+    pub cols: &'a [String],
+    /// The value that sets the colour (e.g. validation accuracy), None for a failed trial.
+    pub values: &'a [Vec<Option<f64>>],
+    /// The text in each cell.
+    pub labels: &'a [Vec<String>],
+}
+
+fn draw_grid<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    g: &GridCells,
+    cell: (i32, i32),
+    left: i32,
+    top: i32,
+) -> DrawResult {
+    let black = RGBColor(0, 0, 0);
+    root.fill(&WHITE).map_err(err)?;
+    let (w, _) = root.dim_in_pixel();
+    text(
+        root,
+        g.title,
+        (w as i32 / 2, 22),
+        20.0,
+        (HPos::Center, VPos::Center),
+        &black,
+    )?;
+    let finite: Vec<f64> = g
+        .values
+        .iter()
+        .flatten()
+        .flatten()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
+    let (lo, hi) = finite
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)));
+    // A failed setting (chance-level accuracy) would wash out the differences that matter:
+    // the colour scale starts a few spreads below the median, and anything lower is darkest.
+    let mut sorted = finite.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted.get(sorted.len() / 2).copied().unwrap_or(lo);
+    let lo = lo.max(median - 3.0 * (hi - median) - 0.1);
+    let ncols = g.cols.len() as i32;
+    text(
+        root,
+        g.col_key,
+        (left + ncols * cell.0 / 2, top - 40),
+        16.0,
+        (HPos::Center, VPos::Center),
+        &black,
+    )?;
+    text(
+        root,
+        g.row_key,
+        (left - 10, top - 40),
+        16.0,
+        (HPos::Right, VPos::Center),
+        &black,
+    )?;
+    for (c, name) in g.cols.iter().enumerate() {
+        text(
+            root,
+            name,
+            (left + c as i32 * cell.0 + cell.0 / 2, top - 14),
+            14.0,
+            (HPos::Center, VPos::Center),
+            &black,
+        )?;
+    }
+    for (r, name) in g.rows.iter().enumerate() {
+        let y = top + r as i32 * cell.1;
+        text(
+            root,
+            name,
+            (left - 10, y + cell.1 / 2),
+            14.0,
+            (HPos::Right, VPos::Center),
+            &black,
+        )?;
+        for c in 0..g.cols.len() {
+            let x = left + c as i32 * cell.0;
+            let (fill, fg) = match g.values[r][c] {
+                Some(v) if v.is_finite() => {
+                    let t = if hi > lo {
+                        ((v - lo) / (hi - lo)).max(0.0)
+                    } else {
+                        1.0
+                    };
+                    (viridis(t), if t > 0.6 { black } else { WHITE })
+                }
+                _ => (RGBColor(200, 200, 200), black),
+            };
+            rect(root, (x, y), (x + cell.0, y + cell.1), fill)?;
+            root.draw(&Rectangle::new(
+                [(x, y), (x + cell.0, y + cell.1)],
+                WHITE.stroke_width(2),
+            ))
+            .map_err(err)?;
+            text(
+                root,
+                &g.labels[r][c],
+                (x + cell.0 / 2, y + cell.1 / 2),
+                15.0,
+                (HPos::Center, VPos::Center),
+                &fg,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// A 2-key sweep as a heat map (PNG + SVG).
+pub fn grid_heatmap(g: &GridCells, out_base: &Path) -> Result<Vec<PathBuf>, Error> {
+    let cell = (110, 44);
+    let left = 30
+        + g.rows
+            .iter()
+            .map(|r| r.len())
+            .max()
+            .unwrap_or(4)
+            .max(g.row_key.len()) as i32
+            * 9;
+    let top = 90;
+    let size = (
+        (left + g.cols.len() as i32 * cell.0 + 30) as u32,
+        (top + g.rows.len() as i32 * cell.1 + 30) as u32,
+    );
+    save_both(
+        size,
+        out_base,
+        |r| draw_grid(r, g, cell, left, top),
+        |r| draw_grid(r, g, cell, left, top),
+    )
+}

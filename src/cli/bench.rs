@@ -4,7 +4,7 @@
 use super::common::ModelChoice;
 use anyhow::Result;
 use convnet::gemm::{sgemm_with, Backend};
-use convnet::optim::Sgd;
+use convnet::optim::Optimizer;
 use convnet::train::{build_network, TrainConfig};
 use convnet::Network;
 use rand::{Rng, SeedableRng};
@@ -86,7 +86,7 @@ pub fn run(args: Args) -> Result<()> {
         Backend::DEFAULT.crate_name()
     );
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(7);
-    let mut sgd = Sgd::new(0.9, 5e-4, true);
+    let mut sgd = Optimizer::sgd(0.9, 5e-4, true);
     let mut best_train = 0.0f64;
     for &bs in &args.batch_size {
         anyhow::ensure!(
@@ -99,7 +99,7 @@ pub fn run(args: Args) -> Result<()> {
         let (steps_per_sec, steps) = rate(args.seconds, || {
             net.forward(true);
             net.backward(&labels);
-            net.visit_params_mut(|k, _, p| sgd.update(k, p, 1e-6));
+            net.visit_params_mut(|k, _, p| sgd.update(k, p, 1e-6, 1));
         });
         let timing = net.timing.take().expect("timing was on");
         let ips = steps_per_sec * bs as f64;

@@ -3,10 +3,12 @@
 
 mod bench;
 mod common;
+mod compare;
 mod eval;
 mod plot;
 mod predict;
 mod show;
+mod sweep;
 mod train;
 mod viz;
 
@@ -32,6 +34,10 @@ enum Command {
     Viz(viz::Args),
     /// Draw loss and accuracy curves of one or more runs (PNG and SVG).
     Plot(plot::Args),
+    /// Train several models with the same data and budget and compare them side by side.
+    Compare(compare::Args),
+    /// Train every combination of a grid of settings and compare them.
+    Sweep(sweep::Args),
     /// Print a model's layer table: output shapes, kernels, parameters, multiply-adds.
     Show(show::Args),
     /// Measure training and evaluation speed on synthetic batches.
@@ -51,6 +57,8 @@ pub fn run() -> i32 {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Show(a) => show::run(a),
+        Command::Compare(a) => compare::run(a),
+        Command::Sweep(a) => sweep::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Viz(a) => viz::run(a),

@@ -1,17 +1,13 @@
 //! `convnet train`: train a network and write a run directory.
 
-use super::common::{DataChoice, ModelChoice};
+use super::common::{install_ctrl_c, interrupted, timestamp, DataChoice, ModelChoice, TrainFlags};
 use anyhow::{Context, Result};
 use convnet::data::dataset::load_splits;
-use convnet::data::DatasetKind;
-use convnet::init::Init;
 use convnet::metrics::format_count;
-use convnet::optim::Schedule;
-use convnet::train::{Event, TrainConfig, Trainer};
+use convnet::train::{Event, Trainer};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 #[derive(clap::Args)]
@@ -20,49 +16,8 @@ pub struct Args {
     model: ModelChoice,
     #[command(flatten)]
     data: DataChoice,
-    /// Passes over the training set.
-    #[arg(long, default_value_t = 10)]
-    epochs: usize,
-    #[arg(long, default_value_t = 64)]
-    batch_size: usize,
-    /// Base learning rate (the schedule scales it).
-    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
-    lr: f32,
-    #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
-    momentum: f32,
-    /// L2 weight decay, applied to weights and biases.
-    #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
-    weight_decay: f32,
-    /// Exclude biases from weight decay.
-    #[arg(long)]
-    no_bias_decay: bool,
-    /// Learning-rate schedule: constant, step or cosine (per iteration, down to 0).
-    #[arg(long, default_value = "cosine")]
-    schedule: String,
-    /// For --schedule step: epochs between decays.
-    #[arg(long, default_value_t = 3)]
-    step_every: usize,
-    /// For --schedule step: factor applied at each decay.
-    #[arg(long, default_value_t = 0.1)]
-    gamma: f32,
-    /// Initialise every layer this way: gaussian, he or xavier (default: the model's own).
-    #[arg(long)]
-    init: Option<Init>,
-    /// Standard deviation of gaussian initialisation; alone, it implies --init gaussian.
-    #[arg(long, allow_negative_numbers = true)]
-    init_std: Option<f32>,
-    /// Seed for every random choice (initialisation, shuffling). Printed and saved.
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
-    /// Worker threads; 0 = one per core. Results are identical for any value.
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
-    /// Training images held out for validation (the tail of the training file).
-    #[arg(long, default_value_t = 5000)]
-    val_size: usize,
-    /// Train on only the first N training images.
-    #[arg(long, value_name = "N")]
-    limit: Option<usize>,
+    #[command(flatten)]
+    hyper: TrainFlags,
     /// Run directory (default: runs/<timestamp>-<model>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -76,45 +31,6 @@ pub struct Args {
     /// Do not draw curves.png / curves.svg at the end.
     #[arg(long)]
     no_plot: bool,
-}
-
-fn schedule(args: &Args) -> Result<Schedule> {
-    Ok(match args.schedule.as_str() {
-        "constant" => Schedule::Constant,
-        "cosine" => Schedule::Cosine,
-        "step" => Schedule::Step {
-            every: args.step_every,
-            gamma: args.gamma,
-        },
-        other => anyhow::bail!(convnet::Error::Config(format!(
-            "unknown --schedule `{other}`: expected constant, step or cosine"
-        ))),
-    })
-}
-
-/// `YYYYMMDD-HHMMSS` in UTC.
-pub fn timestamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 /// A fresh run directory: `out` when given (must not hold a run yet), else a new one under runs/.
@@ -145,44 +61,6 @@ fn make_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn config_from_args(args: &Args) -> Result<TrainConfig> {
-    let (model, preset) = args.model.resolve()?;
-    let mut cfg = TrainConfig::default_for(model);
-    cfg.preset = preset;
-    cfg.dataset = args.data.kind_or(DatasetKind::Mnist);
-    cfg.epochs = args.epochs;
-    cfg.batch_size = args.batch_size;
-    cfg.lr = args.lr;
-    cfg.momentum = args.momentum;
-    cfg.weight_decay = args.weight_decay;
-    cfg.decay_bias = !args.no_bias_decay;
-    cfg.schedule = schedule(args)?;
-    cfg.init = args.init;
-    cfg.init_std = args.init_std;
-    cfg.seed = args.seed;
-    cfg.threads = args.threads;
-    cfg.val_size = args.val_size;
-    cfg.train_limit = args.limit;
-    cfg.validate()?;
-    Ok(cfg)
-}
-
-/// Ctrl-C presses so far: the first asks for a checkpoint after the current batch, the
-/// second exits at once (a checkpoint being written is a temporary file until renamed, so
-/// the previous one stays intact).
-static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
-
-fn install_ctrl_c() {
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTS.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!("\nCtrl-C: finishing this batch and saving a checkpoint (press again to quit at once)");
-        } else {
-            eprintln!("\nCtrl-C again: quitting without a checkpoint");
-            std::process::exit(130);
-        }
-    });
-}
-
 pub fn run(args: Args) -> Result<()> {
     let mut trainer = match &args.resume {
         Some(dir) => {
@@ -197,14 +75,14 @@ pub fn run(args: Args) -> Result<()> {
             t
         }
         None => {
-            let cfg = config_from_args(&args)?;
+            let cfg = args.hyper.config(&args.model, &args.data)?;
             let dir = make_run_dir(args.out.as_deref(), &cfg.model.name)?;
             Trainer::new(&cfg, &dir)?
         }
     };
     trainer.checkpoint_every = args.checkpoint_every;
     let threads_wanted = if args.resume.is_some() {
-        args.threads
+        args.hyper.threads
     } else {
         trainer.cfg.threads
     };
@@ -245,15 +123,13 @@ pub fn run(args: Args) -> Result<()> {
     install_ctrl_c();
     let started = Instant::now();
     let mut progress = Progress::new(cfg.epochs);
-    let result = trainer.run(&splits, &mut |e| progress.event(e), &|| {
-        INTERRUPTS.load(Ordering::SeqCst) > 0
-    });
+    let result = trainer.run(&splits, &mut |e| progress.event(e), &interrupted);
     progress.finish();
     if !args.no_plot {
         draw_run_curves(&run_dir);
     }
     let test = match result {
-        Ok(t) => t,
+        Ok(t) => t.expect("the test set is evaluated"),
         Err(e @ convnet::Error::Interrupted(_)) => {
             let data = args
                 .data

@@ -92,14 +92,15 @@ impl ConvGeometry {
     }
 }
 
-/// Unfolds one image `x` (C, H, W) into `cols` (C*K*K, OH*OW).
-pub fn im2col(g: &ConvGeometry, x: &[f32], cols: &mut [f32]) {
+/// Unfolds one image `x` (C, H, W) into `cols` (C*K*K, OH*OW), whose rows lie `ld` values
+/// apart (`ld = OH*OW` for one image alone; larger when images sit side by side).
+pub fn im2col(g: &ConvGeometry, x: &[f32], cols: &mut [f32], ld: usize) {
     let (k, ohw) = (g.kernel, g.ohw());
     for c in 0..g.in_c {
         let plane = &x[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w];
         for ki in 0..k {
             for kj in 0..k {
-                let row = &mut cols[((c * k + ki) * k + kj) * ohw..][..ohw];
+                let row = &mut cols[((c * k + ki) * k + kj) * ld..][..ohw];
                 let (lo, hi) = g.valid_cols(kj);
                 for oh in 0..g.out_h {
                     let dst = &mut row[oh * g.out_w..(oh + 1) * g.out_w];
@@ -128,15 +129,16 @@ pub fn im2col(g: &ConvGeometry, x: &[f32], cols: &mut [f32]) {
     }
 }
 
-/// Folds `cols` (C*K*K, OH*OW) back into an image `dx` (C, H, W), summing overlaps.
-pub fn col2im(g: &ConvGeometry, cols: &[f32], dx: &mut [f32]) {
+/// Folds `cols` (C*K*K, OH*OW, rows `ld` apart) back into an image `dx` (C, H, W), summing
+/// overlaps.
+pub fn col2im(g: &ConvGeometry, cols: &[f32], ld: usize, dx: &mut [f32]) {
     let (k, ohw) = (g.kernel, g.ohw());
     dx.fill(0.0);
     for c in 0..g.in_c {
         let plane = &mut dx[c * g.in_h * g.in_w..(c + 1) * g.in_h * g.in_w];
         for ki in 0..k {
             for kj in 0..k {
-                let row = &cols[((c * k + ki) * k + kj) * ohw..][..ohw];
+                let row = &cols[((c * k + ki) * k + kj) * ld..][..ohw];
                 let (lo, hi) = g.valid_cols(kj);
                 for oh in 0..g.out_h {
                     let ih = (oh * g.stride + ki) as isize - g.pad as isize;
@@ -162,13 +164,20 @@ pub struct Conv2d {
     output: Vec<usize>,
     pub weight: Param,
     pub bias: Param,
-    /// im2col columns: one slot per image after a training forward (kept for backward),
-    /// one per chunk after an evaluation forward.
+    /// im2col columns, one block per chunk of images: (C*K*K, images*OH*OW) with the
+    /// images side by side, so each chunk needs one GEMM, not one per image. A training
+    /// forward keeps every chunk's block for the backward pass; an evaluation forward
+    /// needs one block per chunk as well.
     cols: Vec<f32>,
     cols_hold_batch: bool,
+    /// Per chunk: the output (or its gradient) as (O, images*OH*OW), the layout of the
+    /// columns, between the GEMM and the NCHW tensor.
+    out_block: Vec<f32>,
     /// Per-chunk partial weight and bias gradients, summed in chunk order.
     dw_parts: Vec<f32>,
     db_parts: Vec<f32>,
+    /// Stands in for dx (one value per chunk) when the input gradient is not wanted.
+    no_dx: Vec<f32>,
 }
 
 impl Conv2d {
@@ -183,8 +192,10 @@ impl Conv2d {
             bias: Param::new("bias", &[g.out_c], true),
             cols: Vec::new(),
             cols_hold_batch: false,
+            out_block: Vec::new(),
             dw_parts: Vec::new(),
             db_parts: Vec::new(),
+            no_dx: Vec::new(),
         }
     }
 }
@@ -213,29 +224,33 @@ impl Layer for Conv2d {
     fn forward(&mut self, x: &Tensor, y: &mut Tensor, train: bool) {
         let g = self.geometry;
         let n = x.batch();
-        let (in_len, out_len, col_len) = (g.in_len(), g.out_len(), g.ckk() * g.ohw());
+        let (in_len, out_len, ohw, ckk) = (g.in_len(), g.out_len(), g.ohw(), g.ckk());
         y.resize_batch(n, &self.output);
-        let slots = if train { n } else { n.div_ceil(CHUNK) };
-        self.cols.resize(slots * col_len, 0.0);
+        self.cols.resize(n * ckk * ohw, 0.0);
+        self.out_block.resize(n * out_len, 0.0);
         self.cols_hold_batch = train;
-        let cols_per_chunk = if train { CHUNK * col_len } else { col_len };
         let (w, b) = (&self.weight.value, &self.bias.value);
         y.data
             .par_chunks_mut(CHUNK * out_len)
             .zip(x.data.par_chunks(CHUNK * in_len))
-            .zip(self.cols.par_chunks_mut(cols_per_chunk))
-            .for_each(|((y, x), cols)| {
-                for (i, (y, x)) in y.chunks_mut(out_len).zip(x.chunks(in_len)).enumerate() {
-                    let col = if train {
-                        &mut cols[i * col_len..(i + 1) * col_len]
-                    } else {
-                        &mut *cols
-                    };
-                    im2col(&g, x, col);
-                    for (row, &bias) in y.chunks_mut(g.ohw()).zip(b) {
-                        row.fill(bias);
+            .zip(self.cols.par_chunks_mut(CHUNK * ckk * ohw))
+            .zip(self.out_block.par_chunks_mut(CHUNK * out_len))
+            .for_each(|(((y, x), cols), block)| {
+                let nb = x.len() / in_len;
+                let ld = nb * ohw;
+                for (i, x) in x.chunks(in_len).enumerate() {
+                    im2col(&g, x, &mut cols[i * ohw..], ld);
+                }
+                // block (O, nb*OHW) = w (O, CKK) . cols (CKK, nb*OHW): one GEMM per chunk,
+                // then each image's (O, OHW) slice of it, plus the bias, into y.
+                sgemm(g.out_c, ckk, ld, 1.0, w, false, cols, false, 0.0, block);
+                for (i, y) in y.chunks_mut(out_len).enumerate() {
+                    for (o, (row, &bias)) in y.chunks_mut(ohw).zip(b).enumerate() {
+                        let src = &block[o * ld + i * ohw..][..ohw];
+                        for (d, &s) in row.iter_mut().zip(src) {
+                            *d = s + bias;
+                        }
                     }
-                    sgemm(g.out_c, g.ckk(), g.ohw(), 1.0, w, false, col, false, 1.0, y);
                 }
             });
     }
@@ -248,48 +263,55 @@ impl Layer for Conv2d {
         );
         let g = self.geometry;
         let n = x.batch();
-        let (out_len, col_len, ohw, ckk) = (g.out_len(), g.ckk() * g.ohw(), g.ohw(), g.ckk());
+        let (in_len, out_len, ohw, ckk) = (g.in_len(), g.out_len(), g.ohw(), g.ckk());
         let chunks = n.div_ceil(CHUNK);
         let (wn, bn) = (self.weight.value.len(), self.bias.value.len());
         self.dw_parts.resize(chunks * wn, 0.0);
         self.db_parts.resize(chunks * bn, 0.0);
+        let w = &self.weight.value;
+        let mut dx = dx;
+        if let Some(dx) = dx.as_deref_mut() {
+            dx.resize_batch(n, &self.input);
+        }
+        // With no dx wanted, pair each chunk with a placeholder value.
+        self.no_dx.resize(chunks, 0.0);
+        let (dx_data, dx_step) = match dx {
+            Some(d) => (&mut d.data, CHUNK * in_len),
+            None => (&mut self.no_dx, 1),
+        };
+        let want_dx = dx_step != 1;
         self.dw_parts
             .par_chunks_mut(wn)
             .zip(self.db_parts.par_chunks_mut(bn))
-            .zip(self.cols.par_chunks(CHUNK * col_len))
+            .zip(self.cols.par_chunks_mut(CHUNK * ckk * ohw))
+            .zip(self.out_block.par_chunks_mut(CHUNK * out_len))
             .zip(dy.data.par_chunks(CHUNK * out_len))
-            .for_each(|(((dw, db), cols), dy)| {
-                db.fill(0.0);
-                for (i, (dy, col)) in dy.chunks(out_len).zip(cols.chunks(col_len)).enumerate() {
-                    let beta = if i == 0 { 0.0 } else { 1.0 };
-                    sgemm(g.out_c, ohw, ckk, 1.0, dy, false, col, true, beta, dw);
-                    for (d, row) in db.iter_mut().zip(dy.chunks(ohw)) {
-                        *d += row.iter().sum::<f32>();
+            .zip(dx_data.par_chunks_mut(dx_step))
+            .for_each(|(((((dw, db), cols), block), dy), dx)| {
+                let nb = dy.len() / out_len;
+                let ld = nb * ohw;
+                // Gather dy into (O, nb*OHW), the layout of the columns.
+                for (i, dy) in dy.chunks(out_len).enumerate() {
+                    for (o, row) in dy.chunks(ohw).enumerate() {
+                        block[o * ld + i * ohw..][..ohw].copy_from_slice(row);
+                    }
+                }
+                // dw = block (O, nb*OHW) . cols^T (nb*OHW, CKK); db = row sums of block.
+                sgemm(g.out_c, ld, ckk, 1.0, block, false, cols, true, 0.0, dw);
+                for (d, row) in db.iter_mut().zip(block.chunks(ld)) {
+                    *d = row.iter().sum();
+                }
+                if want_dx {
+                    // The columns are no longer needed: they receive dcols = w^T . block.
+                    sgemm(ckk, g.out_c, ld, 1.0, w, true, block, false, 0.0, cols);
+                    for (i, dx) in dx.chunks_mut(in_len).enumerate() {
+                        col2im(&g, &cols[i * ohw..], ld, dx);
                     }
                 }
             });
         sum_parts(&self.dw_parts, &mut self.weight.grad);
         sum_parts(&self.db_parts, &mut self.bias.grad);
-
-        if let Some(dx) = dx {
-            let in_len = g.in_len();
-            dx.resize_batch(n, &self.input);
-            let w = &self.weight.value;
-            // The columns are no longer needed: each image's slot receives its dcols.
-            dx.data
-                .par_chunks_mut(CHUNK * in_len)
-                .zip(self.cols.par_chunks_mut(CHUNK * col_len))
-                .zip(dy.data.par_chunks(CHUNK * out_len))
-                .for_each(|((dx, cols), dy)| {
-                    for ((dx, col), dy) in dx
-                        .chunks_mut(in_len)
-                        .zip(cols.chunks_mut(col_len))
-                        .zip(dy.chunks(out_len))
-                    {
-                        sgemm(ckk, g.out_c, ohw, 1.0, w, true, dy, false, 0.0, col);
-                        col2im(&g, col, dx);
-                    }
-                });
+        if want_dx {
             self.cols_hold_batch = false;
         }
     }
