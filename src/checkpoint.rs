@@ -4,6 +4,7 @@
 //! The model spec (TOML) is stored in the metadata under `convnet.spec`, so a model file
 //! rebuilds its network on its own.
 
+use crate::layers::Buffer;
 use crate::network::Network;
 use crate::spec::ModelSpec;
 use crate::Error;
@@ -49,13 +50,18 @@ pub struct NamedTensor<'a> {
     pub name: String,
     pub shape: Vec<usize>,
     pub values: &'a [f32],
+    /// An I64 scalar instead of f32 values (PyTorch's `num_batches_tracked`).
+    pub int: Option<i64>,
 }
 
 /// Serialises tensors (f32, little-endian) and string metadata to safetensors bytes.
 pub fn to_safetensors(tensors: &[NamedTensor], metadata: HashMap<String, String>) -> Vec<u8> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
-        .map(|t| t.values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .map(|t| match t.int {
+            Some(i) => i.to_le_bytes().to_vec(),
+            None => t.values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        })
         .collect();
     let views: Vec<(String, TensorView)> = tensors
         .iter()
@@ -63,23 +69,54 @@ pub fn to_safetensors(tensors: &[NamedTensor], metadata: HashMap<String, String>
         .map(|(t, b)| {
             (
                 t.name.clone(),
-                TensorView::new(Dtype::F32, t.shape.clone(), b).expect("shape matches data"),
+                TensorView::new(
+                    if t.int.is_some() {
+                        Dtype::I64
+                    } else {
+                        Dtype::F32
+                    },
+                    t.shape.clone(),
+                    b,
+                )
+                .expect("shape matches data"),
             )
         })
         .collect();
     safetensors::tensor::serialize(views, &Some(metadata)).expect("f32 tensors always serialise")
 }
 
-/// The network's parameters as named tensors, in PyTorch names and layouts.
+/// The network's parameters and buffers as named tensors, in PyTorch names and layouts.
 pub fn model_tensors(net: &Network) -> Vec<NamedTensor<'_>> {
-    net.named_params()
+    let mut out: Vec<NamedTensor> = net
+        .named_params()
         .into_iter()
         .map(|(name, p)| NamedTensor {
             name,
             shape: p.shape.clone(),
             values: &p.value,
+            int: None,
         })
-        .collect()
+        .collect();
+    for l in net.layers() {
+        for b in l.buffers() {
+            let name = format!("{}.{}", l.name(), b.name());
+            out.push(match b {
+                Buffer::F32(_, v) => NamedTensor {
+                    name,
+                    shape: vec![v.len()],
+                    values: v,
+                    int: None,
+                },
+                Buffer::I64(_, i) => NamedTensor {
+                    name,
+                    shape: vec![],
+                    values: &[],
+                    int: Some(i),
+                },
+            });
+        }
+    }
+    out
 }
 
 /// Saves the model (weights + spec in the metadata, plus `extra` metadata) atomically.
@@ -198,8 +235,55 @@ impl TensorFile {
             .and_then(|d| d.parse().ok())
     }
 
-    /// Copies this file's weights into `net`, checking every name and shape.
+    /// An I64 scalar tensor.
+    pub fn scalar_i64(&self, name: &str) -> Result<i64, Error> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("checked in read");
+        let view = st.tensor(name).map_err(|_| {
+            Error::model(
+                &self.path,
+                format!("has no tensor `{name}` (expected an I64 scalar)"),
+            )
+        })?;
+        match (view.dtype(), view.data()) {
+            (Dtype::I64, d) if d.len() == 8 => {
+                Ok(i64::from_le_bytes(d.try_into().expect("8 bytes")))
+            }
+            (dt, _) => Err(Error::model(
+                &self.path,
+                format!(
+                    "tensor `{name}` is {dt:?} of shape {:?}, expected an I64 scalar",
+                    view.shape()
+                ),
+            )),
+        }
+    }
+
+    /// Copies this file's weights (and buffers) into `net`, checking every name and shape.
     pub fn load_weights(&self, net: &mut Network) -> Result<(), Error> {
+        for i in 0..net.layers().len() {
+            let lname = net.layers()[i].name().to_string();
+            let wanted: Vec<(String, Option<usize>)> = net.layers()[i]
+                .buffers()
+                .iter()
+                .map(|b| match b {
+                    Buffer::F32(n, v) => (n.to_string(), Some(v.len())),
+                    Buffer::I64(n, _) => (n.to_string(), None),
+                })
+                .collect();
+            for (bname, len) in wanted {
+                let full = format!("{lname}.{bname}");
+                match len {
+                    Some(n) => {
+                        let v = self.tensor(&full, &[n])?;
+                        net.layer_mut(i).set_buffer(&bname, &v, 0);
+                    }
+                    None => {
+                        let c = self.scalar_i64(&full)?;
+                        net.layer_mut(i).set_buffer(&bname, &[], c);
+                    }
+                }
+            }
+        }
         let mut result = Ok(());
         net.visit_params_mut(|_, name, p| {
             if result.is_ok() {

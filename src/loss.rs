@@ -3,6 +3,8 @@
 //! logits z: (N, K)   labels t: (N), one class index each
 //! Softmax cross-entropy:  L = 1/N sum_n [ logsumexp(z_n) - z_n[t_n] ]
 //!                         dL/dz_n = (softmax(z_n) - onehot(t_n)) / N
+//! With label smoothing s, the cross-entropy target is q = (1 - s) onehot + s / K:
+//!                         L = 1/N sum_n [ logsumexp(z_n) - sum_k q_k z_nk ],  dL/dz_n = (softmax - q) / N
 //! Euclidean:              L = 1/N sum_n 1/2 ||z_n - onehot(t_n)||^2
 //!                         dL/dz_n = (z_n - onehot(t_n)) / N
 //! The log-sum-exp subtracts the row maximum first, so large logits do not overflow.
@@ -80,8 +82,42 @@ impl Loss {
             / n as f64
     }
 
-    /// Computes the batch statistics and writes dL/dlogits (of the batch mean) into `grad`.
-    pub fn forward_backward(self, logits: &Tensor, labels: &[u8], grad: &mut Tensor) -> BatchStats {
+    /// Loss of one sample with label smoothing `s` (cross-entropy; Euclidean ignores it).
+    pub fn sample_loss_smoothed(self, z: &[f32], label: usize, s: f32) -> f64 {
+        if s == 0.0 || self == Loss::Euclidean {
+            return self.sample_loss(z, label);
+        }
+        let max = z.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+        let lse = max + z.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        let k = z.len() as f64;
+        let s = s as f64;
+        z.iter()
+            .enumerate()
+            .map(|(j, &v)| {
+                let q = s / k + if j == label { 1.0 - s } else { 0.0 };
+                q * (lse - v as f64)
+            })
+            .sum()
+    }
+
+    /// Mean smoothed loss over the batch (for gradient checks).
+    pub fn value_smoothed(self, logits: &Tensor, labels: &[u8], s: f32) -> f64 {
+        let n = logits.batch();
+        (0..n)
+            .map(|i| self.sample_loss_smoothed(logits.sample(i), labels[i] as usize, s))
+            .sum::<f64>()
+            / n as f64
+    }
+
+    /// Computes the batch statistics and writes dL/dlogits (of the batch mean) into `grad`;
+    /// `smoothing` is the label smoothing of the cross-entropy target.
+    pub fn forward_backward(
+        self,
+        logits: &Tensor,
+        labels: &[u8],
+        grad: &mut Tensor,
+        smoothing: f32,
+    ) -> BatchStats {
         let n = logits.batch();
         let k = logits.sample_len();
         assert_eq!(labels.len(), n, "one label per sample");
@@ -99,7 +135,7 @@ impl Loss {
         {
             let t = labels[i] as usize;
             assert!(t < k, "label {t} out of range for {k} outputs");
-            stats.loss_sum += self.sample_loss(z, t);
+            stats.loss_sum += self.sample_loss_smoothed(z, t, smoothing);
             if argmax(z) == t {
                 stats.correct += 1;
             }
@@ -111,10 +147,11 @@ impl Loss {
                         *g = (v - max).exp();
                         sum += *g;
                     }
+                    let uniform = smoothing / k as f32;
                     for g in g.iter_mut() {
-                        *g *= inv_n / sum;
+                        *g = (*g / sum - uniform) * inv_n;
                     }
-                    g[t] -= inv_n;
+                    g[t] -= (1.0 - smoothing) * inv_n;
                 }
                 Loss::Euclidean => {
                     for (j, (g, &v)) in g.iter_mut().zip(z).enumerate() {

@@ -7,7 +7,8 @@
 use crate::init::{fill_normal, init_std, Init};
 use crate::layers::conv::ConvGeometry;
 use crate::layers::{
-    Activation, ActivationKind, Conv2d, Flatten, Layer, Linear, Param, Pool2d, PoolKind,
+    Activation, ActivationKind, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear, Param, Pool2d,
+    PoolKind,
 };
 use crate::loss::BatchStats;
 use crate::spec::{LayerSpec, ModelSpec};
@@ -23,6 +24,8 @@ pub struct Network {
     grads: Vec<Tensor>,
     /// Per-layer (forward, backward) time, accumulated while `timing` is on.
     pub timing: Option<Vec<(Duration, Duration)>>,
+    /// Label smoothing of the training loss (softmax cross-entropy only).
+    pub label_smoothing: f32,
 }
 
 /// The fields each layer type accepts (besides name and type).
@@ -40,6 +43,8 @@ fn allowed_fields(kind: &str) -> Option<&'static [&'static str]> {
         "max_pool2d" | "avg_pool2d" => &["kernel", "stride"],
         "relu" | "sigmoid" | "tanh" | "flatten" => &[],
         "linear" => &["in_features", "out_features", "init", "init_std"],
+        "dropout" => &["p"],
+        "batch_norm2d" | "batch_norm1d" => &["eps", "momentum"],
         _ => return None,
     })
 }
@@ -60,6 +65,9 @@ fn set_fields(l: &LayerSpec) -> Vec<&'static str> {
     add("out_features", l.out_features.is_some());
     add("init", l.init.is_some());
     add("init_std", l.init_std.is_some());
+    add("p", l.p.is_some());
+    add("eps", l.eps.is_some());
+    add("momentum", l.momentum.is_some());
     v
 }
 
@@ -68,7 +76,8 @@ fn set_fields(l: &LayerSpec) -> Vec<&'static str> {
 fn build_layer(l: &LayerSpec, shape: &[usize], prev: &str) -> Result<Box<dyn Layer>, String> {
     let allowed = allowed_fields(&l.kind).ok_or_else(|| {
         format!(
-            "unknown type `{}`: expected conv2d, max_pool2d, avg_pool2d, relu, sigmoid, tanh, flatten or linear",
+            "unknown type `{}`: expected conv2d, max_pool2d, avg_pool2d, relu, sigmoid, tanh, flatten, linear, \
+             dropout, batch_norm2d or batch_norm1d",
             l.kind
         )
     })?;
@@ -147,6 +156,23 @@ fn build_layer(l: &LayerSpec, shape: &[usize], prev: &str) -> Result<Box<dyn Lay
                 need(l.out_features, "out_features")?,
             ))
         }
+        "dropout" => Box::new(Dropout::new(&l.name, l.p.unwrap_or(0.5), shape)?),
+        "batch_norm2d" | "batch_norm1d" => {
+            let want = if l.kind == "batch_norm2d" { 3 } else { 1 };
+            if shape.len() != want {
+                return Err(format!(
+                    "needs a {} input, gets {} from {prev}",
+                    if want == 3 { "(C, H, W)" } else { "flat (C)" },
+                    ShapeDisplay(shape)
+                ));
+            }
+            Box::new(BatchNorm::new(
+                &l.name,
+                shape,
+                l.eps.unwrap_or(1e-5),
+                l.momentum.unwrap_or(0.1),
+            )?)
+        }
         _ => unreachable!("checked by allowed_fields"),
     })
 }
@@ -196,10 +222,12 @@ impl Network {
             acts: vec![Tensor::default(); n + 1],
             grads: vec![Tensor::default(); n + 1],
             timing: None,
+            label_smoothing: 0.0,
         })
     }
 
-    /// Draws every weight from the layer's initialisation and zeroes the biases.
+    /// Draws every weight matrix or kernel from the layer's initialisation; biases start at
+    /// 0 and per-channel scales (batch norm) at 1.
     /// `override_init` replaces every layer's choice (the CLI's `--init` / `--init-std`).
     pub fn initialize<R: Rng>(&mut self, rng: &mut R, override_init: Option<(Init, f32)>) {
         let spec = self.spec.clone();
@@ -209,11 +237,14 @@ impl Network {
                 ls.init_std.unwrap_or(spec.init_std),
             ));
             layer.visit_params_mut(&mut |p: &mut Param| {
-                if p.is_bias {
-                    p.value.fill(0.0);
-                } else {
+                if p.shape.len() >= 2 {
                     let s = init_std(init, std, &p.shape);
                     fill_normal(&mut p.value, s, rng);
+                } else if p.name == "weight" {
+                    // A per-channel scale (batch norm) starts at 1.
+                    p.value.fill(1.0);
+                } else {
+                    p.value.fill(0.0);
                 }
             });
         }
@@ -221,6 +252,17 @@ impl Network {
 
     pub fn layers(&self) -> &[Box<dyn Layer>] {
         &self.layers
+    }
+
+    pub fn layer_mut(&mut self, i: usize) -> &mut dyn Layer {
+        self.layers[i].as_mut()
+    }
+
+    /// Seeds every layer's randomness (dropout) for the next forward pass.
+    pub fn reseed(&mut self, seed: u64) {
+        for (i, l) in self.layers.iter_mut().enumerate() {
+            l.reseed(crate::train::derive_seed(seed, 100, i as u64));
+        }
     }
 
     pub fn input_shape(&self) -> &[usize] {
@@ -264,10 +306,12 @@ impl Network {
     /// leaving every parameter's gradient in place.
     pub fn backward(&mut self, labels: &[u8]) -> BatchStats {
         let n = self.layers.len();
-        let stats = self
-            .spec
-            .loss
-            .forward_backward(&self.acts[n], labels, &mut self.grads[n]);
+        let stats = self.spec.loss.forward_backward(
+            &self.acts[n],
+            labels,
+            &mut self.grads[n],
+            self.label_smoothing,
+        );
         for i in (0..n).rev() {
             let start = self.timing.as_ref().map(|_| Instant::now());
             let (gb, ga) = self.grads.split_at_mut(i + 1);

@@ -72,7 +72,7 @@ fn default_init_std() -> f32 {
 }
 
 /// One layer. `type` is one of: conv2d, max_pool2d, avg_pool2d, relu, sigmoid, tanh,
-/// flatten, linear. Fields a type does not use are rejected when the network is built.
+/// flatten, linear, dropout, batch_norm2d, batch_norm1d. Fields a type does not use are rejected when the network is built.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerSpec {
@@ -97,12 +97,22 @@ pub struct LayerSpec {
     pub init: Option<Init>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_std: Option<f32>,
+    /// Dropout probability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p: Option<f32>,
+    /// Batch norm: added to the variance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f32>,
+    /// Batch norm: weight of the new batch in the running statistics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f32>,
 }
 
 /// The built-in presets, by name.
 pub const PRESETS: &[(&str, &str)] = &[
     ("seed-cnn", include_str!("../presets/seed-cnn.toml")),
     ("mlp", include_str!("../presets/mlp.toml")),
+    ("cnn-plus", include_str!("../presets/cnn-plus.toml")),
 ];
 
 impl ModelSpec {

@@ -21,6 +21,11 @@ pub const CONFIG_KEYS: &[&str] = &[
     "val_size",
     "train_limit",
     "schedule",
+    "optimizer",
+    "warmup_epochs",
+    "label_smoothing",
+    "augment_shift",
+    "augment_rotate",
 ];
 
 /// Fields of a layer a grid may set (`conv1.kernel`).
@@ -34,6 +39,9 @@ pub const LAYER_KEYS: &[&str] = &[
     "out_features",
     "init",
     "init_std",
+    "p",
+    "eps",
+    "momentum",
 ];
 
 /// Fields of the model spec a grid may set (`model.init`).

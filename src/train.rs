@@ -4,7 +4,7 @@
 use crate::checkpoint::{
     model_tensors, save_model, to_safetensors, write_atomic, NamedTensor, TensorFile, SPEC_KEY,
 };
-use crate::data::dataset::{Dataset, DatasetKind, PixelLut, Splits};
+use crate::data::dataset::{Augment, Dataset, DatasetKind, PixelLut, Splits};
 use crate::init::Init;
 use crate::loss::{argmax, BatchStats};
 use crate::metrics::{EpochMetrics, MetricsLog, HEADER};
@@ -220,6 +220,7 @@ pub const EVAL_BATCH: usize = 500;
 
 const STREAM_INIT: u64 = 1;
 const STREAM_SHUFFLE: u64 = 2;
+const STREAM_ITERATION: u64 = 3;
 
 /// The order in which epoch `epoch` (0-based) visits the training images.
 pub fn epoch_order(seed: u64, epoch: usize, n: usize) -> Vec<u32> {
@@ -445,9 +446,11 @@ impl Trainer {
                 .map_err(|e| Error::io(&self.run_dir.join(STEPS), e))?;
         }
         let mut tensors = model_tensors(&self.net);
-        let names: Vec<(String, Vec<usize>)> = tensors
+        let names: Vec<(String, Vec<usize>)> = self
+            .net
+            .named_params()
             .iter()
-            .map(|t| (t.name.clone(), t.shape.clone()))
+            .map(|(n, p)| (n.clone(), p.shape.clone()))
             .collect();
         let zeros: Vec<Vec<f32>> = names
             .iter()
@@ -466,6 +469,7 @@ impl Trainer {
                     name: format!("optimizer.{name}.{buffer}"),
                     shape: shape.clone(),
                     values: v,
+                    int: None,
                 });
             }
         }
@@ -535,6 +539,11 @@ impl Trainer {
         let iters = n_train.div_ceil(cfg.batch_size);
         let total_iters = iters * cfg.epochs;
         let warmup = (cfg.warmup_epochs * iters as f32).round() as usize;
+        let augment = Augment {
+            shift: cfg.augment_shift,
+            rotate: cfg.augment_rotate,
+        };
+        self.net.label_smoothing = cfg.label_smoothing;
         let log = MetricsLog::create(&self.run_dir.join(METRICS))?;
         let mut labels = Vec::with_capacity(cfg.batch_size);
         for epoch in self.state.epochs_done..cfg.epochs {
@@ -555,7 +564,23 @@ impl Trainer {
             let count_at_start = stats.count;
             let mut lr = cfg.lr;
             for (i, batch) in order.chunks(cfg.batch_size).enumerate().skip(first) {
-                train_set.fill_batch(batch, &lut, self.net.input_mut(batch.len()), &mut labels);
+                // Every random choice of this iteration (augmentation, dropout) is seeded
+                // by (seed, iteration), so a resumed run makes the same ones.
+                let it_seed = derive_seed(cfg.seed, STREAM_ITERATION, self.state.iteration as u64);
+                if augment.is_off() {
+                    train_set.fill_batch(batch, &lut, self.net.input_mut(batch.len()), &mut labels);
+                } else {
+                    let input = self.net.input_mut(batch.len());
+                    train_set.fill_batch_augmented(
+                        batch,
+                        cfg.model.normalize,
+                        augment,
+                        it_seed,
+                        input,
+                        &mut labels,
+                    );
+                }
+                self.net.reseed(it_seed);
                 self.net.forward(true);
                 let s = self.net.backward(&labels);
                 lr = cfg.schedule.lr_with_warmup(

@@ -70,7 +70,7 @@ pub struct TrainFlags {
     /// Exclude biases from weight decay.
     #[arg(long)]
     pub no_bias_decay: bool,
-    /// Learning-rate schedule: constant, step or cosine (per iteration, down to 0).
+    /// Learning-rate schedule: constant, step, cosine (per iteration, down to 0) or onecycle.
     #[arg(long, default_value = "cosine")]
     pub schedule: String,
     /// For --schedule step: epochs between decays.
@@ -97,6 +97,21 @@ pub struct TrainFlags {
     /// Train on only the first N training images.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// sgd (with --momentum), adam or adamw (betas 0.9, 0.999).
+    #[arg(long, default_value = "sgd")]
+    pub optimizer: convnet::optim::OptimizerKind,
+    /// Linear learning-rate warm-up over this many epochs (fractions allowed).
+    #[arg(long, default_value_t = 0.0)]
+    pub warmup_epochs: f32,
+    /// Label smoothing of the cross-entropy target, e.g. 0.1.
+    #[arg(long, default_value_t = 0.0)]
+    pub label_smoothing: f32,
+    /// Augmentation: shift training images by up to this many pixels.
+    #[arg(long, default_value_t = 0.0)]
+    pub augment_shift: f32,
+    /// Augmentation: rotate training images by up to this many degrees.
+    #[arg(long, default_value_t = 0.0)]
+    pub augment_rotate: f32,
 }
 
 impl TrainFlags {
@@ -104,12 +119,13 @@ impl TrainFlags {
         Ok(match self.schedule.as_str() {
             "constant" => Schedule::Constant,
             "cosine" => Schedule::Cosine,
+            "onecycle" | "one-cycle" | "one_cycle" => Schedule::OneCycle,
             "step" => Schedule::Step {
                 every: self.step_every,
                 gamma: self.gamma,
             },
             other => anyhow::bail!(convnet::Error::Config(format!(
-                "unknown --schedule `{other}`: expected constant, step or cosine"
+                "unknown --schedule `{other}`: expected constant, step, cosine or onecycle"
             ))),
         })
     }
@@ -133,6 +149,11 @@ impl TrainFlags {
         cfg.threads = self.threads;
         cfg.val_size = self.val_size;
         cfg.train_limit = self.limit;
+        cfg.optimizer = self.optimizer;
+        cfg.warmup_epochs = self.warmup_epochs;
+        cfg.label_smoothing = self.label_smoothing;
+        cfg.augment_shift = self.augment_shift;
+        cfg.augment_rotate = self.augment_rotate;
         cfg.validate()?;
         Ok(cfg)
     }

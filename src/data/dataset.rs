@@ -165,6 +165,80 @@ impl Dataset {
     }
 }
 
+/// Random shifts and rotations of training images (applied per image, seeded).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Augment {
+    /// Up to this many pixels along each axis.
+    pub shift: f32,
+    /// Up to this many degrees either way.
+    pub rotate: f32,
+}
+
+impl Augment {
+    pub fn is_off(&self) -> bool {
+        self.shift == 0.0 && self.rotate == 0.0
+    }
+}
+
+impl Dataset {
+    /// Like `fill_batch`, but each image is first rotated about its centre and shifted by
+    /// random amounts drawn from a generator seeded by (`seed`, position in the batch), and
+    /// resampled bilinearly (outside the image is background, 0). Labels are unchanged.
+    pub fn fill_batch_augmented(
+        &self,
+        indices: &[u32],
+        norm: Normalize,
+        aug: Augment,
+        seed: u64,
+        out: &mut [f32],
+        labels: &mut Vec<u8>,
+    ) {
+        use rand::{Rng, SeedableRng};
+        use rayon::prelude::*;
+        let (w, h) = (self.cols, self.rows);
+        labels.clear();
+        labels.extend(indices.iter().map(|&i| self.labels[i as usize]));
+        out.par_chunks_mut(w * h)
+            .zip(indices.par_iter())
+            .enumerate()
+            .for_each(|(j, (dst, &i))| {
+                let mut rng =
+                    rand_pcg::Pcg64Mcg::seed_from_u64(crate::train::derive_seed(seed, 7, j as u64));
+                let angle = (rng.gen_range(-1.0f32..=1.0) * aug.rotate).to_radians();
+                let (tx, ty) = (
+                    rng.gen_range(-1.0f32..=1.0) * aug.shift,
+                    rng.gen_range(-1.0f32..=1.0) * aug.shift,
+                );
+                let (sin, cos) = angle.sin_cos();
+                let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
+                let img = self.image(i as usize);
+                let px = |x: i64, y: i64| -> f32 {
+                    if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
+                        0.0
+                    } else {
+                        img[y as usize * w + x as usize] as f32
+                    }
+                };
+                for y in 0..h {
+                    for x in 0..w {
+                        // Where this output pixel comes from: the inverse of shift-then-rotate.
+                        let (dx, dy) = (x as f32 - cx - tx, y as f32 - cy - ty);
+                        let u = cos * dx + sin * dy + cx;
+                        let v = -sin * dx + cos * dy + cy;
+                        let (x0, y0) = (u.floor(), v.floor());
+                        let (fx, fy) = (u - x0, v - y0);
+                        let (x0, y0) = (x0 as i64, y0 as i64);
+                        let val = px(x0, y0) * (1.0 - fx) * (1.0 - fy)
+                            + px(x0 + 1, y0) * fx * (1.0 - fy)
+                            + px(x0, y0 + 1) * (1.0 - fx) * fy
+                            + px(x0 + 1, y0 + 1) * fx * fy;
+                        dst[y * w + x] = (val - norm.mean) / norm.scale;
+                    }
+                }
+            });
+    }
+}
+
 /// The normalised value of each of the 256 pixel values.
 pub struct PixelLut(pub [f32; 256]);
 

@@ -7,13 +7,17 @@
 //! the largest batch has been seen.
 
 pub mod activation;
+pub mod batchnorm;
 pub mod conv;
+pub mod dropout;
 pub mod flatten;
 pub mod linear;
 pub mod pool;
 
 pub use activation::{Activation, ActivationKind};
+pub use batchnorm::BatchNorm;
 pub use conv::{conv2d_backward_reference, conv2d_forward_reference, Conv2d};
+pub use dropout::Dropout;
 pub use flatten::Flatten;
 pub use linear::Linear;
 pub use pool::{Pool2d, PoolKind};
@@ -49,6 +53,21 @@ impl Param {
     }
 }
 
+/// A saved tensor that is not learned: batch-norm running statistics.
+pub enum Buffer<'a> {
+    F32(&'static str, &'a [f32]),
+    /// An integer scalar (PyTorch's `num_batches_tracked`).
+    I64(&'static str, i64),
+}
+
+impl Buffer<'_> {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Buffer::F32(n, _) | Buffer::I64(n, _) => n,
+        }
+    }
+}
+
 pub trait Layer: Send {
     /// The name in the model spec (`conv1`), used in parameter names (`conv1.weight`).
     fn name(&self) -> &str;
@@ -75,4 +94,12 @@ pub trait Layer: Send {
     }
     /// Visits the parameters mutably, in a fixed order (weight, then bias).
     fn visit_params_mut(&mut self, _f: &mut dyn FnMut(&mut Param)) {}
+    /// Saved state that is not learned (running statistics), named as in PyTorch.
+    fn buffers(&self) -> Vec<Buffer<'_>> {
+        Vec::new()
+    }
+    /// Restores a buffer by name: `values` for float buffers, `count` for integer ones.
+    fn set_buffer(&mut self, _name: &str, _values: &[f32], _count: i64) {}
+    /// Seeds the layer's randomness for the next forward pass (dropout).
+    fn reseed(&mut self, _seed: u64) {}
 }
