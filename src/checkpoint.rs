@@ -200,6 +200,12 @@ impl TensorFile {
             .collect())
     }
 
+    /// A tensor's shape and raw little-endian bytes, whatever its type.
+    pub fn raw(&self, name: &str) -> Option<(Vec<usize>, Vec<u8>)> {
+        let st = SafeTensors::deserialize(&self.bytes).expect("checked in read");
+        st.tensor(name).ok().map(|v| (v.shape().to_vec(), v.data().to_vec()))
+    }
+
     pub fn names(&self) -> Vec<String> {
         let st = SafeTensors::deserialize(&self.bytes).expect("checked in read");
         st.names().into_iter().cloned().collect()

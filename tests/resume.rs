@@ -77,23 +77,16 @@ fn wait_for_first_epoch(dir: &Path, child: &mut Child) {
     }
 }
 
-/// Every tensor of a model file, as raw bits.
-fn tensors(path: &Path) -> Vec<(String, Vec<u32>)> {
+/// Every tensor of a model file: name, shape and raw bytes.
+fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
     let f = TensorFile::read(path).unwrap();
     let mut names = f.names();
     names.sort();
-    let spec = f.spec().unwrap();
-    let net = convnet::Network::build(&spec).unwrap();
-    let shapes: std::collections::HashMap<String, Vec<usize>> = net
-        .named_params()
-        .into_iter()
-        .map(|(n, p)| (n, p.shape.clone()))
-        .collect();
     names
         .into_iter()
         .map(|n| {
-            let v = f.tensor(&n, &shapes[&n]).unwrap();
-            (n, v.iter().map(|x| x.to_bits()).collect())
+            let (shape, bytes) = f.raw(&n).unwrap();
+            (n, shape, bytes)
         })
         .collect()
 }
@@ -280,4 +273,76 @@ fn plot_overlays_several_runs_in_png_and_svg() {
         .unwrap();
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("has no metrics.csv"));
+}
+
+/// The stronger recipe resumes exactly too: batch-norm running statistics, Adam's moment
+/// buffers, dropout masks and augmentation are all restored or re-derived from the seed.
+#[test]
+fn interrupted_runs_with_batch_norm_dropout_adamw_and_augmentation_resume_exactly() {
+    let root = tempfile::tempdir().unwrap();
+    let spec = root.path().join("small.toml");
+    std::fs::write(
+        &spec,
+        r#"
+name = "small-plus"
+input = [1, 28, 28]
+[[layers]]
+name = "conv1"
+type = "conv2d"
+out_channels = 4
+kernel = 3
+pad = 1
+[[layers]]
+name = "bn1"
+type = "batch_norm2d"
+[[layers]]
+name = "relu1"
+type = "relu"
+[[layers]]
+name = "pool1"
+type = "max_pool2d"
+kernel = 2
+[[layers]]
+name = "flatten"
+type = "flatten"
+[[layers]]
+name = "drop"
+type = "dropout"
+p = 0.2
+[[layers]]
+name = "fc"
+type = "linear"
+out_features = 10
+"#,
+    )
+    .unwrap();
+    let extra = [
+        "--model", spec.to_str().unwrap(), "--optimizer", "adamw", "--lr", "0.003", "--weight-decay", "0.01",
+        "--augment-shift", "1", "--augment-rotate", "5", "--label-smoothing", "0.1", "--warmup-epochs", "0.5",
+        "--schedule", "onecycle",
+    ];
+    let with = |out: &Path| {
+        let mut a = args(out);
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    let a = root.path().join("uninterrupted");
+    let o = run(&with(&a));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let b = root.path().join("interrupted");
+    let mut child = spawn(&with(&b));
+    wait_for_first_epoch(&b, &mut child);
+    // SAFETY: sending SIGINT to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = run(&["train".into(), "--resume".into(), b.display().to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_run(&a, &b);
+    let f = TensorFile::read(&b.join("model.safetensors")).unwrap();
+    assert!(f.scalar_i64("bn1.num_batches_tracked").unwrap() > 0);
+    let ck = TensorFile::read(&b.join("checkpoint.safetensors")).unwrap();
+    assert!(ck.names().iter().any(|n| n == "optimizer.fc.weight.exp_avg_sq"));
 }
