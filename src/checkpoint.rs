@@ -203,7 +203,9 @@ impl TensorFile {
     /// A tensor's shape and raw little-endian bytes, whatever its type.
     pub fn raw(&self, name: &str) -> Option<(Vec<usize>, Vec<u8>)> {
         let st = SafeTensors::deserialize(&self.bytes).expect("checked in read");
-        st.tensor(name).ok().map(|v| (v.shape().to_vec(), v.data().to_vec()))
+        st.tensor(name)
+            .ok()
+            .map(|v| (v.shape().to_vec(), v.data().to_vec()))
     }
 
     pub fn names(&self) -> Vec<String> {

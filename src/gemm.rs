@@ -45,18 +45,18 @@ pub fn sgemm(
     beta: f32,
     c: &mut [f32],
 ) {
-    let lda = if a_trans { m } else { k };
-    let ldb = if b_trans { k } else { n };
-    sgemm_ld(
+    sgemm_with(
         Backend::DEFAULT,
         m,
         k,
         n,
         alpha,
-        (a, lda, a_trans),
-        (b, ldb, b_trans),
+        a,
+        a_trans,
+        b,
+        b_trans,
         beta,
-        (c, n),
+        c,
     )
 }
 

@@ -186,9 +186,7 @@ fn draw<DB: DrawingBackend>(
         .max()
         .unwrap_or(1)
         .max(2);
-    let x_range = 1f64..max_epoch as f64;
 
-    // Loss per epoch.
     let losses = runs.iter().flat_map(|r| {
         r.metrics
             .iter()
@@ -199,65 +197,15 @@ fn draw<DB: DrawingBackend>(
         .fold(0.0f64, f64::max)
         .max(1e-3)
         * 1.05;
-    let mut chart = ChartBuilder::on(&panels[0])
-        .caption(
-            "Loss per epoch (solid: train, dashed: validation)",
-            ("sans-serif", 20),
-        )
-        .margin(14)
-        .x_label_area_size(45)
-        .y_label_area_size(65)
-        .build_cartesian_2d(x_range.clone(), 0f64..max_loss)
-        .map_err(err)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .y_desc("loss")
-        .label_style(("sans-serif", 15))
-        .axis_desc_style(("sans-serif", 17))
-        .x_labels(max_epoch.min(12))
-        .x_label_formatter(&|x| tick(*x))
-        .light_line_style(WHITE.mix(0.0))
-        .draw()
-        .map_err(err)?;
-    for (i, r) in runs.iter().enumerate() {
-        let c = color(i);
-        let train: Vec<(f64, f64)> = r
-            .metrics
-            .iter()
-            .map(|m| (m.epoch as f64, m.train.mean_loss()))
-            .filter(|p| p.1.is_finite())
-            .collect();
-        let val: Vec<(f64, f64)> = r
-            .metrics
-            .iter()
-            .filter(|m| m.val.count > 0)
-            .map(|m| (m.epoch as f64, m.val.mean_loss()))
-            .collect();
-        chart
-            .draw_series(LineSeries::new(train.clone(), c.stroke_width(3)).point_size(4))
-            .map_err(err)?
-            .label(format!("{} train", r.label))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], c.stroke_width(3)));
-        chart
-            .draw_series(DashedLineSeries::new(val.clone(), 10, 6, c.stroke_width(3)))
-            .map_err(err)?;
-        chart
-            .draw_series(val.iter().map(|&p| Circle::new(p, 4, c.filled())))
-            .map_err(err)?
-            .label(format!("{} validation", r.label))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 8, y)], c.stroke_width(3)));
-    }
-    chart
-        .configure_series_labels()
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK.mix(0.4))
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(err)?;
+    let loss = EpochPanel {
+        caption: "Loss per epoch (solid: train, dashed: validation)",
+        y_desc: "loss",
+        y_range: 0.0..max_loss,
+        legend: SeriesLabelPosition::UpperRight,
+        value: |s: &crate::loss::BatchStats| s.mean_loss(),
+    };
+    draw_epoch_panel(&panels[0], runs, max_epoch, loss)?;
 
-    // Accuracy per epoch, in percent.
     let accs = runs.iter().flat_map(|r| {
         r.metrics.iter().flat_map(|m| {
             let mut v = vec![100.0 * m.train.accuracy()];
@@ -267,22 +215,51 @@ fn draw<DB: DrawingBackend>(
             v
         })
     });
-    let min_acc = accs.fold(100.0f64, f64::min);
-    let low = (min_acc - 0.5).floor().clamp(0.0, 99.0);
-    let mut chart = ChartBuilder::on(&panels[1])
-        .caption(
-            "Accuracy per epoch (solid: train, dashed: validation)",
-            ("sans-serif", 20),
-        )
+    let low = (accs.fold(100.0f64, f64::min) - 0.5)
+        .floor()
+        .clamp(0.0, 99.0);
+    let accuracy = EpochPanel {
+        caption: "Accuracy per epoch (solid: train, dashed: validation)",
+        y_desc: "accuracy (%)",
+        y_range: low..100.0,
+        legend: SeriesLabelPosition::LowerRight,
+        value: |s: &crate::loss::BatchStats| 100.0 * s.accuracy(),
+    };
+    draw_epoch_panel(&panels[1], runs, max_epoch, accuracy)?;
+
+    if let Some(area) = steps_area {
+        draw_steps(&area, runs)?;
+    }
+    Ok(())
+}
+
+/// One per-epoch panel: a quantity of the training and validation statistics.
+struct EpochPanel<F: Fn(&crate::loss::BatchStats) -> f64> {
+    caption: &'static str,
+    y_desc: &'static str,
+    y_range: std::ops::Range<f64>,
+    legend: SeriesLabelPosition,
+    value: F,
+}
+
+/// Train (solid, with points) and validation (dashed, with dots) per epoch, one colour per run.
+fn draw_epoch_panel<DB: DrawingBackend, F: Fn(&crate::loss::BatchStats) -> f64>(
+    area: &DrawingArea<DB, Shift>,
+    runs: &[RunCurves],
+    max_epoch: usize,
+    panel: EpochPanel<F>,
+) -> DrawResult {
+    let mut chart = ChartBuilder::on(area)
+        .caption(panel.caption, ("sans-serif", 20))
         .margin(14)
         .x_label_area_size(45)
         .y_label_area_size(65)
-        .build_cartesian_2d(x_range, low..100.0)
+        .build_cartesian_2d(1f64..max_epoch as f64, panel.y_range)
         .map_err(err)?;
     chart
         .configure_mesh()
         .x_desc("epoch")
-        .y_desc("accuracy (%)")
+        .y_desc(panel.y_desc)
         .label_style(("sans-serif", 15))
         .axis_desc_style(("sans-serif", 17))
         .x_labels(max_epoch.min(12))
@@ -295,13 +272,14 @@ fn draw<DB: DrawingBackend>(
         let train: Vec<(f64, f64)> = r
             .metrics
             .iter()
-            .map(|m| (m.epoch as f64, 100.0 * m.train.accuracy()))
+            .map(|m| (m.epoch as f64, (panel.value)(&m.train)))
+            .filter(|p| p.1.is_finite())
             .collect();
         let val: Vec<(f64, f64)> = r
             .metrics
             .iter()
             .filter(|m| m.val.count > 0)
-            .map(|m| (m.epoch as f64, 100.0 * m.val.accuracy()))
+            .map(|m| (m.epoch as f64, (panel.value)(&m.val)))
             .collect();
         chart
             .draw_series(LineSeries::new(train, c.stroke_width(3)).point_size(4))
@@ -322,13 +300,9 @@ fn draw<DB: DrawingBackend>(
         .label_font(("sans-serif", 14))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK.mix(0.4))
-        .position(SeriesLabelPosition::LowerRight)
+        .position(panel.legend)
         .draw()
         .map_err(err)?;
-
-    if let Some(area) = steps_area {
-        draw_steps(&area, runs)?;
-    }
     Ok(())
 }
 

@@ -317,9 +317,24 @@ out_features = 10
     )
     .unwrap();
     let extra = [
-        "--model", spec.to_str().unwrap(), "--optimizer", "adamw", "--lr", "0.003", "--weight-decay", "0.01",
-        "--augment-shift", "1", "--augment-rotate", "5", "--label-smoothing", "0.1", "--warmup-epochs", "0.5",
-        "--schedule", "onecycle",
+        "--model",
+        spec.to_str().unwrap(),
+        "--optimizer",
+        "adamw",
+        "--lr",
+        "0.003",
+        "--weight-decay",
+        "0.01",
+        "--augment-shift",
+        "1",
+        "--augment-rotate",
+        "5",
+        "--label-smoothing",
+        "0.1",
+        "--warmup-epochs",
+        "0.5",
+        "--schedule",
+        "onecycle",
     ];
     let with = |out: &Path| {
         let mut a = args(out);
@@ -337,12 +352,20 @@ out_features = 10
         libc::kill(child.id() as i32, libc::SIGINT);
     }
     let o = child.wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(130), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let o = run(&["train".into(), "--resume".into(), b.display().to_string()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_run(&a, &b);
     let f = TensorFile::read(&b.join("model.safetensors")).unwrap();
     assert!(f.scalar_i64("bn1.num_batches_tracked").unwrap() > 0);
     let ck = TensorFile::read(&b.join("checkpoint.safetensors")).unwrap();
-    assert!(ck.names().iter().any(|n| n == "optimizer.fc.weight.exp_avg_sq"));
+    assert!(ck
+        .names()
+        .iter()
+        .any(|n| n == "optimizer.fc.weight.exp_avg_sq"));
 }

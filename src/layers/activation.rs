@@ -61,8 +61,9 @@ impl Layer for Activation {
             .zip(x.data.par_chunks(PIECE))
             .for_each(|(y, x)| match kind {
                 ActivationKind::Relu => {
+                    // A plain comparison (not f32::max, which must order NaN) vectorises.
                     for (y, &x) in y.iter_mut().zip(x) {
-                        *y = x.max(0.0);
+                        *y = if x > 0.0 { x } else { 0.0 };
                     }
                 }
                 ActivationKind::Sigmoid => {
