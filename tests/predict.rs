@@ -415,3 +415,24 @@ fn one_bad_file_does_not_stop_the_others() {
     assert_ne!(o.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&o.stderr).contains("2 of 4 files could not be classified"));
 }
+
+#[test]
+fn products_fill_the_frame_as_in_fashion_mnist() {
+    use convnet::data::preprocess::{preprocess_as, Style};
+    // A dark "bag": a filled rectangle, wider than tall, on white.
+    let mut img = RgbaImage::from_pixel(300, 200, Rgba(WHITE));
+    for y in 60..140 {
+        for x in 40..240 {
+            img.put_pixel(x, y, Rgba([40, 40, 40, 255]));
+        }
+    }
+    let p = preprocess_as(&DynamicImage::ImageRgba8(img.clone()), 28, Style::Product).unwrap();
+    let (w, h) = ink_extent(&p.pixels, 28);
+    assert_eq!(w, 28, "the longest side fills the frame");
+    assert!((10..=12).contains(&h), "aspect ratio kept: {w}x{h}");
+    let d = preprocess_as(&DynamicImage::ImageRgba8(img), 28, Style::Digit).unwrap();
+    assert!(
+        ink_extent(&d.pixels, 28).0 <= 21,
+        "a digit stays in its 20 px box"
+    );
+}

@@ -5,7 +5,7 @@
 use anyhow::Result;
 use convnet::checkpoint::load_model;
 use convnet::data::dataset::PixelLut;
-use convnet::data::preprocess::{preprocess_file, to_gray_image};
+use convnet::data::preprocess::{preprocess_file_as, to_gray_image, Style};
 use convnet::loss::softmax;
 use std::path::PathBuf;
 
@@ -40,12 +40,13 @@ pub fn run(args: Args) -> Result<()> {
     let side = shape[1];
     let classes = file.class_names(net.classes());
     let lut = PixelLut::new(net.spec.normalize);
+    let style = file.dataset().map(Style::of).unwrap_or(Style::Digit);
     if let Some(dir) = &args.save_preprocessed {
         std::fs::create_dir_all(dir).map_err(|e| convnet::Error::io(dir, e))?;
     }
     let mut failures = 0;
     for path in &args.files {
-        let result = preprocess_file(path, side).and_then(|p| {
+        let result = preprocess_file_as(path, side, style).and_then(|p| {
             if let Some(dir) = &args.save_preprocessed {
                 let stem = path
                     .file_stem()

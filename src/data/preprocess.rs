@@ -11,6 +11,10 @@
 //!    filter, keeping the aspect ratio;
 //! 6. paste into a 28 x 28 canvas with the centre of mass at the centre.
 //!
+//! Fashion-MNIST was made differently (the product fills the frame, its box centred):
+//! `preprocess_as(.., Style::Product)` does that, and `convnet predict` picks the style of
+//! the data set the model was trained on.
+//!
 //! ```
 //! use convnet::data::preprocess::preprocess;
 //! // A black "1" on a white 60 x 90 canvas, off-centre.
@@ -73,10 +77,34 @@ pub fn load_image(path: &Path) -> Result<DynamicImage, Error> {
     })
 }
 
-/// Loads and preprocesses one file.
+/// Loads and preprocesses one file as an MNIST digit.
 pub fn preprocess_file(path: &Path, side: usize) -> Result<Preprocessed, Error> {
+    preprocess_file_as(path, side, Style::Digit)
+}
+
+/// Loads and preprocesses one file in the given style.
+pub fn preprocess_file_as(path: &Path, side: usize, style: Style) -> Result<Preprocessed, Error> {
     let img = load_image(path)?;
-    preprocess(&img, side).map_err(|m| Error::data(path, m))
+    preprocess_as(&img, side, style).map_err(|m| Error::data(path, m))
+}
+
+/// How the data set the model learned from was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// MNIST: the digit's longest side is 20 of 28 px, its centre of mass at the centre.
+    Digit,
+    /// Fashion-MNIST: the product's longest side fills the frame, its box centred.
+    Product,
+}
+
+impl Style {
+    /// The style of a data set.
+    pub fn of(kind: crate::data::DatasetKind) -> Style {
+        match kind {
+            crate::data::DatasetKind::Mnist => Style::Digit,
+            crate::data::DatasetKind::FashionMnist => Style::Product,
+        }
+    }
 }
 
 /// Grey levels in [0, 1] with alpha composited onto white.
@@ -215,6 +243,15 @@ fn digit_pieces(pieces: &[Piece]) -> Vec<bool> {
 /// Prepares an image as an MNIST-style `side x side` digit (the digit's box is
 /// `side * 20 / 28`). Errors are plain sentences (the caller adds the file name).
 pub fn preprocess(img: &DynamicImage, side: usize) -> Result<Preprocessed, String> {
+    preprocess_as(img, side, Style::Digit)
+}
+
+/// Like `preprocess`, in the style of the data set the model learned from.
+pub fn preprocess_as(
+    img: &DynamicImage,
+    side: usize,
+    style: Style,
+) -> Result<Preprocessed, String> {
     let (grey, w, h) = grey_on_white(img);
     if w == 0 || h == 0 {
         return Err("is an empty image (0 pixels)".into());
@@ -280,14 +317,17 @@ pub fn preprocess(img: &DynamicImage, side: usize) -> Result<Preprocessed, Strin
         }
     }
     // Longest side to 20/28 of the canvas, aspect ratio kept.
-    let digit = ((side * 20) as f32 / 28.0).round().max(1.0) as usize;
+    let digit = match style {
+        Style::Digit => ((side * 20) as f32 / 28.0).round().max(1.0) as usize,
+        Style::Product => side,
+    };
     let scale = digit as f32 / cw.max(ch) as f32;
     let (nw, nh) = (
         ((cw as f32 * scale).round() as u32).max(1),
         ((ch as f32 * scale).round() as u32).max(1),
     );
     let small = image::imageops::resize(&crop, nw, nh, FilterType::Triangle);
-    // Centre of mass to the centre of the canvas.
+    // Centre of mass (digits) or of the box (products) to the centre of the canvas.
     let (mut mass, mut mx, mut my) = (0.0f64, 0.0f64, 0.0f64);
     for (x, y, p) in small.enumerate_pixels() {
         let v = p.0[0].max(0.0) as f64;
@@ -295,7 +335,9 @@ pub fn preprocess(img: &DynamicImage, side: usize) -> Result<Preprocessed, Strin
         mx += v * (x as f64 + 0.5);
         my += v * (y as f64 + 0.5);
     }
-    let (cx, cy) = if mass > 0.0 {
+    let (cx, cy) = if style == Style::Product {
+        (nw as f64 / 2.0, nh as f64 / 2.0)
+    } else if mass > 0.0 {
         (mx / mass, my / mass)
     } else {
         (nw as f64 / 2.0, nh as f64 / 2.0)
