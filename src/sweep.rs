@@ -26,6 +26,7 @@ pub const CONFIG_KEYS: &[&str] = &[
     "label_smoothing",
     "augment_shift",
     "augment_rotate",
+    "augment_flip",
 ];
 
 /// Fields of a layer a grid may set (`conv1.kernel`).

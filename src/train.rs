@@ -68,6 +68,9 @@ pub struct TrainConfig {
     /// Training images are rotated by up to this many degrees (uniform, either way).
     #[serde(default)]
     pub augment_rotate: f32,
+    /// Training images are mirrored left-right with probability 1/2.
+    #[serde(default)]
+    pub augment_flip: bool,
     pub schedule: Schedule,
     pub model: ModelSpec,
 }
@@ -108,6 +111,7 @@ impl TrainConfig {
             label_smoothing: 0.0,
             augment_shift: 0.0,
             augment_rotate: 0.0,
+            augment_flip: false,
             schedule: Schedule::Cosine,
             model,
         }
@@ -542,6 +546,7 @@ impl Trainer {
         let augment = Augment {
             shift: cfg.augment_shift,
             rotate: cfg.augment_rotate,
+            flip: cfg.augment_flip,
         };
         self.net.label_smoothing = cfg.label_smoothing;
         let log = MetricsLog::create(&self.run_dir.join(METRICS))?;

@@ -201,6 +201,7 @@ fn augmentation_keeps_labels_and_image_statistics() {
     let off = Augment {
         shift: 0.0,
         rotate: 0.0,
+        flip: false,
     };
     let (mut same, mut l2) = (vec![0.0; 64 * 784], Vec::new());
     ds.fill_batch_augmented(&idx, norm, off, 1, &mut same, &mut l2);
@@ -212,6 +213,7 @@ fn augmentation_keeps_labels_and_image_statistics() {
     let aug = Augment {
         shift: 2.0,
         rotate: 10.0,
+        flip: false,
     };
     let (mut a, mut la) = (vec![0.0; 64 * 784], Vec::new());
     ds.fill_batch_augmented(&idx, norm, aug, 1, &mut a, &mut la);
@@ -227,6 +229,28 @@ fn augmentation_keeps_labels_and_image_statistics() {
     assert_eq!(a, b, "the same seed gives the same batch");
     ds.fill_batch_augmented(&idx, norm, aug, 2, &mut b, &mut lb);
     assert_ne!(a, b, "another seed another batch");
+    // Flips mirror whole images: every image equals the original or its mirror.
+    let flip = Augment {
+        shift: 0.0,
+        rotate: 0.0,
+        flip: true,
+    };
+    ds.fill_batch_augmented(&idx, norm, flip, 3, &mut b, &mut lb);
+    let mut mirrored = 0;
+    for (img, orig) in b.chunks(784).zip(plain.chunks(784)) {
+        let mirror: Vec<f32> = orig
+            .chunks(28)
+            .flat_map(|r| r.iter().rev().copied())
+            .collect();
+        let same = img.iter().zip(orig).all(|(a, b)| (a - b).abs() < 1e-6);
+        let flipped = img.iter().zip(&mirror).all(|(a, b)| (a - b).abs() < 1e-6);
+        assert!(same || flipped);
+        mirrored += usize::from(flipped && !same);
+    }
+    assert!(
+        (16..=48).contains(&mirrored),
+        "about half are mirrored: {mirrored} of 64"
+    );
 }
 
 #[test]

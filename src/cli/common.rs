@@ -112,6 +112,9 @@ pub struct TrainFlags {
     /// Augmentation: rotate training images by up to this many degrees.
     #[arg(long, default_value_t = 0.0)]
     pub augment_rotate: f32,
+    /// Augmentation: mirror training images left-right at random (for clothing, not digits).
+    #[arg(long)]
+    pub augment_flip: bool,
 }
 
 impl TrainFlags {
@@ -154,6 +157,7 @@ impl TrainFlags {
         cfg.label_smoothing = self.label_smoothing;
         cfg.augment_shift = self.augment_shift;
         cfg.augment_rotate = self.augment_rotate;
+        cfg.augment_flip = self.augment_flip;
         cfg.validate()?;
         Ok(cfg)
     }

@@ -172,11 +172,13 @@ pub struct Augment {
     pub shift: f32,
     /// Up to this many degrees either way.
     pub rotate: f32,
+    /// Mirror left-right with probability 1/2 (clothing, not digits).
+    pub flip: bool,
 }
 
 impl Augment {
     pub fn is_off(&self) -> bool {
-        self.shift == 0.0 && self.rotate == 0.0
+        self.shift == 0.0 && self.rotate == 0.0 && !self.flip
     }
 }
 
@@ -209,6 +211,7 @@ impl Dataset {
                     rng.gen_range(-1.0f32..=1.0) * aug.shift,
                     rng.gen_range(-1.0f32..=1.0) * aug.shift,
                 );
+                let flip = aug.flip && rng.gen::<bool>();
                 let (sin, cos) = angle.sin_cos();
                 let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
                 let img = self.image(i as usize);
@@ -221,8 +224,9 @@ impl Dataset {
                 };
                 for y in 0..h {
                     for x in 0..w {
-                        // Where this output pixel comes from: the inverse of shift-then-rotate.
-                        let (dx, dy) = (x as f32 - cx - tx, y as f32 - cy - ty);
+                        // Where this output pixel comes from: the inverse of flip, rotate, shift.
+                        let xs = if flip { w - 1 - x } else { x };
+                        let (dx, dy) = (xs as f32 - cx - tx, y as f32 - cy - ty);
                         let u = cos * dx + sin * dy + cx;
                         let v = -sin * dx + cos * dy + cy;
                         let (x0, y0) = (u.floor(), v.floor());
