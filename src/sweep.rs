@@ -230,7 +230,7 @@ pub fn summarize(metrics: &[EpochMetrics]) -> Summary {
     let mut s = Summary::default();
     let mut t = 0.0;
     for m in metrics {
-        if !m.train.mean_loss().is_finite() || m.val.count == 0 {
+        if !m.train.mean_loss().is_finite() {
             s.diverged_epoch = Some(m.epoch);
             continue;
         }
