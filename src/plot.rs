@@ -78,9 +78,9 @@ pub fn load_run(dir: &Path) -> Result<RunCurves, Error> {
     })
 }
 
-type DrawResult = Result<(), String>;
+pub(crate) type DrawResult = Result<(), String>;
 
-fn err<E: std::fmt::Debug>(e: E) -> String {
+pub(crate) fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("{e:?}")
 }
 
@@ -91,22 +91,49 @@ pub fn draw_curves(
     with_steps: bool,
     out_base: &Path,
 ) -> Result<Vec<PathBuf>, Error> {
-    register_fonts();
     let size = (1400u32, if with_steps { 950u32 } else { 560u32 });
-    let svg_path = out_base.with_extension("svg");
-    let png_path = out_base.with_extension("png");
-    let mut svg = String::new();
+    save_figure(
+        size,
+        out_base,
+        |root| draw(root, runs, title, with_steps),
+        |root| draw(root, runs, title, with_steps),
+    )
+}
+
+/// Draws the same figure into an SVG and a PNG: `<out_base>.svg`, `<out_base>.png`.
+pub(crate) fn save_figure(
+    size: (u32, u32),
+    out_base: &Path,
+    svg: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> DrawResult,
+    png: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> DrawResult,
+) -> Result<Vec<PathBuf>, Error> {
+    register_fonts();
+    let (svg_path, png_path) = (
+        out_base.with_extension("svg"),
+        out_base.with_extension("png"),
+    );
+    let mut text = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        draw(&root, runs, title, with_steps)
-            .map_err(|e| Error::data(&svg_path, format!("cannot draw: {e}")))?;
+        let root = SVGBackend::with_string(&mut text, size).into_drawing_area();
+        svg(&root).map_err(|e| Error::data(&svg_path, format!("cannot draw: {e}")))?;
         root.present().map_err(|e| Error::data(&svg_path, err(e)))?;
     }
-    write_atomic(&svg_path, svg.as_bytes())?;
-    let png = render_png(size, |root| draw(root, runs, title, with_steps))
-        .map_err(|e| Error::data(&png_path, format!("cannot draw: {e}")))?;
-    write_atomic(&png_path, &png)?;
+    write_atomic(&svg_path, text.as_bytes())?;
+    let bytes =
+        render_png(size, png).map_err(|e| Error::data(&png_path, format!("cannot draw: {e}")))?;
+    write_atomic(&png_path, &bytes)?;
     Ok(vec![png_path, svg_path])
+}
+
+pub(crate) fn save_png(
+    size: (u32, u32),
+    path: &Path,
+    draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> DrawResult,
+) -> Result<PathBuf, Error> {
+    let bytes =
+        render_png(size, draw).map_err(|e| Error::data(path, format!("cannot draw: {e}")))?;
+    write_atomic(path, &bytes)?;
+    Ok(path.to_path_buf())
 }
 
 /// Draws into an RGB buffer and encodes it as PNG bytes.
@@ -491,20 +518,10 @@ pub fn draw_line_chart(
     axes: &Axes,
     out_base: &Path,
 ) -> Result<Vec<PathBuf>, Error> {
-    register_fonts();
-    let size = (1000u32, 600u32);
-    let svg_path = out_base.with_extension("svg");
-    let png_path = out_base.with_extension("png");
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
-        draw_lines(&root, lines, axes)
-            .map_err(|e| Error::data(&svg_path, format!("cannot draw: {e}")))?;
-        root.present().map_err(|e| Error::data(&svg_path, err(e)))?;
-    }
-    write_atomic(&svg_path, svg.as_bytes())?;
-    let png = render_png(size, |root| draw_lines(root, lines, axes))
-        .map_err(|e| Error::data(&png_path, format!("cannot draw: {e}")))?;
-    write_atomic(&png_path, &png)?;
-    Ok(vec![png_path, svg_path])
+    save_figure(
+        (1000, 600),
+        out_base,
+        |root| draw_lines(root, lines, axes),
+        |root| draw_lines(root, lines, axes),
+    )
 }

@@ -2,58 +2,15 @@
 //! confident mistakes, conv kernels, and the feature maps of one input.
 //! All drawn with plotters in pixel coordinates; PNG (and SVG where it is a figure).
 
-use crate::checkpoint::write_atomic;
 use crate::data::Dataset;
 use crate::layers::Layer;
-use crate::plot::{register_fonts, render_png};
+use crate::plot::{err, save_figure as save_both, save_png, DrawResult};
 use crate::report::EvalReport;
 use crate::Error;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::{Path, PathBuf};
-
-type DrawResult = Result<(), String>;
-
-fn err<E: std::fmt::Debug>(e: E) -> String {
-    format!("{e:?}")
-}
-
-/// Draws the same figure into an SVG and a PNG: `<out_base>.svg`, `<out_base>.png`.
-fn save_both(
-    size: (u32, u32),
-    out_base: &Path,
-    svg: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> DrawResult,
-    png: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> DrawResult,
-) -> Result<Vec<PathBuf>, Error> {
-    register_fonts();
-    let (svg_path, png_path) = (
-        out_base.with_extension("svg"),
-        out_base.with_extension("png"),
-    );
-    let mut text = String::new();
-    {
-        let root = SVGBackend::with_string(&mut text, size).into_drawing_area();
-        svg(&root).map_err(|e| Error::data(&svg_path, format!("cannot draw: {e}")))?;
-        root.present().map_err(|e| Error::data(&svg_path, err(e)))?;
-    }
-    write_atomic(&svg_path, text.as_bytes())?;
-    let bytes =
-        render_png(size, png).map_err(|e| Error::data(&png_path, format!("cannot draw: {e}")))?;
-    write_atomic(&png_path, &bytes)?;
-    Ok(vec![png_path, svg_path])
-}
-
-fn save_png(
-    size: (u32, u32),
-    path: &Path,
-    draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> DrawResult,
-) -> Result<PathBuf, Error> {
-    let bytes =
-        render_png(size, draw).map_err(|e| Error::data(path, format!("cannot draw: {e}")))?;
-    write_atomic(path, &bytes)?;
-    Ok(path.to_path_buf())
-}
 
 fn lerp(a: (u8, u8, u8), b: (u8, u8, u8), t: f64) -> RGBColor {
     let f = |x: u8, y: u8| (x as f64 + (y as f64 - x as f64) * t).round() as u8;
