@@ -258,6 +258,23 @@ pub enum Event<'a> {
     },
 }
 
+/// Checks that a model's input is the shape of the data set's images.
+pub fn check_data_fits(spec: &ModelSpec, ds: &Dataset, dataset: DatasetKind) -> Result<(), Error> {
+    let images = [1, ds.rows, ds.cols];
+    if spec.input != images {
+        return Err(Error::Config(format!(
+            "model `{}` takes inputs of {}, but the {dataset} images are 1x{}x{}: set `input = [1, {}, {}]` in the model",
+            spec.name,
+            crate::tensor::ShapeDisplay(&spec.input),
+            ds.rows,
+            ds.cols,
+            ds.rows,
+            ds.cols
+        )));
+    }
+    Ok(())
+}
+
 /// Builds and initialises the network of a config.
 pub fn build_network(cfg: &TrainConfig) -> Result<Network, Error> {
     let mut net = Network::build(&cfg.model)?;
@@ -534,6 +551,7 @@ impl Trainer {
         stop: &dyn Fn() -> bool,
     ) -> Result<Option<BatchStats>, Error> {
         let cfg = self.cfg.clone();
+        check_data_fits(&cfg.model, &splits.train, cfg.dataset)?;
         let lut = PixelLut::new(cfg.model.normalize);
         let train_set = &splits.train;
         let n_train = cfg

@@ -285,3 +285,37 @@ fn eval_reports_per_class_metrics_confusion_and_pictures() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("out of range"));
 }
+
+#[test]
+fn a_model_whose_input_does_not_match_the_images_is_refused_before_any_run_dir() {
+    let data = std::env::var("CONVNET_DATA")
+        .expect("CONVNET_DATA must point at the data sets (see .ci/run)");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("wrong.toml");
+    std::fs::write(
+        &spec,
+        "name = \"wrong\"\ninput = [1, 32, 32]\n[[layers]]\nname = \"flat\"\ntype = \"flatten\"\n\
+         [[layers]]\nname = \"fc\"\ntype = \"linear\"\nout_features = 10\n",
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let o = convnet(&[
+        "train",
+        "--model",
+        spec.to_str().unwrap(),
+        "--data",
+        &data,
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("takes inputs of 1x32x32, but the mnist images are 1x28x28"),
+        "{err}"
+    );
+    assert!(
+        !out.exists(),
+        "no run directory for a run that cannot start"
+    );
+}

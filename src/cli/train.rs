@@ -62,7 +62,8 @@ fn make_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf> {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let mut trainer = match &args.resume {
+    // A new run checks its data before it creates anything on disk.
+    let (mut trainer, splits) = match &args.resume {
         Some(dir) => {
             let t = Trainer::resume(dir)?;
             if t.state.epochs_done >= t.cfg.epochs && dir.join(convnet::train::MODEL).exists() {
@@ -72,12 +73,15 @@ pub fn run(args: Args) -> Result<()> {
                     t.cfg.epochs
                 )));
             }
-            t
+            let splits = load_splits(t.cfg.dataset, args.data.data.as_deref(), t.cfg.val_size)?;
+            (t, splits)
         }
         None => {
             let cfg = args.hyper.config(&args.model, &args.data)?;
+            let splits = load_splits(cfg.dataset, args.data.data.as_deref(), cfg.val_size)?;
+            convnet::train::check_data_fits(&cfg.model, &splits.train, cfg.dataset)?;
             let dir = make_run_dir(args.out.as_deref(), &cfg.model.name)?;
-            Trainer::new(&cfg, &dir)?
+            (Trainer::new(&cfg, &dir)?, splits)
         }
     };
     trainer.checkpoint_every = args.checkpoint_every;
@@ -89,7 +93,6 @@ pub fn run(args: Args) -> Result<()> {
     let threads = convnet::runtime::init_threads(threads_wanted);
     let cfg = trainer.cfg.clone();
     let run_dir = trainer.run_dir.clone();
-    let splits = load_splits(cfg.dataset, args.data.data.as_deref(), cfg.val_size)?;
     let n_train = cfg
         .train_limit
         .unwrap_or(splits.train.len())
