@@ -75,12 +75,15 @@ pub fn run(args: Args) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("compare-{}", timestamp())));
-    std::fs::create_dir_all(&dir).map_err(|e| convnet::Error::io(&dir, e))?;
     let splits = load_splits(
         template.dataset,
         args.data.data.as_deref(),
         template.val_size,
     )?;
+    for (_, cfg) in &configs {
+        convnet::train::check_data_fits(&cfg.model, &splits.train, cfg.dataset)?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| convnet::Error::io(&dir, e))?;
     let budget = match args.seconds {
         Some(s) => format!("{s} s of training each"),
         None => format!("{} epochs each", template.epochs),
@@ -106,10 +109,15 @@ pub fn run(args: Args) -> Result<()> {
                 t.evaluate_test = false;
                 match t.run(&splits, &mut |_| {}, &interrupted) {
                     Ok(_) => (Status::Done, String::new()),
-                    Err(e) => (Status::Interrupted, e.to_string()),
+                    Err(e @ convnet::Error::Interrupted(_)) => (Status::Interrupted, e.to_string()),
+                    Err(e @ convnet::Error::Diverged(_)) => (Status::Diverged, e.to_string()),
+                    Err(e) => return Err(e.into()),
                 }
             }
         };
+        if status.0 == Status::Invalid {
+            anyhow::bail!(convnet::Error::Config(format!("{name}: {}", status.1)));
+        }
         if status.0 == Status::Interrupted || interrupted() {
             eprintln!(
                 "interrupted: run the same command with --out {} to continue",

@@ -130,8 +130,9 @@ pub fn run(args: Args) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("sweep-{}", timestamp())));
-    std::fs::create_dir_all(&dir).map_err(|e| convnet::Error::io(&dir, e))?;
     let splits = load_splits(base.dataset, args.data.data.as_deref(), base.val_size)?;
+    convnet::train::check_data_fits(&base.model, &splits.train, base.dataset)?;
+    std::fs::create_dir_all(&dir).map_err(|e| convnet::Error::io(&dir, e))?;
     println!(
         "convnet sweep: {} trials of {} ({} epochs each) on {} · {} job(s) · seed {} · {}",
         combos.len(),
