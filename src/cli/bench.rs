@@ -125,6 +125,35 @@ pub fn run(args: Args) -> Result<()> {
             );
         }
     }
+    // Scaling: the same training step on a one-thread pool.
+    if threads > 1 {
+        let bs = if args.batch_size.contains(&100) {
+            100
+        } else {
+            args.batch_size.first().copied().unwrap_or(100).max(1)
+        };
+        let labels = random_batch(&mut net, bs, &mut rng);
+        let single = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .start_handler(|_| convnet::runtime::flush_denormals())
+            .build()?;
+        let (one, _) = single.install(|| {
+            rate(args.seconds, || {
+                net.forward(true);
+                net.backward(&labels);
+            })
+        });
+        let (many, _) = rate(args.seconds, || {
+            net.forward(true);
+            net.backward(&labels);
+        });
+        println!(
+            "\nscaling, batch {bs} (forward + backward): 1 thread {:.0} images/s, {threads} threads {:.0} images/s: {:.2}x",
+            one * bs as f64,
+            many * bs as f64,
+            many / one
+        );
+    }
     let eb = args.eval_batch_size.max(1);
     random_batch(&mut net, eb, &mut rng);
     let (per_sec, _) = rate(args.seconds, || {
