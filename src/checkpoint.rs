@@ -293,9 +293,9 @@ impl TensorFile {
             }
         }
         let mut result = Ok(());
-        net.visit_params_mut(|_, name, p| {
+        net.visit_params_mut(|_, layer, p| {
             if result.is_ok() {
-                match self.tensor(name, &p.shape) {
+                match self.tensor(&format!("{layer}.{}", p.name), &p.shape) {
                     Ok(v) => p.value = v,
                     Err(e) => result = Err(e),
                 }

@@ -26,7 +26,7 @@
 //! let stats = net.backward(&[3, 7]);
 //! assert_eq!(stats.count, 2);
 //! let mut sgd = convnet::optim::Optimizer::sgd(0.9, 5e-4, true);
-//! net.visit_params_mut(|i, _name, p| sgd.update(i, p, 0.01, 1));
+//! net.visit_params_mut(|i, _layer, p| sgd.update(i, p, 0.01, 1));
 //! ```
 
 pub mod checkpoint;

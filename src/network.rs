@@ -325,13 +325,14 @@ impl Network {
         stats
     }
 
-    /// Visits every parameter in a fixed order with its PyTorch name (`conv1.weight`).
+    /// Visits every parameter in a fixed order as `f(index, layer name, parameter)`; the
+    /// PyTorch name is `{layer}.{parameter.name}` (`conv1.weight`). Nothing is allocated:
+    /// the optimiser calls this every step.
     pub fn visit_params_mut(&mut self, mut f: impl FnMut(usize, &str, &mut Param)) {
         let mut index = 0;
-        for layer in &mut self.layers {
-            let lname = layer.name().to_string();
+        for (layer, spec) in self.layers.iter_mut().zip(&self.spec.layers) {
             layer.visit_params_mut(&mut |p: &mut Param| {
-                f(index, &format!("{lname}.{}", p.name), p);
+                f(index, &spec.name, p);
                 index += 1;
             });
         }

@@ -388,7 +388,8 @@ impl Trainer {
         file.load_weights(&mut net)?;
         let mut opt = cfg.new_optimizer();
         let mut result = Ok(());
-        net.visit_params_mut(|_, name, p| {
+        net.visit_params_mut(|_, layer, p| {
+            let name = format!("{layer}.{}", p.name);
             let buffers = opt
                 .kind
                 .buffer_names()

@@ -305,7 +305,9 @@ fn network_backpropagation_matches_finite_differences() {
     loss_at(&mut net);
     net.backward(&labels);
     let mut analytic = Vec::new();
-    net.visit_params_mut(|_, name, p| analytic.push((name.to_string(), p.grad.clone())));
+    net.visit_params_mut(|_, layer, p| {
+        analytic.push((format!("{layer}.{}", p.name), p.grad.clone()))
+    });
     for (pi, (name, ana)) in analytic.iter().enumerate() {
         let mut num = vec![0.0; ana.len()];
         for i in 0..ana.len() {

@@ -34,6 +34,9 @@ pub struct BatchNorm {
     mean: Vec<f32>,
     inv_std: Vec<f32>,
     trained: bool,
+    /// Per channel: (mean, variance) in forward, (sum dy, sum dy * xhat) in backward; kept
+    /// so that no batch allocates.
+    sums: Vec<(f64, f64)>,
 }
 
 impl BatchNorm {
@@ -61,15 +64,15 @@ impl BatchNorm {
             mean: vec![0.0; channels],
             inv_std: vec![1.0; channels],
             trained: false,
+            sums: vec![(0.0, 0.0); channels],
         })
     }
+}
 
-    /// The values of channel `c` of every sample, as (sample index, slice) pairs.
-    fn channel<'a>(&self, data: &'a [f32], c: usize) -> impl Iterator<Item = &'a [f32]> {
-        let (per, plane) = (self.channels * self.plane, self.plane);
-        data.chunks(per)
-            .map(move |s| &s[c * plane..(c + 1) * plane])
-    }
+/// The values of channel `c` of every sample: one (H*W)-long slice per sample.
+fn channel(data: &[f32], channels: usize, plane: usize, c: usize) -> impl Iterator<Item = &[f32]> {
+    data.chunks(channels * plane)
+        .map(move |s| &s[c * plane..(c + 1) * plane])
 }
 
 impl Layer for BatchNorm {
@@ -96,22 +99,15 @@ impl Layer for BatchNorm {
         let m = (n * self.plane) as f64;
         self.trained = train;
         if train {
-            let stats: Vec<(f64, f64)> = (0..self.channels)
-                .into_par_iter()
-                .map(|c| {
-                    let sum: f64 = self.channel(&x.data, c).flatten().map(|&v| v as f64).sum();
-                    let mean = sum / m;
-                    let var = self
-                        .channel(&x.data, c)
-                        .flatten()
-                        .map(|&v| (v as f64 - mean).powi(2))
-                        .sum::<f64>()
-                        / m;
-                    (mean, var)
-                })
-                .collect();
+            let (channels, plane) = (self.channels, self.plane);
+            self.sums.par_iter_mut().enumerate().for_each(|(c, s)| {
+                let values = || channel(&x.data, channels, plane, c).flatten();
+                let mean = values().map(|&v| v as f64).sum::<f64>() / m;
+                let var = values().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / m;
+                *s = (mean, var);
+            });
             let mo = self.momentum;
-            for (c, &(mean, var)) in stats.iter().enumerate() {
+            for (c, &(mean, var)) in self.sums.iter().enumerate() {
                 self.mean[c] = mean as f32;
                 self.inv_std[c] = (1.0 / (var + self.eps as f64).sqrt()) as f32;
                 let unbiased = if m > 1.0 { var * m / (m - 1.0) } else { var };
@@ -149,20 +145,20 @@ impl Layer for BatchNorm {
         let n = x.batch();
         let m = (n * self.plane) as f64;
         // Per channel: sum(dy) and sum(dy * xhat).
-        let sums: Vec<(f64, f64)> = (0..self.channels)
-            .into_par_iter()
-            .map(|c| {
-                let (mean, inv) = (self.mean[c] as f64, self.inv_std[c] as f64);
-                let mut s = (0.0, 0.0);
-                for (xs, gs) in self.channel(&x.data, c).zip(self.channel(&dy.data, c)) {
-                    for (&xv, &g) in xs.iter().zip(gs) {
-                        s.0 += g as f64;
-                        s.1 += g as f64 * (xv as f64 - mean) * inv;
-                    }
+        let (channels, plane) = (self.channels, self.plane);
+        let (mean, inv) = (&self.mean, &self.inv_std);
+        self.sums.par_iter_mut().enumerate().for_each(|(c, s)| {
+            let (mean, inv) = (mean[c] as f64, inv[c] as f64);
+            *s = (0.0, 0.0);
+            let xs = channel(&x.data, channels, plane, c);
+            for (xs, gs) in xs.zip(channel(&dy.data, channels, plane, c)) {
+                for (&xv, &g) in xs.iter().zip(gs) {
+                    s.0 += g as f64;
+                    s.1 += g as f64 * (xv as f64 - mean) * inv;
                 }
-                s
-            })
-            .collect();
+            }
+        });
+        let sums = &self.sums;
         for (c, &(db, dw)) in sums.iter().enumerate() {
             self.bias.grad[c] = db as f32;
             self.weight.grad[c] = dw as f32;
