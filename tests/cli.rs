@@ -319,3 +319,44 @@ fn a_model_whose_input_does_not_match_the_images_is_refused_before_any_run_dir()
         "no run directory for a run that cannot start"
     );
 }
+
+#[test]
+fn resume_needs_a_run_directory_and_val_size_zero_trains_without_validation() {
+    let data = std::env::var("CONVNET_DATA")
+        .expect("CONVNET_DATA must point at the data sets (see .ci/run)");
+    let dir = tempfile::tempdir().unwrap();
+    let o = convnet(&[
+        "train",
+        "--resume",
+        dir.path().to_str().unwrap(),
+        "--data",
+        &data,
+    ]);
+    let (_, err) = text(&o);
+    assert_ne!(o.status.code(), Some(0));
+    assert!(err.contains("config.toml"), "names the missing file: {err}");
+
+    let run = dir.path().join("run");
+    let o = convnet(&[
+        "train",
+        "--epochs",
+        "1",
+        "--limit",
+        "500",
+        "--val-size",
+        "0",
+        "--no-plot",
+        "--data",
+        &data,
+        "--out",
+        run.to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(out.contains("val loss 0.0000 acc 0/0"), "{out}");
+    assert!(run.join("model.safetensors").exists());
+    assert!(
+        !run.join("best.safetensors").exists(),
+        "no validation, no best model"
+    );
+}

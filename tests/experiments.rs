@@ -250,3 +250,37 @@ fn compare_puts_models_side_by_side() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("at least two models"));
 }
+
+#[test]
+fn a_seconds_budget_stops_each_model_at_the_first_epoch_end_past_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let o = convnet(&[
+        "compare",
+        "--preset",
+        "seed-cnn",
+        "--preset",
+        "mlp",
+        "--epochs",
+        "5",
+        "--seconds",
+        "0.001",
+        "--limit",
+        "1000",
+        "--val-size",
+        "500",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for model in ["seed-cnn", "mlp"] {
+        let rows = std::fs::read_to_string(out.join(model).join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .count();
+        assert_eq!(rows, 2, "{model}: one epoch, then the budget is spent");
+    }
+    assert!(std::fs::read_to_string(out.join("compare.md"))
+        .unwrap()
+        .contains("0.001 s of training each"));
+}

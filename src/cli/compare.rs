@@ -11,7 +11,7 @@ use convnet::data::dataset::load_splits;
 use convnet::metrics::format_count;
 use convnet::network::group_digits;
 use convnet::sweep::{summarize_run, time_to_reach, Status};
-use convnet::train::{evaluate, TrainConfig, Trainer};
+use convnet::train::{evaluate, TrainConfig};
 use convnet::{ModelSpec, Network};
 use std::path::PathBuf;
 
@@ -101,20 +101,7 @@ pub fn run(args: Args) -> Result<()> {
     let mut lines = Vec::new();
     for (name, cfg) in &configs {
         let run_dir = dir.join(name);
-        let status = match args.seconds {
-            None => run_trial(Ok(cfg.clone()), &run_dir, &splits),
-            Some(s) => {
-                let mut t = Trainer::resume_or_start(cfg, &run_dir)?;
-                t.time_budget = Some(s);
-                t.evaluate_test = false;
-                match t.run(&splits, &mut |_| {}, &interrupted) {
-                    Ok(_) => (Status::Done, String::new()),
-                    Err(e @ convnet::Error::Interrupted(_)) => (Status::Interrupted, e.to_string()),
-                    Err(e @ convnet::Error::Diverged(_)) => (Status::Diverged, e.to_string()),
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
+        let status = run_trial(Ok(cfg.clone()), &run_dir, &splits, args.seconds);
         if status.0 == Status::Invalid {
             anyhow::bail!(convnet::Error::Config(format!("{name}: {}", status.1)));
         }

@@ -48,11 +48,13 @@ pub struct Trial {
 
 const DIVERGED_MARK: &str = "DIVERGED";
 
-/// Trains one trial to the end (or reports why it cannot), quietly.
+/// Trains one trial to the end, or to the first epoch end past `time_budget` training
+/// seconds (or reports why it cannot), quietly. Used by sweeps and comparisons alike.
 pub fn run_trial(
     cfg: Result<TrainConfig, convnet::Error>,
     dir: &Path,
     splits: &Splits,
+    time_budget: Option<f64>,
 ) -> (Status, String) {
     let cfg = match cfg.and_then(|c| c.validate().map(|_| c)) {
         Ok(c) => c,
@@ -69,6 +71,7 @@ pub fn run_trial(
         Err(e) => return (Status::Invalid, e.to_string()),
     };
     trainer.evaluate_test = false;
+    trainer.time_budget = time_budget;
     match trainer.run(splits, &mut |_| {}, &interrupted) {
         Ok(_) => (Status::Done, String::new()),
         Err(e @ convnet::Error::Diverged(_)) => {
@@ -159,7 +162,7 @@ pub fn run(args: Args) -> Result<()> {
             .try_fold(base.clone(), |c, (k, v)| apply(&c, k, v));
         let tdir = dir.join(&name);
         let t0 = Instant::now();
-        let (status, reason) = run_trial(cfg, &tdir, &splits);
+        let (status, reason) = run_trial(cfg, &tdir, &splits, None);
         let summary = summarize_run(&tdir).unwrap_or_default();
         let k = done.fetch_add(1, Ordering::SeqCst) + 1;
         let what = match status {
