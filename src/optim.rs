@@ -165,8 +165,8 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    /// Learning rate at `iteration` (counted from 0 over the whole run), after a linear
-    /// warm-up over the first `warmup` iterations (0 = none; one-cycle has its own).
+    /// Learning rate at `iteration` (counted from 0 over the whole run); see
+    /// `lr_with_warmup` for a linear warm-up in front of it.
     pub fn lr(
         &self,
         base: f32,

@@ -10,9 +10,11 @@
 //!           db  += sum over OHW of dy_n
 //!           dcols_n = w^T (CKK x O) . dy_n (O x OHW);  dx_n = col2im(dcols_n)
 //!
-//! The batch is split into fixed chunks of `CHUNK` images that run in parallel; each chunk
-//! sums its own weight gradient and the chunks are added in order, so the result is the
-//! same for any thread count. `conv2d_forward_reference` and `conv2d_backward_reference`
+//! The batch is split into fixed chunks of `CHUNK` images that run in parallel. Within a
+//! chunk the images' columns sit side by side, (CKK, images*OHW), so each of the three
+//! products above is one GEMM per chunk rather than one per image. Each chunk sums its own
+//! weight gradient and the chunks are added in order, so the result is the same for any
+//! thread count. `conv2d_forward_reference` and `conv2d_backward_reference`
 //! are the plain loops the tests compare this against.
 
 use super::{Layer, Param, CHUNK};
