@@ -7,19 +7,24 @@
 use crate::init::{fill_normal, init_std, Init};
 use crate::layers::conv::ConvGeometry;
 use crate::layers::{
-    Activation, ActivationKind, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear, Param, Pool2d,
-    PoolKind,
+    grow_scratch, Activation, ActivationKind, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear,
+    Param, Pool2d, PoolKind, Scratch, CHUNK,
 };
 use crate::loss::BatchStats;
 use crate::spec::{LayerSpec, ModelSpec};
 use crate::tensor::{ShapeDisplay, Tensor};
 use crate::Error;
 use rand::Rng;
+use rayon::prelude::*;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub struct Network {
     pub spec: ModelSpec,
     layers: Vec<Box<dyn Layer>>,
+    /// Runs of layers `[start, end)` executed together, chunk by chunk: maximal runs of
+    /// per-chunk layers, and each whole-batch layer (batch norm) alone.
+    stages: Vec<(usize, usize)>,
     acts: Vec<Tensor>,
     grads: Vec<Tensor>,
     /// Per-layer (forward, backward) time, accumulated while `timing` is on.
@@ -218,6 +223,7 @@ impl Network {
         let n = layers.len();
         Ok(Network {
             spec: spec.clone(),
+            stages: stages(&layers),
             layers,
             acts: vec![Tensor::default(); n + 1],
             grads: vec![Tensor::default(); n + 1],
@@ -282,15 +288,76 @@ impl Network {
 
     /// Runs every layer on the current input batch and returns the logits.
     pub fn forward(&mut self, train: bool) -> &Tensor {
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let start = self.timing.as_ref().map(|_| Instant::now());
-            let (before, after) = self.acts.split_at_mut(i + 1);
-            layer.forward(&before[i], &mut after[0], train);
-            if let (Some(t), Some(s)) = (self.timing.as_mut(), start) {
-                t[i].0 += s.elapsed();
+        let n = self.acts[0].batch();
+        for k in 0..self.stages.len() {
+            let (start, end) = self.stages[k];
+            if self.layers[start].per_chunk() {
+                self.forward_stage(start, end, n, train);
+            } else {
+                let begin = Instant::now();
+                let (before, after) = self.acts.split_at_mut(start + 1);
+                self.layers[start].forward(&before[start], &mut after[0], train);
+                if let Some(t) = self.timing.as_mut() {
+                    t[start].0 += begin.elapsed();
+                }
             }
         }
         self.acts.last().expect("a network has layers")
+    }
+
+    /// Layers `start..end`, all per-chunk: each chunk of the batch goes through all of them
+    /// on one thread, so what one layer writes the next reads from the same core's cache.
+    fn forward_stage(&mut self, start: usize, end: usize, n: usize, train: bool) {
+        let (layers, acts) = (&mut self.layers[start..end], &mut self.acts[start..=end]);
+        for (layer, y) in layers.iter().zip(&mut acts[1..]) {
+            y.resize_batch(n, layer.output_shape());
+        }
+        let mut scratch = take_scratch(layers, n);
+        let mut views: Vec<ChunkViews> = (0..n.div_ceil(CHUNK))
+            .map(|_| ChunkViews::default())
+            .collect();
+        for t in acts.iter_mut() {
+            let per = CHUNK * t.sample_len();
+            for (v, piece) in views.iter_mut().zip(t.data.chunks_mut(per)) {
+                v.acts.push(piece);
+            }
+        }
+        for s in &mut scratch {
+            for (v, s) in views.iter_mut().zip(s.iter_mut()) {
+                v.scratch.push(s);
+            }
+        }
+        let times = self
+            .timing
+            .as_ref()
+            .map(|_| Mutex::new(vec![Duration::ZERO; end - start]));
+        let layers_ref = &*layers;
+        views.into_par_iter().enumerate().for_each(|(c, mut v)| {
+            let mut local = [Duration::ZERO; MAX_TIMED];
+            for (j, layer) in layers_ref.iter().enumerate() {
+                let begin = times.as_ref().map(|_| Instant::now());
+                let (x, y) = v.acts.split_at_mut(j + 1);
+                layer.forward_chunk(c, x[j], y[0], v.scratch[j], train);
+                if let Some(b) = begin {
+                    local[j.min(MAX_TIMED - 1)] += b.elapsed();
+                }
+            }
+            if let Some(t) = &times {
+                add_times(t, &local);
+            }
+        });
+        give_back_scratch(layers, scratch);
+        if let (Some(t), Some(times)) = (self.timing.as_mut(), times) {
+            let threads = rayon::current_num_threads().min(n.div_ceil(CHUNK)) as u32;
+            for (j, d) in times
+                .into_inner()
+                .expect("timing lock")
+                .into_iter()
+                .enumerate()
+            {
+                t[start + j].0 += d / threads.max(1);
+            }
+        }
     }
 
     /// The output of layer `i` from the last forward pass (`i = 0` is the first layer).
@@ -312,17 +379,103 @@ impl Network {
             &mut self.grads[n],
             self.label_smoothing,
         );
-        for i in (0..n).rev() {
-            let start = self.timing.as_ref().map(|_| Instant::now());
-            let (gb, ga) = self.grads.split_at_mut(i + 1);
-            // The input gradient of the first layer is never needed.
-            let dx = if i > 0 { Some(&mut gb[i]) } else { None };
-            self.layers[i].backward(&self.acts[i], &self.acts[i + 1], &ga[0], dx);
-            if let (Some(t), Some(s)) = (self.timing.as_mut(), start) {
-                t[i].1 += s.elapsed();
+        let batch = self.acts[0].batch();
+        for k in (0..self.stages.len()).rev() {
+            let (start, end) = self.stages[k];
+            if self.layers[start].per_chunk() {
+                self.backward_stage(start, end, batch);
+            } else {
+                let begin = Instant::now();
+                let (gb, ga) = self.grads.split_at_mut(start + 1);
+                // The input gradient of the first layer is never needed.
+                let dx = if start > 0 {
+                    Some(&mut gb[start])
+                } else {
+                    None
+                };
+                self.layers[start].backward(&self.acts[start], &self.acts[start + 1], &ga[0], dx);
+                if let Some(t) = self.timing.as_mut() {
+                    t[start].1 += begin.elapsed();
+                }
             }
         }
         stats
+    }
+
+    /// The backward pass of layers `start..end`, chunk by chunk as in `forward_stage`, then
+    /// each layer's parameter gradients over the whole batch.
+    fn backward_stage(&mut self, start: usize, end: usize, n: usize) {
+        let layers = &mut self.layers[start..end];
+        let (acts, grads) = (&self.acts[start..=end], &mut self.grads[start..=end]);
+        for (layer, dx) in layers
+            .iter()
+            .zip(grads.iter_mut())
+            .skip(usize::from(start == 0))
+        {
+            dx.resize_batch(n, layer.input_shape());
+        }
+        let chunks = n.div_ceil(CHUNK);
+        let mut scratch = take_scratch(layers, n);
+        let mut views: Vec<ChunkGradViews> =
+            (0..chunks).map(|_| ChunkGradViews::default()).collect();
+        for t in acts {
+            let per = CHUNK * t.sample_len();
+            for (v, piece) in views.iter_mut().zip(t.data.chunks(per)) {
+                v.acts.push(piece);
+            }
+        }
+        for (i, t) in grads.iter_mut().enumerate() {
+            if start + i == 0 {
+                // The input gradient of the first layer is never needed.
+                views.iter_mut().for_each(|v| v.grads.push(None));
+                continue;
+            }
+            let per = CHUNK * t.sample_len();
+            for (v, piece) in views.iter_mut().zip(t.data.chunks_mut(per)) {
+                v.grads.push(Some(piece));
+            }
+        }
+        for s in &mut scratch {
+            for (v, s) in views.iter_mut().zip(s.iter_mut()) {
+                v.scratch.push(s);
+            }
+        }
+        let times = self
+            .timing
+            .as_ref()
+            .map(|_| Mutex::new(vec![Duration::ZERO; end - start]));
+        let layers_ref = &*layers;
+        views.into_par_iter().for_each(|mut v| {
+            let mut local = [Duration::ZERO; MAX_TIMED];
+            for (j, layer) in layers_ref.iter().enumerate().rev() {
+                let begin = times.as_ref().map(|_| Instant::now());
+                let (dx, dy) = v.grads.split_at_mut(j + 1);
+                let dy = dy[0].as_deref().expect("output gradients exist");
+                layer.backward_chunk(
+                    v.acts[j],
+                    v.acts[j + 1],
+                    dy,
+                    dx[j].as_deref_mut(),
+                    v.scratch[j],
+                );
+                if let Some(b) = begin {
+                    local[j.min(MAX_TIMED - 1)] += b.elapsed();
+                }
+            }
+            if let Some(t) = &times {
+                add_times(t, &local);
+            }
+        });
+        give_back_scratch(layers, scratch);
+        let threads = rayon::current_num_threads().min(chunks).max(1) as u32;
+        let chunk_times = times.map(|t| t.into_inner().expect("timing lock"));
+        for (j, layer) in layers.iter_mut().enumerate() {
+            let begin = Instant::now();
+            layer.finish_backward(&acts[j], &grads[j + 1]);
+            if let (Some(t), Some(ct)) = (self.timing.as_mut(), chunk_times.as_ref()) {
+                t[start + j].1 += ct[j] / threads + begin.elapsed();
+            }
+        }
     }
 
     /// Visits every parameter in a fixed order as `f(index, layer name, parameter)`; the
@@ -428,6 +581,64 @@ impl Network {
             }
         }
         out
+    }
+}
+
+/// Splits the layers into runs `[start, end)`: consecutive per-chunk layers together, every
+/// whole-batch layer on its own.
+fn stages(layers: &[Box<dyn Layer>]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for (i, l) in layers.iter().enumerate() {
+        match out.last_mut() {
+            Some((start, end)) if l.per_chunk() && layers[*start].per_chunk() => *end = i + 1,
+            _ => out.push((i, i + 1)),
+        }
+    }
+    out
+}
+
+/// Per-layer times are collected for at most this many layers of a stage (the rest are
+/// added to the last slot).
+const MAX_TIMED: usize = 64;
+
+/// One chunk's slices of a stage's activations and its layers' scratch, for the forward pass.
+#[derive(Default)]
+struct ChunkViews<'a> {
+    acts: Vec<&'a mut [f32]>,
+    scratch: Vec<&'a mut Scratch>,
+}
+
+/// One chunk's slices for the backward pass: activations, their gradients (`None` for
+/// the network's input) and scratch.
+#[derive(Default)]
+struct ChunkGradViews<'a> {
+    acts: Vec<&'a [f32]>,
+    grads: Vec<Option<&'a mut [f32]>>,
+    scratch: Vec<&'a mut Scratch>,
+}
+
+/// Moves each layer's per-chunk scratch out (nothing is copied), grown for `n` samples.
+fn take_scratch(layers: &mut [Box<dyn Layer>], n: usize) -> Vec<Vec<Scratch>> {
+    layers
+        .iter_mut()
+        .map(|l| {
+            let mut s = std::mem::take(l.scratch_mut());
+            grow_scratch(&mut s, n);
+            s
+        })
+        .collect()
+}
+
+fn give_back_scratch(layers: &mut [Box<dyn Layer>], scratch: Vec<Vec<Scratch>>) {
+    for (l, s) in layers.iter_mut().zip(scratch) {
+        *l.scratch_mut() = s;
+    }
+}
+
+fn add_times(total: &Mutex<Vec<Duration>>, local: &[Duration]) {
+    let mut t = total.lock().expect("timing lock");
+    for (t, l) in t.iter_mut().zip(local) {
+        *t += *l;
     }
 }
 

@@ -20,8 +20,12 @@ mod common;
 use common::{check_layer, random, randomize_params, rel_err, rng, spread};
 
 /// (batch, C, H, W, out channels, kernel, stride, pad): strides 1-3, pads 0-2, non-square
-/// inputs, several channels, batches that do and do not fill the last chunk.
+/// inputs, several channels, batches that do and do not fill the last chunk; stride 1 takes
+/// the wide im2col path, including a case with more weights than padded input values (the
+/// two share a scratch area) and a kernel as large as the padded input.
 const CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+    (9, 1, 3, 4, 8, 3, 1, 1),
+    (2, 2, 3, 3, 2, 5, 1, 1),
     (2, 1, 5, 5, 2, 3, 1, 1),
     (3, 3, 7, 6, 4, 3, 2, 0),
     (2, 2, 6, 9, 3, 5, 1, 2),

@@ -13,7 +13,7 @@
 //!   dx = weight / sqrt(var + eps) * (dy - dbias / M - xhat * dweight / M)
 //! Backward (evaluation): dx = dy * weight / sqrt(running_var + eps).
 
-use super::{Layer, Param};
+use super::{Layer, Param, Scratch};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -37,6 +37,7 @@ pub struct BatchNorm {
     /// Per channel: (mean, variance) in forward, (sum dy, sum dy * xhat) in backward; kept
     /// so that no batch allocates.
     sums: Vec<(f64, f64)>,
+    unused_scratch: Vec<Scratch>,
 }
 
 impl BatchNorm {
@@ -65,6 +66,7 @@ impl BatchNorm {
             inv_std: vec![1.0; channels],
             trained: false,
             sums: vec![(0.0, 0.0); channels],
+            unused_scratch: Vec::new(),
         })
     }
 }
@@ -91,6 +93,14 @@ impl Layer for BatchNorm {
     }
     fn output_shape(&self) -> &[usize] {
         &self.shape
+    }
+
+    /// Training statistics span the whole batch, so this layer runs on whole batches.
+    fn per_chunk(&self) -> bool {
+        false
+    }
+    fn scratch_mut(&mut self) -> &mut Vec<Scratch> {
+        &mut self.unused_scratch
     }
 
     fn forward(&mut self, x: &Tensor, y: &mut Tensor, train: bool) {

@@ -7,20 +7,16 @@
 //! run draws the same masks, and repeated forward passes with one seed agree (which the
 //! gradient check relies on).
 
-use super::{Layer, CHUNK};
-use crate::tensor::Tensor;
+use super::{Layer, Scratch};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
-use rayon::prelude::*;
 
 pub struct Dropout {
     name: String,
     p: f32,
     shape: Vec<usize>,
     seed: u64,
-    /// The scale each value was multiplied by in the last training forward (0 or 1/(1-p)).
-    scale: Vec<f32>,
-    trained: bool,
+    scratch: Vec<Scratch>,
 }
 
 impl Dropout {
@@ -33,8 +29,7 @@ impl Dropout {
             p,
             shape: shape.to_vec(),
             seed: 0,
-            scale: Vec::new(),
-            trained: false,
+            scratch: Vec::new(),
         })
     }
 }
@@ -59,41 +54,42 @@ impl Layer for Dropout {
         self.seed = seed;
     }
 
-    fn forward(&mut self, x: &Tensor, y: &mut Tensor, train: bool) {
-        y.resize_batch(x.batch(), &self.shape);
-        self.trained = train && self.p > 0.0;
-        if !self.trained {
-            y.data.copy_from_slice(&x.data);
-            return;
-        }
-        let per = CHUNK * x.sample_len();
-        let (keep, seed) = (1.0 - self.p, self.seed);
-        let kept = 1.0 / keep;
-        self.scale.resize(x.data.len(), 0.0);
-        y.data
-            .par_chunks_mut(per)
-            .zip(x.data.par_chunks(per))
-            .zip(self.scale.par_chunks_mut(per))
-            .enumerate()
-            .for_each(|(c, ((y, x), scale))| {
-                let mut rng =
-                    Pcg64Mcg::seed_from_u64(crate::train::derive_seed(seed, 11, c as u64));
-                for ((y, &x), s) in y.iter_mut().zip(x).zip(scale.iter_mut()) {
-                    *s = if rng.gen::<f32>() < keep { kept } else { 0.0 };
-                    *y = x * *s;
-                }
-            });
+    fn scratch_mut(&mut self) -> &mut Vec<Scratch> {
+        &mut self.scratch
     }
 
-    fn backward(&mut self, x: &Tensor, _y: &Tensor, dy: &Tensor, dx: Option<&mut Tensor>) {
-        let Some(dx) = dx else { return };
-        dx.resize_batch(x.batch(), &self.shape);
-        if !self.trained {
-            dx.data.copy_from_slice(&dy.data);
+    fn forward_chunk(&self, c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, train: bool) {
+        // `saved`: the scale each value was multiplied by (0 or 1/(1-p)).
+        s.ready = train && self.p > 0.0;
+        if !s.ready {
+            y.copy_from_slice(x);
             return;
         }
-        for ((d, &g), &s) in dx.data.iter_mut().zip(&dy.data).zip(&self.scale) {
-            *d = g * s;
+        let keep = 1.0 - self.p;
+        let kept = 1.0 / keep;
+        s.saved.resize(x.len(), 0.0);
+        let mut rng = Pcg64Mcg::seed_from_u64(crate::train::derive_seed(self.seed, 11, c as u64));
+        for ((y, &x), m) in y.iter_mut().zip(x).zip(s.saved.iter_mut()) {
+            *m = if rng.gen::<f32>() < keep { kept } else { 0.0 };
+            *y = x * *m;
+        }
+    }
+
+    fn backward_chunk(
+        &self,
+        _x: &[f32],
+        _y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        s: &mut Scratch,
+    ) {
+        let Some(dx) = dx else { return };
+        if !s.ready {
+            dx.copy_from_slice(dy);
+            return;
+        }
+        for ((d, &g), &m) in dx.iter_mut().zip(dy).zip(&s.saved) {
+            *d = g * m;
         }
     }
 }

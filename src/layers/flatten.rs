@@ -1,13 +1,13 @@
 //! Flatten: (N, C, H, W) -> (N, C*H*W) in C, H, W order, as `torch.nn.Flatten`.
 //! The data is already in that order, so forward and backward are copies.
 
-use super::Layer;
-use crate::tensor::Tensor;
+use super::{Layer, Scratch};
 
 pub struct Flatten {
     name: String,
     input: Vec<usize>,
     output: Vec<usize>,
+    scratch: Vec<Scratch>,
 }
 
 impl Flatten {
@@ -16,6 +16,7 @@ impl Flatten {
             name: name.to_string(),
             input: input.to_vec(),
             output: vec![input.iter().product()],
+            scratch: Vec::new(),
         }
     }
 }
@@ -33,14 +34,22 @@ impl Layer for Flatten {
     fn output_shape(&self) -> &[usize] {
         &self.output
     }
-    fn forward(&mut self, x: &Tensor, y: &mut Tensor, _train: bool) {
-        y.resize_batch(x.batch(), &self.output);
-        y.data.copy_from_slice(&x.data);
+    fn scratch_mut(&mut self) -> &mut Vec<Scratch> {
+        &mut self.scratch
     }
-    fn backward(&mut self, x: &Tensor, _y: &Tensor, dy: &Tensor, dx: Option<&mut Tensor>) {
+    fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], _s: &mut Scratch, _train: bool) {
+        y.copy_from_slice(x);
+    }
+    fn backward_chunk(
+        &self,
+        _x: &[f32],
+        _y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        _s: &mut Scratch,
+    ) {
         if let Some(dx) = dx {
-            dx.resize_batch(x.batch(), &self.input);
-            dx.data.copy_from_slice(&dy.data);
+            dx.copy_from_slice(dy);
         }
     }
 }

@@ -4,10 +4,11 @@
 //! forward:  y  = x . w^T + b
 //! backward: dw = dy^T . x      db = sum over N of dy      dx = dy . w
 //!
-//! Work is split into fixed blocks (rows of the batch for y and dx, rows of w for dw and
-//! db), so each output value is computed the same way whatever the thread count.
+//! y and dx are computed chunk by chunk (rows of the batch); dw and db once over the whole
+//! batch, split into fixed blocks of rows of w, so each value is computed the same way
+//! whatever the thread count.
 
-use super::{Layer, Param, CHUNK};
+use super::{Layer, Param, Scratch};
 use crate::gemm::{sgemm, sgemm_ld, Backend};
 use crate::tensor::Tensor;
 use rayon::prelude::*;
@@ -23,6 +24,7 @@ pub struct Linear {
     output: Vec<usize>,
     pub weight: Param,
     pub bias: Param,
+    scratch: Vec<Scratch>,
 }
 
 impl Linear {
@@ -35,6 +37,7 @@ impl Linear {
             output: vec![out_features],
             weight: Param::new("weight", &[out_features, in_features], false),
             bias: Param::new("bias", &[out_features], true),
+            scratch: Vec::new(),
         }
     }
 }
@@ -56,23 +59,58 @@ impl Layer for Linear {
         self.in_features * self.out_features
     }
 
-    fn forward(&mut self, x: &Tensor, y: &mut Tensor, _train: bool) {
-        let (n, fi, fo) = (x.batch(), self.in_features, self.out_features);
-        y.resize_batch(n, &self.output);
-        let (w, b) = (&self.weight.value, &self.bias.value);
-        y.data
-            .par_chunks_mut(CHUNK * fo)
-            .zip(x.data.par_chunks(CHUNK * fi))
-            .for_each(|(y, x)| {
-                let rows = x.len() / fi;
-                for row in y.chunks_mut(fo) {
-                    row.copy_from_slice(b);
-                }
-                sgemm(rows, fi, fo, 1.0, x, false, w, true, 1.0, y);
-            });
+    fn scratch_mut(&mut self) -> &mut Vec<Scratch> {
+        &mut self.scratch
     }
 
-    fn backward(&mut self, x: &Tensor, _y: &Tensor, dy: &Tensor, dx: Option<&mut Tensor>) {
+    fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], _s: &mut Scratch, _train: bool) {
+        let (fi, fo) = (self.in_features, self.out_features);
+        let rows = x.len() / fi;
+        for row in y.chunks_mut(fo) {
+            row.copy_from_slice(&self.bias.value);
+        }
+        sgemm(
+            rows,
+            fi,
+            fo,
+            1.0,
+            x,
+            false,
+            &self.weight.value,
+            true,
+            1.0,
+            y,
+        );
+    }
+
+    /// Only dx here: the weight gradient is one product over the whole batch
+    /// (`finish_backward`), which keeps the GEMM's inner dimension long.
+    fn backward_chunk(
+        &self,
+        _x: &[f32],
+        _y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        _s: &mut Scratch,
+    ) {
+        let Some(dx) = dx else { return };
+        let (fi, fo) = (self.in_features, self.out_features);
+        let rows = dy.len() / fo;
+        sgemm(
+            rows,
+            fo,
+            fi,
+            1.0,
+            dy,
+            false,
+            &self.weight.value,
+            false,
+            0.0,
+            dx,
+        );
+    }
+
+    fn finish_backward(&mut self, x: &Tensor, dy: &Tensor) {
         let (n, fi, fo) = (x.batch(), self.in_features, self.out_features);
         let (dyd, xd) = (&dy.data, &x.data);
         self.weight
@@ -99,17 +137,6 @@ impl Layer for Linear {
                     *d = (0..n).map(|i| dyd[i * fo + o0 + j]).sum();
                 }
             });
-        if let Some(dx) = dx {
-            dx.resize_batch(n, &self.input);
-            let w = &self.weight.value;
-            dx.data
-                .par_chunks_mut(CHUNK * fi)
-                .zip(dyd.par_chunks(CHUNK * fo))
-                .for_each(|(dx, dy)| {
-                    let rows = dy.len() / fo;
-                    sgemm(rows, fo, fi, 1.0, dy, false, w, false, 0.0, dx);
-                });
-        }
     }
 
     fn params(&self) -> Vec<&Param> {

@@ -23,6 +23,7 @@ pub use linear::Linear;
 pub use pool::{Pool2d, PoolKind};
 
 use crate::tensor::Tensor;
+use rayon::prelude::*;
 
 /// Images per chunk when a layer splits a batch across threads. Fixed, so the order in
 /// which partial gradients are summed, and hence every bit of the result, does not
@@ -68,7 +69,31 @@ impl Buffer<'_> {
     }
 }
 
-pub trait Layer: Send {
+/// One chunk's working memory in one layer: what the forward pass leaves for the backward
+/// pass (im2col columns, argmax positions, dropout masks) and the chunk's share of the
+/// parameter gradients. A layer keeps one per chunk of the batch, reused between batches.
+#[derive(Default)]
+pub struct Scratch {
+    /// Kept from forward to backward.
+    pub saved: Vec<f32>,
+    /// Temporary within one call.
+    pub work: Vec<f32>,
+    /// Kept positions (max pooling's winners).
+    pub indices: Vec<u32>,
+    /// This chunk's part of the parameter gradients (weight, then bias), summed over the
+    /// chunks in order by `finish_backward`.
+    pub grad: Vec<f32>,
+    /// A training-mode forward filled `saved` and no backward has consumed it yet.
+    pub ready: bool,
+}
+
+/// The slice of `data` that holds chunk `c` when every sample is `sample_len` values long.
+pub fn chunk_of(data: &[f32], sample_len: usize, c: usize) -> &[f32] {
+    let start = (c * CHUNK * sample_len).min(data.len());
+    &data[start..(start + CHUNK * sample_len).min(data.len())]
+}
+
+pub trait Layer: Send + Sync {
     /// The name in the model spec (`conv1`), used in parameter names (`conv1.weight`).
     fn name(&self) -> &str;
     /// The layer type as written in a spec (`conv2d`).
@@ -85,10 +110,98 @@ pub trait Layer: Send {
     fn macs(&self) -> usize {
         0
     }
-    fn forward(&mut self, x: &Tensor, y: &mut Tensor, train: bool);
-    /// Writes the parameter gradients (overwriting them) and, when `dx` is `Some`, the
-    /// gradient with respect to the input.
-    fn backward(&mut self, x: &Tensor, y: &Tensor, dy: &Tensor, dx: Option<&mut Tensor>);
+
+    // ---- The chunk interface: how the network runs a layer. ----
+    //
+    // A batch is cut into chunks of `CHUNK` samples. The network runs each chunk through
+    // a whole run of layers on one thread (its activations stay in that core's cache),
+    // chunks in parallel. Layers that need the whole batch at once (batch norm) say so
+    // with `per_chunk() == false` and override `forward` and `backward` instead.
+
+    /// Whether `forward_chunk` / `backward_chunk` are implemented.
+    fn per_chunk(&self) -> bool {
+        true
+    }
+    /// The layer's per-chunk working memory, one `Scratch` per chunk.
+    fn scratch_mut(&mut self) -> &mut Vec<Scratch>;
+    /// Forward pass of chunk `c`: `x` and `y` hold its samples only.
+    fn forward_chunk(&self, c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, train: bool) {
+        let _ = (c, x, y, s, train);
+        unreachable!("{} runs on whole batches", self.name())
+    }
+    /// Backward pass of one chunk: writes `dx` (when wanted) and the chunk's share of the
+    /// parameter gradients into `s.grad`.
+    fn backward_chunk(
+        &self,
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        s: &mut Scratch,
+    ) {
+        let _ = (x, y, dy, dx, s);
+        unreachable!("{} runs on whole batches", self.name())
+    }
+    /// After every chunk's backward pass: the parameter gradients of the whole batch,
+    /// from the chunks' parts or, where one product over the batch is faster (a linear
+    /// layer's weight gradient), from `x` and `dy` directly.
+    fn finish_backward(&mut self, x: &Tensor, dy: &Tensor) {
+        let _ = (x, dy);
+    }
+
+    // ---- The whole-batch interface: tests, gradient checks, batch norm. ----
+
+    /// Forward pass of a whole batch: `y = f(x)`.
+    fn forward(&mut self, x: &Tensor, y: &mut Tensor, train: bool) {
+        let n = x.batch();
+        y.resize_batch(n, self.output_shape());
+        let (xl, yl) = (x.sample_len(), y.sample_len());
+        let mut scratch = std::mem::take(self.scratch_mut());
+        grow_scratch(&mut scratch, n);
+        let this = &*self;
+        y.data
+            .par_chunks_mut(CHUNK * yl)
+            .zip(x.data.par_chunks(CHUNK * xl))
+            .zip(scratch.par_iter_mut())
+            .enumerate()
+            .for_each(|(c, ((y, x), s))| this.forward_chunk(c, x, y, s, train));
+        *self.scratch_mut() = scratch;
+    }
+    /// Backward pass of a whole batch: writes the parameter gradients (overwriting them)
+    /// and, when `dx` is `Some`, the gradient with respect to the input.
+    fn backward(&mut self, x: &Tensor, y: &Tensor, dy: &Tensor, dx: Option<&mut Tensor>) {
+        let n = x.batch();
+        let (xl, yl) = (x.sample_len(), y.sample_len());
+        let mut scratch = std::mem::take(self.scratch_mut());
+        grow_scratch(&mut scratch, n);
+        let this = &*self;
+        let run = |c: usize, dx: Option<&mut [f32]>, s: &mut Scratch| {
+            let (x, y, dy) = (
+                chunk_of(&x.data, xl, c),
+                chunk_of(&y.data, yl, c),
+                chunk_of(&dy.data, yl, c),
+            );
+            this.backward_chunk(x, y, dy, dx, s)
+        };
+        match dx {
+            Some(dx) => {
+                dx.resize_batch(n, self.input_shape());
+                dx.data
+                    .par_chunks_mut(CHUNK * xl)
+                    .zip(scratch.par_iter_mut())
+                    .enumerate()
+                    .for_each(|(c, (dx, s))| run(c, Some(dx), s));
+            }
+            None => scratch
+                .par_iter_mut()
+                .take(n.div_ceil(CHUNK))
+                .enumerate()
+                .for_each(|(c, s)| run(c, None, s)),
+        }
+        *self.scratch_mut() = scratch;
+        self.finish_backward(x, dy);
+    }
+
     fn params(&self) -> Vec<&Param> {
         Vec::new()
     }
@@ -102,4 +215,29 @@ pub trait Layer: Send {
     fn set_buffer(&mut self, _name: &str, _values: &[f32], _count: i64) {}
     /// Seeds the layer's randomness for the next forward pass (dropout).
     fn reseed(&mut self, _seed: u64) {}
+}
+
+/// Makes sure there is a `Scratch` for every chunk of an `n`-sample batch. Never shrinks,
+/// so alternating batch sizes (training, then a larger evaluation batch) do not reallocate.
+pub fn grow_scratch(scratch: &mut Vec<Scratch>, n: usize) {
+    let chunks = n.div_ceil(CHUNK);
+    if scratch.len() < chunks {
+        scratch.resize_with(chunks, Scratch::default);
+    }
+}
+
+/// `out = parts[0] + parts[1] + ...` over the first `chunks` scratches' `grad`, in order, so
+/// the sum is the same for any thread count.
+pub fn sum_chunk_grads(scratch: &[Scratch], chunks: usize, out: &mut [&mut [f32]]) {
+    let mut offset = 0;
+    for o in out.iter_mut() {
+        let len = o.len();
+        o.copy_from_slice(&scratch[0].grad[offset..offset + len]);
+        for s in &scratch[1..chunks] {
+            for (o, p) in o.iter_mut().zip(&s.grad[offset..offset + len]) {
+                *o += p;
+            }
+        }
+        offset += len;
+    }
 }

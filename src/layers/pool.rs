@@ -8,9 +8,7 @@
 //! Average: y = mean of the window; dy / (K*K) goes to every position of it.
 //! Overlapping windows (stride < K) add their gradients.
 
-use super::{Layer, CHUNK};
-use crate::tensor::Tensor;
-use rayon::prelude::*;
+use super::{Layer, Scratch};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PoolKind {
@@ -25,8 +23,7 @@ pub struct Pool2d {
     stride: usize,
     input: Vec<usize>,
     output: Vec<usize>,
-    /// For max pooling: the winning position within its (H, W) plane, per output value.
-    argmax: Vec<u32>,
+    scratch: Vec<Scratch>,
 }
 
 impl Pool2d {
@@ -53,7 +50,7 @@ impl Pool2d {
             stride,
             input: input.to_vec(),
             output: vec![c, (h - kernel) / stride + 1, (w - kernel) / stride + 1],
-            argmax: Vec::new(),
+            scratch: Vec::new(),
         })
     }
 }
@@ -78,112 +75,90 @@ impl Layer for Pool2d {
         format!("{0}x{0} s{1}", self.kernel, self.stride)
     }
 
-    fn forward(&mut self, x: &Tensor, y: &mut Tensor, _train: bool) {
-        let n = x.batch();
-        let (k, s) = (self.kernel, self.stride);
+    fn scratch_mut(&mut self) -> &mut Vec<Scratch> {
+        &mut self.scratch
+    }
+
+    fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, _train: bool) {
+        let (k, st) = (self.kernel, self.stride);
         let [_, h, w] = [self.input[0], self.input[1], self.input[2]];
-        let [c, oh, ow] = [self.output[0], self.output[1], self.output[2]];
+        let [_, oh, ow] = [self.output[0], self.output[1], self.output[2]];
         let (plane_in, plane_out) = (h * w, oh * ow);
-        y.resize_batch(n, &self.output);
-        self.argmax.resize(
-            if self.kind == PoolKind::Max {
-                n * c * plane_out
-            } else {
-                0
-            },
-            0,
-        );
-        let planes = CHUNK * c;
         match self.kind {
-            PoolKind::Max => y
-                .data
-                .par_chunks_mut(planes * plane_out)
-                .zip(self.argmax.par_chunks_mut(planes * plane_out))
-                .zip(x.data.par_chunks(planes * plane_in))
-                .for_each(|((y, arg), x)| {
-                    for ((y, arg), x) in y
-                        .chunks_mut(plane_out)
-                        .zip(arg.chunks_mut(plane_out))
-                        .zip(x.chunks(plane_in))
-                    {
-                        if k == 2 && s == 2 {
-                            max_pool_2x2(x, w, y, arg, ow);
-                        } else {
-                            max_pool_plane(x, w, k, s, y, arg, ow);
-                        }
+            PoolKind::Max => {
+                // `indices`: the winning position within its (H, W) plane, per output value.
+                s.indices.resize(y.len(), 0);
+                for ((y, arg), x) in y
+                    .chunks_mut(plane_out)
+                    .zip(s.indices.chunks_mut(plane_out))
+                    .zip(x.chunks(plane_in))
+                {
+                    if k == 2 && st == 2 {
+                        max_pool_2x2(x, w, y, arg, ow);
+                    } else {
+                        max_pool_plane(x, w, k, st, y, arg, ow);
                     }
-                }),
+                }
+            }
             PoolKind::Avg => {
                 let scale = 1.0 / (k * k) as f32;
-                y.data
-                    .par_chunks_mut(planes * plane_out)
-                    .zip(x.data.par_chunks(planes * plane_in))
-                    .for_each(|(y, x)| {
-                        for (y, x) in y.chunks_mut(plane_out).zip(x.chunks(plane_in)) {
-                            for i in 0..oh {
-                                for j in 0..ow {
-                                    let mut acc = 0.0;
-                                    for di in 0..k {
-                                        let row = (i * s + di) * w + j * s;
-                                        acc += x[row..row + k].iter().sum::<f32>();
-                                    }
-                                    y[i * ow + j] = acc * scale;
-                                }
+                for (y, x) in y.chunks_mut(plane_out).zip(x.chunks(plane_in)) {
+                    for i in 0..oh {
+                        for j in 0..ow {
+                            let mut acc = 0.0;
+                            for di in 0..k {
+                                let row = (i * st + di) * w + j * st;
+                                acc += x[row..row + k].iter().sum::<f32>();
                             }
+                            y[i * ow + j] = acc * scale;
                         }
-                    })
+                    }
+                }
             }
         }
     }
 
-    fn backward(&mut self, x: &Tensor, _y: &Tensor, dy: &Tensor, dx: Option<&mut Tensor>) {
+    fn backward_chunk(
+        &self,
+        _x: &[f32],
+        _y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        s: &mut Scratch,
+    ) {
         let Some(dx) = dx else { return };
-        let n = x.batch();
-        let (k, s) = (self.kernel, self.stride);
+        let (k, st) = (self.kernel, self.stride);
         let [_, h, w] = [self.input[0], self.input[1], self.input[2]];
-        let [c, oh, ow] = [self.output[0], self.output[1], self.output[2]];
+        let [_, oh, ow] = [self.output[0], self.output[1], self.output[2]];
         let (plane_in, plane_out) = (h * w, oh * ow);
-        dx.resize_batch(n, &self.input);
-        let planes = CHUNK * c;
+        dx.fill(0.0);
         match self.kind {
-            PoolKind::Max => dx
-                .data
-                .par_chunks_mut(planes * plane_in)
-                .zip(self.argmax.par_chunks(planes * plane_out))
-                .zip(dy.data.par_chunks(planes * plane_out))
-                .for_each(|((dx, arg), dy)| {
-                    dx.fill(0.0);
-                    for ((dx, arg), dy) in dx
-                        .chunks_mut(plane_in)
-                        .zip(arg.chunks(plane_out))
-                        .zip(dy.chunks(plane_out))
-                    {
-                        for (&a, &d) in arg.iter().zip(dy) {
-                            dx[a as usize] += d;
-                        }
+            PoolKind::Max => {
+                for ((dx, arg), dy) in dx
+                    .chunks_mut(plane_in)
+                    .zip(s.indices.chunks(plane_out))
+                    .zip(dy.chunks(plane_out))
+                {
+                    for (&a, &d) in arg.iter().zip(dy) {
+                        dx[a as usize] += d;
                     }
-                }),
+                }
+            }
             PoolKind::Avg => {
                 let scale = 1.0 / (k * k) as f32;
-                dx.data
-                    .par_chunks_mut(planes * plane_in)
-                    .zip(dy.data.par_chunks(planes * plane_out))
-                    .for_each(|(dx, dy)| {
-                        dx.fill(0.0);
-                        for (dx, dy) in dx.chunks_mut(plane_in).zip(dy.chunks(plane_out)) {
-                            for i in 0..oh {
-                                for j in 0..ow {
-                                    let d = dy[i * ow + j] * scale;
-                                    for di in 0..k {
-                                        let row = (i * s + di) * w + j * s;
-                                        for v in &mut dx[row..row + k] {
-                                            *v += d;
-                                        }
-                                    }
+                for (dx, dy) in dx.chunks_mut(plane_in).zip(dy.chunks(plane_out)) {
+                    for i in 0..oh {
+                        for j in 0..ow {
+                            let d = dy[i * ow + j] * scale;
+                            for di in 0..k {
+                                let row = (i * st + di) * w + j * st;
+                                for v in &mut dx[row..row + k] {
+                                    *v += d;
                                 }
                             }
                         }
-                    })
+                    }
+                }
             }
         }
     }
