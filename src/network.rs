@@ -309,8 +309,9 @@ impl Network {
     /// on one thread, so what one layer writes the next reads from the same core's cache.
     fn forward_stage(&mut self, start: usize, end: usize, n: usize, train: bool) {
         let (layers, acts) = (&mut self.layers[start..end], &mut self.acts[start..=end]);
-        for (layer, y) in layers.iter().zip(&mut acts[1..]) {
+        for (layer, y) in layers.iter_mut().zip(&mut acts[1..]) {
             y.resize_batch(n, layer.output_shape());
+            layer.prepare_forward();
         }
         let mut scratch = take_scratch(layers, n);
         let mut views: Vec<ChunkViews> = (0..n.div_ceil(CHUNK))

@@ -17,7 +17,7 @@
 //! count. `conv2d_forward_reference` and `conv2d_backward_reference`
 //! are the plain loops the tests compare this against.
 
-use super::{sum_chunk_grads, Layer, Param, Scratch, CHUNK};
+use super::{sum, sum_chunk_grads, Layer, Param, Scratch, CHUNK};
 use crate::gemm::sgemm;
 use crate::tensor::Tensor;
 use std::cell::RefCell;
@@ -409,8 +409,11 @@ impl Layer for Conv2d {
             for (o, plane) in dy.chunks(g.ohw()).enumerate() {
                 let dst = &mut block[o * ld + i * cols_len..][..cols_len];
                 for (dst, row) in dst.chunks_mut(row_step).zip(plane.chunks(g.out_w)) {
-                    dst[..g.out_w].copy_from_slice(row);
-                    dst[g.out_w..].fill(0.0);
+                    // One loop, not copy_from_slice + fill: rows are 7-28 values, too
+                    // short to pay for two library calls each.
+                    for (j, d) in dst.iter_mut().enumerate() {
+                        *d = if j < row.len() { row[j] } else { 0.0 };
+                    }
                 }
             }
         }
@@ -428,7 +431,7 @@ impl Layer for Conv2d {
                 }
             }
             for (d, row) in db.iter_mut().zip(block.chunks(ld)) {
-                *d = row.iter().sum();
+                *d = sum(row);
             }
             if let Some(dx) = dx {
                 // The columns are no longer needed: they receive dcols = w^T . block.

@@ -24,6 +24,10 @@ pub struct Linear {
     output: Vec<usize>,
     pub weight: Param,
     pub bias: Param,
+    /// The weights transposed, (IN, OUT), refreshed before every forward pass: the GEMM
+    /// crate multiplies x . w^T about three times faster from this layout than through a
+    /// transposed stride (cargo bench --bench gemm, fc1 shapes).
+    weight_t: Vec<f32>,
     scratch: Vec<Scratch>,
 }
 
@@ -37,6 +41,7 @@ impl Linear {
             output: vec![out_features],
             weight: Param::new("weight", &[out_features, in_features], false),
             bias: Param::new("bias", &[out_features], true),
+            weight_t: vec![0.0; in_features * out_features],
             scratch: Vec::new(),
         }
     }
@@ -63,24 +68,30 @@ impl Layer for Linear {
         &mut self.scratch
     }
 
+    fn prepare_forward(&mut self) {
+        let (fi, fo) = (self.in_features, self.out_features);
+        // Blocks of 16 x 16 so that reads and writes both stay within a few cache lines.
+        const B: usize = 16;
+        let (w, wt) = (&self.weight.value, &mut self.weight_t);
+        for o0 in (0..fo).step_by(B) {
+            for i0 in (0..fi).step_by(B) {
+                for o in o0..(o0 + B).min(fo) {
+                    for i in i0..(i0 + B).min(fi) {
+                        wt[i * fo + o] = w[o * fi + i];
+                    }
+                }
+            }
+        }
+    }
+
     fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], _s: &mut Scratch, _train: bool) {
         let (fi, fo) = (self.in_features, self.out_features);
         let rows = x.len() / fi;
         for row in y.chunks_mut(fo) {
             row.copy_from_slice(&self.bias.value);
         }
-        sgemm(
-            rows,
-            fi,
-            fo,
-            1.0,
-            x,
-            false,
-            &self.weight.value,
-            true,
-            1.0,
-            y,
-        );
+        // y += x (rows, IN) . w^T (IN, OUT)
+        sgemm(rows, fi, fo, 1.0, x, false, &self.weight_t, false, 1.0, y);
     }
 
     /// Only dx here: the weight gradient is one product over the whole batch
