@@ -3,6 +3,14 @@
 //! The network owns the activations: `acts[0]` is the input batch, `acts[i + 1]` the
 //! output of layer `i`; `grads[i]` is dLoss/d`acts[i]`. All of them are reused between
 //! batches.
+//!
+//! How a batch runs: the batch is cut into fixed chunks of `CHUNK` samples, and each chunk
+//! goes through a whole run of layers on one thread (`forward_stage`, `backward_stage`),
+//! the chunks in parallel. What one layer writes, the next reads while it is still in that
+//! core's cache, and threads meet once per run instead of once per layer. A layer that
+//! needs the whole batch (batch norm) ends a run and executes on its own. Because chunks are
+//! fixed and their gradient parts are added in chunk order, results do not depend on the
+//! number of threads.
 
 use crate::init::{fill_normal, init_std, Init};
 use crate::layers::conv::ConvGeometry;
@@ -27,7 +35,9 @@ pub struct Network {
     stages: Vec<(usize, usize)>,
     acts: Vec<Tensor>,
     grads: Vec<Tensor>,
-    /// Per-layer (forward, backward) time, accumulated while `timing` is on.
+    /// Per-layer (forward, backward) time, accumulated while `timing` is on. Layers that run
+    /// chunk by chunk on several threads at once count their summed thread time divided by
+    /// the number of threads in use.
     pub timing: Option<Vec<(Duration, Duration)>>,
     /// Label smoothing of the training loss (softmax cross-entropy only).
     pub label_smoothing: f32,

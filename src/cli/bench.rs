@@ -118,8 +118,10 @@ pub fn run(args: Args) -> Result<()> {
             args.epoch_images as f64 / ips,
             args.epoch_images
         );
+        // Layers run chunk by chunk on every thread at once, so a layer's share is its
+        // summed thread time divided by the threads in use.
         println!(
-            "  {:<10} {:>12} {:>12}",
+            "  {:<10} {:>12} {:>12}   (ms per batch: thread time / threads)",
             "layer", "forward ms", "backward ms"
         );
         // The warm-up step is timed too: divide by every step run.

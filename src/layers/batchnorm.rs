@@ -71,6 +71,33 @@ impl BatchNorm {
     }
 }
 
+/// `sum(f(v))` over `values` in 8 interleaved f64 partial sums: a single running sum makes
+/// every addition wait for the previous one. The order is fixed, so results repeat.
+fn lanes_sum(values: &[f32], f: impl Fn(f32) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (blocks, rest) = values.as_chunks::<8>();
+    for b in blocks {
+        for (a, &v) in acc.iter_mut().zip(b) {
+            *a += f(v);
+        }
+    }
+    acc.iter().sum::<f64>() + rest.iter().map(|&v| f(v)).sum::<f64>()
+}
+
+/// `sum(f(a, b))` over pairs of `a` and `b`, in 8 interleaved partial sums like `lanes_sum`.
+fn lanes_dot(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (a8, a_rest) = a.as_chunks::<8>();
+    let (b8, b_rest) = b.as_chunks::<8>();
+    for (x, y) in a8.iter().zip(b8) {
+        for ((acc, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *acc += f(x, y);
+        }
+    }
+    let rest: f64 = a_rest.iter().zip(b_rest).map(|(&x, &y)| f(x, y)).sum();
+    acc.iter().sum::<f64>() + rest
+}
+
 /// The values of channel `c` of every sample: one (H*W)-long slice per sample.
 fn channel(data: &[f32], channels: usize, plane: usize, c: usize) -> impl Iterator<Item = &[f32]> {
     data.chunks(channels * plane)
@@ -111,9 +138,12 @@ impl Layer for BatchNorm {
         if train {
             let (channels, plane) = (self.channels, self.plane);
             self.sums.par_iter_mut().enumerate().for_each(|(c, s)| {
-                let values = || channel(&x.data, channels, plane, c).flatten();
-                let mean = values().map(|&v| v as f64).sum::<f64>() / m;
-                let var = values().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / m;
+                let values = || channel(&x.data, channels, plane, c);
+                let mean = values().map(|v| lanes_sum(v, |v| v as f64)).sum::<f64>() / m;
+                let var = values()
+                    .map(|v| lanes_sum(v, |v| (v as f64 - mean).powi(2)))
+                    .sum::<f64>()
+                    / m;
                 *s = (mean, var);
             });
             let mo = self.momentum;
@@ -162,10 +192,8 @@ impl Layer for BatchNorm {
             *s = (0.0, 0.0);
             let xs = channel(&x.data, channels, plane, c);
             for (xs, gs) in xs.zip(channel(&dy.data, channels, plane, c)) {
-                for (&xv, &g) in xs.iter().zip(gs) {
-                    s.0 += g as f64;
-                    s.1 += g as f64 * (xv as f64 - mean) * inv;
-                }
+                s.0 += lanes_sum(gs, |g| g as f64);
+                s.1 += lanes_dot(gs, xs, |g, xv| g as f64 * (xv as f64 - mean)) * inv;
             }
         });
         let sums = &self.sums;
