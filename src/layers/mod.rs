@@ -1,10 +1,12 @@
-//! Layers. Each file holds one layer with its `forward` and `backward` side by side.
+//! Layers. Each file holds one layer with its forward and backward passes side by side.
 //!
-//! A layer owns its parameters and gradients and the scratch it needs between forward
-//! and backward (im2col columns, argmax positions). The network owns the activations:
-//! `forward` reads `x` and writes `y`; `backward` reads `x`, `y` and `dy` and writes `dx`
-//! (when asked) and the parameter gradients. Buffers are resized, never reallocated, once
-//! the largest batch has been seen.
+//! A layer owns its parameters and gradients and, per chunk of the batch, the scratch it
+//! needs between forward and backward (argmax positions, dropout masks, its share of the
+//! weight gradient). The network owns the activations. Most layers work on one chunk of
+//! `CHUNK` samples at a time (`forward_chunk` reads `x` and writes `y`; `backward_chunk`
+//! reads `x`, `y` and `dy` and writes `dx` when asked); `forward` and `backward` run them
+//! over a whole batch, which is how the tests and gradient checks call every layer.
+//! Buffers are resized, never reallocated, once the largest batch has been seen.
 
 pub mod activation;
 pub mod batchnorm;
