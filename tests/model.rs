@@ -160,3 +160,56 @@ fn truncated_or_mismatched_model_files_are_refused() {
         .to_string();
     assert!(msg.contains("no tensor `conv1.weight`"), "{msg}");
 }
+
+/// The network runs each chunk through a whole run of layers (`forward_stage`); the plain
+/// way is one layer at a time over the whole batch (`Layer::forward` / `backward`). Both
+/// must give the same bits, for a network of per-chunk layers only and for one whose batch
+/// norm layers split it into several runs.
+#[test]
+fn the_chunk_pipeline_matches_running_layers_one_at_a_time() {
+    use convnet::Tensor;
+    for preset in ["seed-cnn", "cnn-plus"] {
+        let spec = ModelSpec::preset(preset).unwrap();
+        let mut net = Network::build(&spec).unwrap();
+        net.initialize(&mut rand_pcg::Pcg64Mcg::seed_from_u64(5), None);
+        let mut plain = Network::build(&spec).unwrap();
+        plain.initialize(&mut rand_pcg::Pcg64Mcg::seed_from_u64(5), None);
+        net.reseed(9);
+        plain.reseed(9);
+        // 21 samples: two full chunks and a ragged one.
+        let n = 21;
+        let input: Vec<f32> = (0..n * 784)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let labels: Vec<u8> = (0..n).map(|i| (i * 7 % 10) as u8).collect();
+        net.input_mut(n).copy_from_slice(&input);
+        let logits = net.forward(true).clone();
+        net.backward(&labels);
+
+        let layers = plain.layers().len();
+        let mut acts = vec![Tensor::from_vec(&[n, 1, 28, 28], input.clone())];
+        for i in 0..layers {
+            let mut y = Tensor::default();
+            plain.layer_mut(i).forward(&acts[i], &mut y, true);
+            acts.push(y);
+        }
+        assert_eq!(logits.data, acts[layers].data, "{preset}: logits");
+        let mut dy = Tensor::default();
+        spec.loss
+            .forward_backward(&acts[layers], &labels, &mut dy, 0.0);
+        for i in (0..layers).rev() {
+            let mut dx = Tensor::default();
+            let want_dx = if i > 0 { Some(&mut dx) } else { None };
+            plain
+                .layer_mut(i)
+                .backward(&acts[i], &acts[i + 1], &dy, want_dx);
+            dy = dx;
+        }
+        let got = net.named_params();
+        let want = plain.named_params();
+        assert_eq!(got.len(), want.len());
+        for ((name, g), (_, w)) in got.iter().zip(&want) {
+            assert_eq!(g.grad, w.grad, "{preset}: gradient of {name}");
+        }
+    }
+}
