@@ -213,3 +213,39 @@ fn the_chunk_pipeline_matches_running_layers_one_at_a_time() {
         }
     }
 }
+
+/// Chunks are fixed and their gradient parts are added in chunk order, so a whole network
+/// gives the same bits on 1, 2 or 3 threads.
+#[test]
+fn whole_networks_are_bit_identical_across_thread_counts() {
+    for preset in ["seed-cnn", "cnn-plus"] {
+        let spec = ModelSpec::preset(preset).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut net = Network::build(&spec).unwrap();
+                net.initialize(&mut rand_pcg::Pcg64Mcg::seed_from_u64(8), None);
+                net.reseed(4);
+                let n = 37;
+                for (i, v) in net.input_mut(n).iter_mut().enumerate() {
+                    *v = ((i * 53) % 97) as f32 / 48.0 - 1.0;
+                }
+                let labels: Vec<u8> = (0..n).map(|i| (i * 3 % 10) as u8).collect();
+                let logits = net.forward(true).data.clone();
+                net.backward(&labels);
+                let grads: Vec<Vec<f32>> = net
+                    .named_params()
+                    .iter()
+                    .map(|(_, p)| p.grad.clone())
+                    .collect();
+                (logits, grads)
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2), "{preset}: 1 vs 2 threads");
+        assert_eq!(one, run(3), "{preset}: 1 vs 3 threads");
+    }
+}
