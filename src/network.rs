@@ -33,6 +33,12 @@ pub struct Network {
     /// Runs of layers `[start, end)` executed together, chunk by chunk: maximal runs of
     /// per-chunk layers, and each whole-batch layer (batch norm) alone.
     stages: Vec<(usize, usize)>,
+    /// `absorbed[i]`: layer `i` is a ReLU that layer `i - 1` applies itself in training
+    /// passes (`Layer::fuse_relu`), so it is skipped there: its input tensor stands in for
+    /// its output, and the layer before it masks the gradient.
+    absorbed: Vec<bool>,
+    /// The last forward pass was a training pass with the fusions above in effect.
+    fused_now: bool,
     acts: Vec<Tensor>,
     grads: Vec<Tensor>,
     /// Per-layer (forward, backward) time, accumulated while `timing` is on. Layers that run
@@ -231,9 +237,13 @@ impl Network {
             )));
         }
         let n = layers.len();
+        let stages = stages(&layers);
+        let absorbed = absorbed_relus(&mut layers, &stages);
         Ok(Network {
             spec: spec.clone(),
-            stages: stages(&layers),
+            stages,
+            absorbed,
+            fused_now: false,
             layers,
             acts: vec![Tensor::default(); n + 1],
             grads: vec![Tensor::default(); n + 1],
@@ -299,6 +309,14 @@ impl Network {
     /// Runs every layer on the current input batch and returns the logits.
     pub fn forward(&mut self, train: bool) -> &Tensor {
         let n = self.acts[0].batch();
+        // Fusions only in training: an evaluation pass fills every layer's output, which
+        // `activation` shows.
+        for i in 1..self.layers.len() {
+            if self.absorbed[i] {
+                self.layers[i - 1].fuse_relu(train);
+            }
+        }
+        self.fused_now = train;
         for k in 0..self.stages.len() {
             let (start, end) = self.stages[k];
             if self.layers[start].per_chunk() {
@@ -319,6 +337,7 @@ impl Network {
     /// on one thread, so what one layer writes the next reads from the same core's cache.
     fn forward_stage(&mut self, start: usize, end: usize, n: usize, train: bool) {
         let (layers, acts) = (&mut self.layers[start..end], &mut self.acts[start..=end]);
+        let absorbed = &self.absorbed;
         for (layer, y) in layers.iter_mut().zip(&mut acts[1..]) {
             y.resize_batch(n, layer.output_shape());
             layer.prepare_forward();
@@ -343,12 +362,18 @@ impl Network {
             .as_ref()
             .map(|_| Mutex::new(vec![Duration::ZERO; end - start]));
         let layers_ref = &*layers;
+        let skip = |j: usize| train && absorbed[start + j];
         views.into_par_iter().enumerate().for_each(|(c, mut v)| {
             let mut local = [Duration::ZERO; MAX_TIMED];
             for (j, layer) in layers_ref.iter().enumerate() {
+                if skip(j) {
+                    continue;
+                }
                 let begin = times.as_ref().map(|_| Instant::now());
+                // After a skipped ReLU, read its input: the layer before already applied it.
+                let input = if j > 0 && skip(j - 1) { j - 1 } else { j };
                 let (x, y) = v.acts.split_at_mut(j + 1);
-                layer.forward_chunk(c, x[j], y[0], v.scratch[j], train);
+                layer.forward_chunk(c, x[input], y[0], v.scratch[j], train);
                 if let Some(b) = begin {
                     local[j.min(MAX_TIMED - 1)] += b.elapsed();
                 }
@@ -456,14 +481,31 @@ impl Network {
             .as_ref()
             .map(|_| Mutex::new(vec![Duration::ZERO; end - start]));
         let layers_ref = &*layers;
+        let (absorbed, fused) = (&self.absorbed, self.fused_now);
+        let skip = |j: usize| fused && absorbed[start + j];
+        let len = end - start;
+        // Where layer j reads its input and its output gradient, around skipped ReLUs.
+        let input = |j: usize| if j > 0 && skip(j - 1) { j - 1 } else { j };
+        let out_grad = |j: usize| {
+            if j + 1 < len && skip(j + 1) {
+                j + 2
+            } else {
+                j + 1
+            }
+        };
         views.into_par_iter().for_each(|mut v| {
             let mut local = [Duration::ZERO; MAX_TIMED];
             for (j, layer) in layers_ref.iter().enumerate().rev() {
+                if skip(j) {
+                    continue;
+                }
                 let begin = times.as_ref().map(|_| Instant::now());
                 let (dx, dy) = v.grads.split_at_mut(j + 1);
-                let dy = dy[0].as_deref().expect("output gradients exist");
+                let dy = dy[out_grad(j) - j - 1]
+                    .as_deref()
+                    .expect("output gradients exist");
                 layer.backward_chunk(
-                    v.acts[j],
+                    v.acts[input(j)],
                     v.acts[j + 1],
                     dy,
                     dx[j].as_deref_mut(),
@@ -481,8 +523,11 @@ impl Network {
         let threads = rayon::current_num_threads().min(chunks).max(1) as u32;
         let chunk_times = times.map(|t| t.into_inner().expect("timing lock"));
         for (j, layer) in layers.iter_mut().enumerate() {
+            if skip(j) {
+                continue;
+            }
             let begin = Instant::now();
-            layer.finish_backward(&acts[j], &grads[j + 1]);
+            layer.finish_backward(&acts[input(j)], &grads[out_grad(j)]);
             if let (Some(t), Some(ct)) = (self.timing.as_mut(), chunk_times.as_ref()) {
                 t[start + j].1 += ct[j] / threads + begin.elapsed();
             }
@@ -606,6 +651,21 @@ fn stages(layers: &[Box<dyn Layer>]) -> Vec<(usize, usize)> {
         }
     }
     out
+}
+
+/// Marks each ReLU that the layer before it can apply itself (`Layer::fuse_relu`): both in
+/// the same run of per-chunk layers, and the ReLU not the last of its run, so the tensor
+/// it would have written is never read outside the run.
+fn absorbed_relus(layers: &mut [Box<dyn Layer>], stages: &[(usize, usize)]) -> Vec<bool> {
+    let mut absorbed = vec![false; layers.len()];
+    for &(start, end) in stages {
+        for i in start + 1..end.saturating_sub(1) {
+            if layers[i].kind() == "relu" && layers[i].per_chunk() {
+                absorbed[i] = layers[i - 1].fuse_relu(false);
+            }
+        }
+    }
+    absorbed
 }
 
 /// Per-layer times are collected for at most this many layers of a stage (the rest are

@@ -323,6 +323,9 @@ pub struct Conv2d {
     /// (`temp_len`). The im2col columns themselves, (CKK, images*cols_per_image) with the
     /// images side by side so each chunk needs one GEMM, live in a per-thread buffer.
     scratch: Vec<Scratch>,
+    /// The network fused the following ReLU into this layer (`fuse_relu`): the output is
+    /// max(0, conv) and the output gradient is masked by it.
+    relu: bool,
 }
 
 impl Conv2d {
@@ -336,6 +339,7 @@ impl Conv2d {
             weight: Param::new("weight", &[g.out_c, g.in_c, g.kernel, g.kernel], false),
             bias: Param::new("bias", &[g.out_c], true),
             scratch: Vec::new(),
+            relu: false,
         }
     }
 }
@@ -385,8 +389,15 @@ impl Layer for Conv2d {
             for (o, (plane, &bias)) in y.chunks_mut(g.ohw()).zip(&self.bias.value).enumerate() {
                 let src = &block[o * ld + i * cols_len..][..cols_len];
                 for (row, src) in plane.chunks_mut(g.out_w).zip(src.chunks(row_step)) {
-                    for (d, &s) in row.iter_mut().zip(src) {
-                        *d = s + bias;
+                    if self.relu {
+                        for (d, &s) in row.iter_mut().zip(src) {
+                            let v = s + bias;
+                            *d = if v > 0.0 { v } else { 0.0 };
+                        }
+                    } else {
+                        for (d, &s) in row.iter_mut().zip(src) {
+                            *d = s + bias;
+                        }
                     }
                 }
             }
@@ -396,7 +407,7 @@ impl Layer for Conv2d {
     fn backward_chunk(
         &self,
         x: &[f32],
-        _y: &[f32],
+        y: &[f32],
         dy: &[f32],
         dx: Option<&mut [f32]>,
         s: &mut Scratch,
@@ -418,12 +429,20 @@ impl Layer for Conv2d {
         // Gather dy into (O, nb*cols_len), the layout of the columns; in the wide layout the
         // columns past the output's width get zero, so they add nothing below.
         let row_step = g.row_step();
-        for (i, dy) in dy.chunks(out_len).enumerate() {
-            for (o, plane) in dy.chunks(g.ohw()).enumerate() {
+        for (i, (dy, y)) in dy.chunks(out_len).zip(y.chunks(out_len)).enumerate() {
+            for (o, (plane, y_plane)) in dy.chunks(g.ohw()).zip(y.chunks(g.ohw())).enumerate() {
                 let dst = &mut block[o * ld + i * cols_len..][..cols_len];
-                for (dst, row) in dst.chunks_mut(row_step).zip(plane.chunks(g.out_w)) {
+                let rows = dst.chunks_mut(row_step).zip(plane.chunks(g.out_w));
+                for ((dst, row), y_row) in rows.zip(y_plane.chunks(g.out_w)) {
                     let (head, tail) = dst.split_at_mut(row.len());
-                    copy_short(head, row);
+                    if self.relu {
+                        // The fused ReLU's backward: the gradient passes where it fired.
+                        for ((d, &g), &y) in head.iter_mut().zip(row).zip(y_row) {
+                            *d = if y > 0.0 { g } else { 0.0 };
+                        }
+                    } else {
+                        copy_short(head, row);
+                    }
                     for d in tail {
                         *d = 0.0;
                     }
@@ -463,6 +482,11 @@ impl Layer for Conv2d {
             }
         });
         s.ready = false;
+    }
+
+    fn fuse_relu(&mut self, on: bool) -> bool {
+        self.relu = on;
+        true
     }
 
     fn finish_backward(&mut self, x: &Tensor, _dy: &Tensor) {

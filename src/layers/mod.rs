@@ -123,6 +123,13 @@ pub trait Layer: Send + Sync {
     /// Called once before a batch's chunks run forward, with the parameters as they are now
     /// (a linear layer refreshes its transposed copy of the weights here).
     fn prepare_forward(&mut self) {}
+    /// Asks the layer to apply a ReLU to its own output while `on` (and to mask its output
+    /// gradient with it in the backward pass), so the network can skip a ReLU layer that
+    /// follows it. Returns whether the layer can; the default cannot.
+    fn fuse_relu(&mut self, on: bool) -> bool {
+        let _ = on;
+        false
+    }
     /// Whether `forward_chunk` / `backward_chunk` are implemented.
     fn per_chunk(&self) -> bool {
         true
