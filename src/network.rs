@@ -33,12 +33,15 @@ pub struct Network {
     /// Runs of layers `[start, end)` executed together, chunk by chunk: maximal runs of
     /// per-chunk layers, and each whole-batch layer (batch norm) alone.
     stages: Vec<(usize, usize)>,
-    /// `absorbed[i]`: layer `i` is a ReLU that layer `i - 1` applies itself in training
-    /// passes (`Layer::fuse_relu`), so it is skipped there: its input tensor stands in for
-    /// its output, and the layer before it masks the gradient.
+    /// `absorbed[i]`: layer `i` is a ReLU that layer `i - 1` applies itself
+    /// (`Layer::fuse_relu`), so it is skipped: its input tensor stands in for its output,
+    /// and the layer before it masks the gradient.
     absorbed: Vec<bool>,
-    /// The last forward pass was a training pass with the fusions above in effect.
+    /// The last forward pass ran with the fusions above in effect.
     fused_now: bool,
+    /// Evaluation passes run every layer, fusing nothing, so that `activation` shows each
+    /// layer's own output (the feature-map pictures). Training passes always fuse.
+    pub keep_every_output: bool,
     acts: Vec<Tensor>,
     grads: Vec<Tensor>,
     /// Per-layer (forward, backward) time, accumulated while `timing` is on. Layers that run
@@ -244,6 +247,7 @@ impl Network {
             stages,
             absorbed,
             fused_now: false,
+            keep_every_output: false,
             layers,
             acts: vec![Tensor::default(); n + 1],
             grads: vec![Tensor::default(); n + 1],
@@ -309,14 +313,13 @@ impl Network {
     /// Runs every layer on the current input batch and returns the logits.
     pub fn forward(&mut self, train: bool) -> &Tensor {
         let n = self.acts[0].batch();
-        // Fusions only in training: an evaluation pass fills every layer's output, which
-        // `activation` shows.
+        let fuse = train || !self.keep_every_output;
         for i in 1..self.layers.len() {
             if self.absorbed[i] {
-                self.layers[i - 1].fuse_relu(train);
+                self.layers[i - 1].fuse_relu(fuse);
             }
         }
-        self.fused_now = train;
+        self.fused_now = fuse;
         for k in 0..self.stages.len() {
             let (start, end) = self.stages[k];
             if self.layers[start].per_chunk() {
@@ -337,7 +340,7 @@ impl Network {
     /// on one thread, so what one layer writes the next reads from the same core's cache.
     fn forward_stage(&mut self, start: usize, end: usize, n: usize, train: bool) {
         let (layers, acts) = (&mut self.layers[start..end], &mut self.acts[start..=end]);
-        let absorbed = &self.absorbed;
+        let (absorbed, self_fused) = (&self.absorbed, self.fused_now);
         for (layer, y) in layers.iter_mut().zip(&mut acts[1..]) {
             y.resize_batch(n, layer.output_shape());
             layer.prepare_forward();
@@ -362,7 +365,7 @@ impl Network {
             .as_ref()
             .map(|_| Mutex::new(vec![Duration::ZERO; end - start]));
         let layers_ref = &*layers;
-        let skip = |j: usize| train && absorbed[start + j];
+        let skip = |j: usize| self_fused && absorbed[start + j];
         views.into_par_iter().enumerate().for_each(|(c, mut v)| {
             let mut local = [Duration::ZERO; MAX_TIMED];
             for (j, layer) in layers_ref.iter().enumerate() {
@@ -397,6 +400,9 @@ impl Network {
     }
 
     /// The output of layer `i` from the last forward pass (`i = 0` is the first layer).
+    /// Every layer's own output only after an evaluation pass with `keep_every_output`
+    /// set: otherwise a conv followed by a ReLU holds the ReLU's output and the ReLU's own
+    /// tensor is stale.
     pub fn activation(&self, i: usize) -> &Tensor {
         &self.acts[i + 1]
     }

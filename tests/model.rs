@@ -249,3 +249,29 @@ fn whole_networks_are_bit_identical_across_thread_counts() {
         assert_eq!(one, run(3), "{preset}: 1 vs 3 threads");
     }
 }
+
+/// Evaluation passes fuse each conv's ReLU too, unless every layer's output is wanted
+/// (the feature-map pictures); both give the same logits, and only the second shows the
+/// conv's own output, negative values included.
+#[test]
+fn evaluation_fuses_relus_unless_every_output_is_kept() {
+    let spec = ModelSpec::preset("seed-cnn").unwrap();
+    let mut net = Network::build(&spec).unwrap();
+    net.initialize(&mut rand_pcg::Pcg64Mcg::seed_from_u64(2), None);
+    let fill = |net: &mut Network| {
+        for (i, v) in net.input_mut(10).iter_mut().enumerate() {
+            *v = ((i * 29) % 61) as f32 / 30.0 - 1.0;
+        }
+    };
+    fill(&mut net);
+    let fused = net.forward(false).data.clone();
+    assert!(net.activation(0).data.iter().all(|&v| v >= 0.0));
+
+    net.keep_every_output = true;
+    fill(&mut net);
+    assert_eq!(net.forward(false).data, fused);
+    let conv1 = net.activation(0).data.clone();
+    assert!(conv1.iter().any(|&v| v < 0.0), "conv1 shows its own output");
+    let relu1: Vec<f32> = conv1.iter().map(|&v| v.max(0.0)).collect();
+    assert_eq!(net.activation(1).data, relu1);
+}

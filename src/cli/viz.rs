@@ -145,6 +145,7 @@ fn feature_maps(net: &mut Network, pixels: &[u8]) -> Vec<FeatureMaps> {
     for (d, &p) in net.input_mut(1).iter_mut().zip(pixels) {
         *d = lut.0[p as usize];
     }
+    net.keep_every_output = true;
     net.forward(false);
     let s = net.input_shape();
     let mut maps = vec![FeatureMaps {
