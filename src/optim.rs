@@ -11,6 +11,7 @@
 //! Weight decay applies to every parameter unless `decay_bias = false` excludes biases.
 
 use crate::layers::Param;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
 
@@ -96,6 +97,8 @@ impl Optimizer {
 
     /// Updates parameter number `index` (parameters must be visited in the same order every
     /// step); `step` counts optimiser steps from 1.
+    /// Each value's update depends on that value alone, so the parameter is split into
+    /// pieces updated in parallel with the same result on any thread count.
     pub fn update(&mut self, index: usize, p: &mut Param, lr: f32, step: u64) {
         let nbuf = self.kind.buffer_names().len();
         if self.state.len() <= index {
@@ -113,10 +116,16 @@ impl Optimizer {
         match self.kind {
             OptimizerKind::Sgd => {
                 let mu = self.momentum;
-                for ((w, &g), v) in p.value.iter_mut().zip(&p.grad).zip(st[0].iter_mut()) {
-                    *v = mu * *v + (g + wd * *w);
-                    *w -= lr * *v;
-                }
+                p.value
+                    .par_chunks_mut(PIECE)
+                    .zip(p.grad.par_chunks(PIECE))
+                    .zip(st[0].par_chunks_mut(PIECE))
+                    .for_each(|((w, g), v)| {
+                        for ((w, &g), v) in w.iter_mut().zip(g).zip(v.iter_mut()) {
+                            *v = mu * *v + (g + wd * *w);
+                            *w -= lr * *v;
+                        }
+                    });
             }
             OptimizerKind::Adam | OptimizerKind::Adamw => {
                 let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
@@ -127,27 +136,32 @@ impl Optimizer {
                 let c2_sqrt = c2.sqrt() as f32;
                 let decoupled = self.kind == OptimizerKind::Adamw;
                 let (m, v) = st.split_at_mut(1);
-                for (((w, &g), m), v) in p
-                    .value
-                    .iter_mut()
-                    .zip(&p.grad)
-                    .zip(m[0].iter_mut())
-                    .zip(v[0].iter_mut())
-                {
-                    let g = if decoupled {
-                        *w -= lr * wd * *w;
-                        g
-                    } else {
-                        g + wd * *w
-                    };
-                    *m = b1 * *m + (1.0 - b1) * g;
-                    *v = b2 * *v + (1.0 - b2) * g * g;
-                    *w -= step_size * *m / (v.sqrt() / c2_sqrt + eps);
-                }
+                p.value
+                    .par_chunks_mut(PIECE)
+                    .zip(p.grad.par_chunks(PIECE))
+                    .zip(m[0].par_chunks_mut(PIECE))
+                    .zip(v[0].par_chunks_mut(PIECE))
+                    .for_each(|(((w, g), m), v)| {
+                        let it = w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut());
+                        for (((w, &g), m), v) in it {
+                            let g = if decoupled {
+                                *w -= lr * wd * *w;
+                                g
+                            } else {
+                                g + wd * *w
+                            };
+                            *m = b1 * *m + (1.0 - b1) * g;
+                            *v = b2 * *v + (1.0 - b2) * g * g;
+                            *w -= step_size * *m / (v.sqrt() / c2_sqrt + eps);
+                        }
+                    });
             }
         }
     }
 }
+
+/// Values per parallel piece of an optimiser update: small parameters stay on one thread.
+const PIECE: usize = 1 << 14;
 
 /// How the learning rate changes over training. Evaluated per iteration.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
