@@ -119,20 +119,29 @@ impl Loss {
         smoothing: f32,
     ) -> BatchStats {
         let n = logits.batch();
-        let k = logits.sample_len();
         assert_eq!(labels.len(), n, "one label per sample");
         grad.resize_batch(n, &logits.shape[1..]);
-        let inv_n = 1.0 / n as f32;
+        self.chunk_forward_backward(&logits.data, labels, &mut grad.data, smoothing, n)
+    }
+
+    /// `forward_backward` for some of a batch's samples: `logits` and `grad` hold one row
+    /// per label, and the gradient is that of the mean over all `batch` samples.
+    pub fn chunk_forward_backward(
+        self,
+        logits: &[f32],
+        labels: &[u8],
+        grad: &mut [f32],
+        smoothing: f32,
+        batch: usize,
+    ) -> BatchStats {
+        let n = labels.len();
+        let k = logits.len() / n.max(1);
+        let inv_n = 1.0 / batch as f32;
         let mut stats = BatchStats {
             count: n,
             ..Default::default()
         };
-        for (i, (z, g)) in logits
-            .data
-            .chunks(k)
-            .zip(grad.data.chunks_mut(k))
-            .enumerate()
-        {
+        for (i, (z, g)) in logits.chunks(k).zip(grad.chunks_mut(k)).enumerate() {
             let t = labels[i] as usize;
             assert!(t < k, "label {t} out of range for {k} outputs");
             stats.loss_sum += self.sample_loss_smoothed(z, t, smoothing);

@@ -313,13 +313,7 @@ impl Network {
     /// Runs every layer on the current input batch and returns the logits.
     pub fn forward(&mut self, train: bool) -> &Tensor {
         let n = self.acts[0].batch();
-        let fuse = train || !self.keep_every_output;
-        for i in 1..self.layers.len() {
-            if self.absorbed[i] {
-                self.layers[i - 1].fuse_relu(fuse);
-            }
-        }
-        self.fused_now = fuse;
+        self.set_fusion(train || !self.keep_every_output);
         for k in 0..self.stages.len() {
             let (start, end) = self.stages[k];
             if self.layers[start].per_chunk() {
@@ -339,64 +333,127 @@ impl Network {
     /// Layers `start..end`, all per-chunk: each chunk of the batch goes through all of them
     /// on one thread, so what one layer writes the next reads from the same core's cache.
     fn forward_stage(&mut self, start: usize, end: usize, n: usize, train: bool) {
-        let (layers, acts) = (&mut self.layers[start..end], &mut self.acts[start..=end]);
-        let (absorbed, self_fused) = (&self.absorbed, self.fused_now);
-        for (layer, y) in layers.iter_mut().zip(&mut acts[1..]) {
+        let chunks = n.div_ceil(CHUNK);
+        self.prepare_outputs(start, end, n);
+        let mut scratch = take_scratch(&mut self.layers[start..end], n);
+        let views = chunk_views(&mut self.acts[start..=end], None, &mut scratch, chunks);
+        let run = Run::new(
+            &self.layers[start..end],
+            &self.absorbed[start..end],
+            self.fused_now,
+            self.timing.is_some(),
+        );
+        let times = run.new_times();
+        views.into_par_iter().enumerate().for_each(|(c, mut v)| {
+            let mut t = [(Duration::ZERO, Duration::ZERO); MAX_TIMED];
+            run.forward(c, &mut v, train, &mut t);
+            add_times(&times, &t);
+        });
+        give_back_scratch(&mut self.layers[start..end], scratch);
+        self.record_times(start, times, chunks, &[]);
+    }
+
+    /// Resizes the outputs of layers `start..end` for `n` samples and lets each layer
+    /// prepare its forward pass.
+    fn prepare_outputs(&mut self, start: usize, end: usize, n: usize) {
+        let layers = &mut self.layers[start..end];
+        for (layer, y) in layers.iter_mut().zip(&mut self.acts[start + 1..=end]) {
             y.resize_batch(n, layer.output_shape());
             layer.prepare_forward();
         }
-        let mut scratch = take_scratch(layers, n);
-        let mut views: Vec<ChunkViews> = (0..n.div_ceil(CHUNK))
-            .map(|_| ChunkViews::default())
+    }
+
+    /// Resizes the input gradients of layers `start..end` (not the network input's).
+    fn prepare_input_grads(&mut self, start: usize, end: usize, n: usize) {
+        let layers = &self.layers[start..end];
+        for (j, (layer, dx)) in layers.iter().zip(&mut self.grads[start..end]).enumerate() {
+            if start + j > 0 {
+                dx.resize_batch(n, layer.input_shape());
+            }
+        }
+    }
+
+    /// Adds a run's per-chunk thread times (divided by the threads in use) and the
+    /// whole-batch `finish` times to the per-layer timing.
+    fn record_times(
+        &mut self,
+        start: usize,
+        times: Option<Mutex<Vec<(Duration, Duration)>>>,
+        chunks: usize,
+        finish: &[Duration],
+    ) {
+        let (Some(t), Some(times)) = (self.timing.as_mut(), times) else {
+            return;
+        };
+        let threads = rayon::current_num_threads().min(chunks).max(1) as u32;
+        let times = times.into_inner().expect("timing lock");
+        for (j, (f, b)) in times.into_iter().enumerate() {
+            t[start + j].0 += f / threads;
+            t[start + j].1 += b / threads + finish.get(j).copied().unwrap_or_default();
+        }
+    }
+
+    /// Turns the ReLU fusions on or off for the next passes.
+    fn set_fusion(&mut self, fuse: bool) {
+        for i in 1..self.layers.len() {
+            if self.absorbed[i] {
+                self.layers[i - 1].fuse_relu(fuse);
+            }
+        }
+        self.fused_now = fuse;
+    }
+
+    /// One training step's passes: forward, loss against `labels`, backward, leaving every
+    /// parameter's gradient in place; the same result as `forward(true)` then
+    /// `backward(labels)`. When the whole network is one run of per-chunk layers, each
+    /// chunk goes forward, through the loss and backward on one thread without waiting for
+    /// the others, while its activations are still in that core's cache.
+    pub fn train_step(&mut self, labels: &[u8]) -> BatchStats {
+        let end = self.layers.len();
+        if self.stages.len() != 1 || !self.layers[0].per_chunk() {
+            self.forward(true);
+            return self.backward(labels);
+        }
+        let n = self.acts[0].batch();
+        assert_eq!(labels.len(), n, "one label per sample");
+        let chunks = n.div_ceil(CHUNK);
+        self.set_fusion(true);
+        self.prepare_outputs(0, end, n);
+        self.prepare_input_grads(0, end, n);
+        let classes = self.classes();
+        self.grads[end].resize_batch(n, &[classes]);
+        let (loss, smoothing) = (self.spec.loss, self.label_smoothing);
+        let mut scratch = take_scratch(&mut self.layers, n);
+        let views = chunk_views(&mut self.acts, Some(&mut self.grads), &mut scratch, chunks);
+        let run = Run::new(
+            &self.layers,
+            &self.absorbed,
+            self.fused_now,
+            self.timing.is_some(),
+        );
+        let times = run.new_times();
+        let parts: Vec<BatchStats> = views
+            .into_par_iter()
+            .enumerate()
+            .map(|(c, mut v)| {
+                let mut t = [(Duration::ZERO, Duration::ZERO); MAX_TIMED];
+                run.forward(c, &mut v, true, &mut t);
+                let labels = &labels[c * CHUNK..(c * CHUNK + CHUNK).min(n)];
+                let dz = v.grads[end].as_deref_mut().expect("logit gradients exist");
+                let stats = loss.chunk_forward_backward(&v.acts[end][..], labels, dz, smoothing, n);
+                run.backward(&mut v, &mut t);
+                add_times(&times, &t);
+                stats
+            })
             .collect();
-        for t in acts.iter_mut() {
-            let per = CHUNK * t.sample_len();
-            for (v, piece) in views.iter_mut().zip(t.data.chunks_mut(per)) {
-                v.acts.push(piece);
-            }
+        give_back_scratch(&mut self.layers, scratch);
+        let finish = self.finish_stage(0, end);
+        self.record_times(0, times, chunks, &finish);
+        let mut stats = BatchStats::default();
+        for p in parts {
+            stats.add(p);
         }
-        for s in &mut scratch {
-            for (v, s) in views.iter_mut().zip(s.iter_mut()) {
-                v.scratch.push(s);
-            }
-        }
-        let times = self
-            .timing
-            .as_ref()
-            .map(|_| Mutex::new(vec![Duration::ZERO; end - start]));
-        let layers_ref = &*layers;
-        let skip = |j: usize| self_fused && absorbed[start + j];
-        views.into_par_iter().enumerate().for_each(|(c, mut v)| {
-            let mut local = [Duration::ZERO; MAX_TIMED];
-            for (j, layer) in layers_ref.iter().enumerate() {
-                if skip(j) {
-                    continue;
-                }
-                let begin = times.as_ref().map(|_| Instant::now());
-                // After a skipped ReLU, read its input: the layer before already applied it.
-                let input = if j > 0 && skip(j - 1) { j - 1 } else { j };
-                let (x, y) = v.acts.split_at_mut(j + 1);
-                layer.forward_chunk(c, x[input], y[0], v.scratch[j], train);
-                if let Some(b) = begin {
-                    local[j.min(MAX_TIMED - 1)] += b.elapsed();
-                }
-            }
-            if let Some(t) = &times {
-                add_times(t, &local);
-            }
-        });
-        give_back_scratch(layers, scratch);
-        if let (Some(t), Some(times)) = (self.timing.as_mut(), times) {
-            let threads = rayon::current_num_threads().min(n.div_ceil(CHUNK)) as u32;
-            for (j, d) in times
-                .into_inner()
-                .expect("timing lock")
-                .into_iter()
-                .enumerate()
-            {
-                t[start + j].0 += d / threads.max(1);
-            }
-        }
+        stats
     }
 
     /// The output of layer `i` from the last forward pass (`i = 0` is the first layer).
@@ -447,97 +504,59 @@ impl Network {
     /// The backward pass of layers `start..end`, chunk by chunk as in `forward_stage`, then
     /// each layer's parameter gradients over the whole batch.
     fn backward_stage(&mut self, start: usize, end: usize, n: usize) {
-        let layers = &mut self.layers[start..end];
-        let (acts, grads) = (&self.acts[start..=end], &mut self.grads[start..=end]);
-        for (layer, dx) in layers
-            .iter()
-            .zip(grads.iter_mut())
-            .skip(usize::from(start == 0))
-        {
-            dx.resize_batch(n, layer.input_shape());
-        }
         let chunks = n.div_ceil(CHUNK);
-        let mut scratch = take_scratch(layers, n);
-        let mut views: Vec<ChunkGradViews> =
-            (0..chunks).map(|_| ChunkGradViews::default()).collect();
-        for t in acts {
-            let per = CHUNK * t.sample_len();
-            for (v, piece) in views.iter_mut().zip(t.data.chunks(per)) {
-                v.acts.push(piece);
-            }
-        }
-        for (i, t) in grads.iter_mut().enumerate() {
-            if start + i == 0 {
-                // The input gradient of the first layer is never needed.
-                views.iter_mut().for_each(|v| v.grads.push(None));
-                continue;
-            }
-            let per = CHUNK * t.sample_len();
-            for (v, piece) in views.iter_mut().zip(t.data.chunks_mut(per)) {
-                v.grads.push(Some(piece));
-            }
-        }
-        for s in &mut scratch {
-            for (v, s) in views.iter_mut().zip(s.iter_mut()) {
-                v.scratch.push(s);
-            }
-        }
-        let times = self
-            .timing
-            .as_ref()
-            .map(|_| Mutex::new(vec![Duration::ZERO; end - start]));
-        let layers_ref = &*layers;
-        let (absorbed, fused) = (&self.absorbed, self.fused_now);
-        let skip = |j: usize| fused && absorbed[start + j];
-        let len = end - start;
-        // Where layer j reads its input and its output gradient, around skipped ReLUs.
-        let input = |j: usize| if j > 0 && skip(j - 1) { j - 1 } else { j };
-        let out_grad = |j: usize| {
-            if j + 1 < len && skip(j + 1) {
-                j + 2
-            } else {
-                j + 1
-            }
-        };
+        self.prepare_input_grads(start, end, n);
+        let mut scratch = take_scratch(&mut self.layers[start..end], n);
+        let views = chunk_views(
+            &mut self.acts[start..=end],
+            Some(&mut self.grads[start..=end]),
+            &mut scratch,
+            chunks,
+        );
+        // The input gradient of the network's first layer is never needed.
+        let views: Vec<ChunkViews> = views
+            .into_iter()
+            .map(|mut v| {
+                if start == 0 {
+                    v.grads[0] = None;
+                }
+                v
+            })
+            .collect();
+        let run = Run::new(
+            &self.layers[start..end],
+            &self.absorbed[start..end],
+            self.fused_now,
+            self.timing.is_some(),
+        );
+        let times = run.new_times();
         views.into_par_iter().for_each(|mut v| {
-            let mut local = [Duration::ZERO; MAX_TIMED];
-            for (j, layer) in layers_ref.iter().enumerate().rev() {
-                if skip(j) {
-                    continue;
-                }
-                let begin = times.as_ref().map(|_| Instant::now());
-                let (dx, dy) = v.grads.split_at_mut(j + 1);
-                let dy = dy[out_grad(j) - j - 1]
-                    .as_deref()
-                    .expect("output gradients exist");
-                layer.backward_chunk(
-                    v.acts[input(j)],
-                    v.acts[j + 1],
-                    dy,
-                    dx[j].as_deref_mut(),
-                    v.scratch[j],
-                );
-                if let Some(b) = begin {
-                    local[j.min(MAX_TIMED - 1)] += b.elapsed();
-                }
-            }
-            if let Some(t) = &times {
-                add_times(t, &local);
-            }
+            let mut t = [(Duration::ZERO, Duration::ZERO); MAX_TIMED];
+            run.backward(&mut v, &mut t);
+            add_times(&times, &t);
         });
-        give_back_scratch(layers, scratch);
-        let threads = rayon::current_num_threads().min(chunks).max(1) as u32;
-        let chunk_times = times.map(|t| t.into_inner().expect("timing lock"));
-        for (j, layer) in layers.iter_mut().enumerate() {
-            if skip(j) {
-                continue;
-            }
+        give_back_scratch(&mut self.layers[start..end], scratch);
+        let finish = self.finish_stage(start, end);
+        self.record_times(start, times, chunks, &finish);
+    }
+
+    /// Each layer's `finish_backward` over the whole batch; returns the time each took.
+    fn finish_stage(&mut self, start: usize, end: usize) -> Vec<Duration> {
+        let skips = Skips {
+            absorbed: &self.absorbed[start..end],
+            fused: self.fused_now,
+        };
+        let (acts, grads) = (&self.acts[start..=end], &self.grads[start..=end]);
+        let mut took = Vec::with_capacity(end - start);
+        for (j, layer) in self.layers[start..end].iter_mut().enumerate() {
             let begin = Instant::now();
-            layer.finish_backward(&acts[input(j)], &grads[out_grad(j)]);
-            if let (Some(t), Some(ct)) = (self.timing.as_mut(), chunk_times.as_ref()) {
-                t[start + j].1 += ct[j] / threads + begin.elapsed();
+            if !skips.skip(j) {
+                let out = skips.out_grad(j, end - start);
+                layer.finish_backward(&acts[skips.input(j)], &grads[out]);
             }
+            took.push(begin.elapsed());
         }
+        took
     }
 
     /// Visits every parameter in a fixed order as `f(index, layer name, parameter)`; the
@@ -678,20 +697,141 @@ fn absorbed_relus(layers: &mut [Box<dyn Layer>], stages: &[(usize, usize)]) -> V
 /// added to the last slot).
 const MAX_TIMED: usize = 64;
 
-/// One chunk's slices of a stage's activations and its layers' scratch, for the forward pass.
+/// One chunk's slices of a run's activations, their gradients (`None` where not wanted)
+/// and its layers' scratch.
 #[derive(Default)]
 struct ChunkViews<'a> {
     acts: Vec<&'a mut [f32]>,
+    grads: Vec<Option<&'a mut [f32]>>,
     scratch: Vec<&'a mut Scratch>,
 }
 
-/// One chunk's slices for the backward pass: activations, their gradients (`None` for
-/// the network's input) and scratch.
-#[derive(Default)]
-struct ChunkGradViews<'a> {
-    acts: Vec<&'a [f32]>,
-    grads: Vec<Option<&'a mut [f32]>>,
-    scratch: Vec<&'a mut Scratch>,
+/// Cuts every tensor (and gradient, when given) into its chunks' slices and hands each
+/// chunk its own: the views for one pass over a run of layers.
+fn chunk_views<'a>(
+    acts: &'a mut [Tensor],
+    grads: Option<&'a mut [Tensor]>,
+    scratch: &'a mut [Vec<Scratch>],
+    chunks: usize,
+) -> Vec<ChunkViews<'a>> {
+    let mut views: Vec<ChunkViews> = (0..chunks).map(|_| ChunkViews::default()).collect();
+    for t in acts.iter_mut() {
+        let per = CHUNK * t.sample_len();
+        for (v, piece) in views.iter_mut().zip(t.data.chunks_mut(per)) {
+            v.acts.push(piece);
+        }
+    }
+    if let Some(grads) = grads {
+        for t in grads.iter_mut() {
+            if t.data.is_empty() {
+                // Never sized: the network input's gradient, which nobody wants.
+                views.iter_mut().for_each(|v| v.grads.push(None));
+                continue;
+            }
+            let per = CHUNK * t.sample_len();
+            for (v, piece) in views.iter_mut().zip(t.data.chunks_mut(per)) {
+                v.grads.push(Some(piece));
+            }
+        }
+    }
+    for s in scratch.iter_mut() {
+        for (v, s) in views.iter_mut().zip(s.iter_mut()) {
+            v.scratch.push(s);
+        }
+    }
+    views
+}
+
+/// Which layers of a run are ReLUs applied by the layer before them, and where the others
+/// then find their input and output gradient.
+#[derive(Clone, Copy)]
+struct Skips<'a> {
+    absorbed: &'a [bool],
+    fused: bool,
+}
+
+impl Skips<'_> {
+    fn skip(&self, j: usize) -> bool {
+        self.fused && self.absorbed[j]
+    }
+    /// After a skipped ReLU, a layer reads the ReLU's input.
+    fn input(&self, j: usize) -> usize {
+        if j > 0 && self.skip(j - 1) {
+            j - 1
+        } else {
+            j
+        }
+    }
+    /// Before a skipped ReLU, a layer's output gradient is the ReLU's.
+    fn out_grad(&self, j: usize, len: usize) -> usize {
+        if j + 1 < len && self.skip(j + 1) {
+            j + 2
+        } else {
+            j + 1
+        }
+    }
+}
+
+/// A run of per-chunk layers, as one chunk's thread sees it.
+struct Run<'a> {
+    layers: &'a [Box<dyn Layer>],
+    skips: Skips<'a>,
+    timed: bool,
+}
+
+impl<'a> Run<'a> {
+    fn new(layers: &'a [Box<dyn Layer>], absorbed: &'a [bool], fused: bool, timed: bool) -> Self {
+        Run {
+            layers,
+            skips: Skips { absorbed, fused },
+            timed,
+        }
+    }
+
+    fn new_times(&self) -> Option<Mutex<Vec<(Duration, Duration)>>> {
+        self.timed
+            .then(|| Mutex::new(vec![(Duration::ZERO, Duration::ZERO); self.layers.len()]))
+    }
+
+    /// Chunk `c` forward through every layer of the run.
+    fn forward(&self, c: usize, v: &mut ChunkViews, train: bool, t: &mut [(Duration, Duration)]) {
+        for (j, layer) in self.layers.iter().enumerate() {
+            if self.skips.skip(j) {
+                continue;
+            }
+            let begin = self.timed.then(Instant::now);
+            let (x, y) = v.acts.split_at_mut(j + 1);
+            layer.forward_chunk(c, x[self.skips.input(j)], y[0], v.scratch[j], train);
+            if let Some(b) = begin {
+                t[j.min(MAX_TIMED - 1)].0 += b.elapsed();
+            }
+        }
+    }
+
+    /// One chunk backward through every layer of the run, last first.
+    fn backward(&self, v: &mut ChunkViews, t: &mut [(Duration, Duration)]) {
+        let len = self.layers.len();
+        for (j, layer) in self.layers.iter().enumerate().rev() {
+            if self.skips.skip(j) {
+                continue;
+            }
+            let begin = self.timed.then(Instant::now);
+            let (dx, dy) = v.grads.split_at_mut(j + 1);
+            let dy = dy[self.skips.out_grad(j, len) - j - 1]
+                .as_deref()
+                .expect("output gradients exist");
+            layer.backward_chunk(
+                v.acts[self.skips.input(j)],
+                v.acts[j + 1],
+                dy,
+                dx[j].as_deref_mut(),
+                v.scratch[j],
+            );
+            if let Some(b) = begin {
+                t[j.min(MAX_TIMED - 1)].1 += b.elapsed();
+            }
+        }
+    }
 }
 
 /// Moves each layer's per-chunk scratch out (nothing is copied), grown for `n` samples.
@@ -712,10 +852,12 @@ fn give_back_scratch(layers: &mut [Box<dyn Layer>], scratch: Vec<Vec<Scratch>>) 
     }
 }
 
-fn add_times(total: &Mutex<Vec<Duration>>, local: &[Duration]) {
+fn add_times(total: &Option<Mutex<Vec<(Duration, Duration)>>>, local: &[(Duration, Duration)]) {
+    let Some(total) = total else { return };
     let mut t = total.lock().expect("timing lock");
     for (t, l) in t.iter_mut().zip(local) {
-        *t += *l;
+        t.0 += l.0;
+        t.1 += l.1;
     }
 }
 

@@ -605,8 +605,7 @@ impl Trainer {
                     );
                 }
                 self.net.reseed(it_seed);
-                self.net.forward(true);
-                let s = self.net.backward(&labels);
+                let s = self.net.train_step(&labels);
                 lr = cfg.schedule.lr_with_warmup(
                     cfg.lr,
                     self.state.iteration,

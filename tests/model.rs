@@ -211,6 +211,28 @@ fn the_chunk_pipeline_matches_running_layers_one_at_a_time() {
         for ((name, g), (_, w)) in got.iter().zip(&want) {
             assert_eq!(g.grad, w.grad, "{preset}: gradient of {name}");
         }
+
+        // train_step: forward, loss and backward per chunk without a pause between them.
+        let mut stepped = Network::build(&spec).unwrap();
+        stepped.initialize(&mut rand_pcg::Pcg64Mcg::seed_from_u64(5), None);
+        stepped.reseed(9);
+        stepped.input_mut(n).copy_from_slice(&input);
+        let stats = stepped.train_step(&labels);
+        let mut check = Tensor::default();
+        let want_stats = spec
+            .loss
+            .forward_backward(&acts[layers], &labels, &mut check, 0.0);
+        assert_eq!(stats.correct, want_stats.correct, "{preset}");
+        assert_eq!(stats.count, n);
+        assert!((stats.loss_sum - want_stats.loss_sum).abs() < 1e-9);
+        assert_eq!(
+            stepped.output().data,
+            acts[layers].data,
+            "{preset}: train_step logits"
+        );
+        for ((name, g), (_, w)) in stepped.named_params().iter().zip(&want) {
+            assert_eq!(g.grad, w.grad, "{preset}: train_step gradient of {name}");
+        }
     }
 }
 

@@ -105,8 +105,7 @@ pub fn run(args: Args) -> Result<()> {
         let layers = net.layers().len();
         net.timing = Some(vec![(Duration::ZERO, Duration::ZERO); layers]);
         let (steps_per_sec, steps) = rate(args.seconds, || {
-            net.forward(true);
-            net.backward(&labels);
+            net.train_step(&labels);
             net.visit_params_mut(|k, _, p| sgd.update(k, p, 1e-6, 1));
         });
         let timing = net.timing.take().expect("timing was on");
@@ -149,13 +148,11 @@ pub fn run(args: Args) -> Result<()> {
             .build()?;
         let (one, _) = single.install(|| {
             rate(args.seconds, || {
-                net.forward(true);
-                net.backward(&labels);
+                net.train_step(&labels);
             })
         });
         let (many, _) = rate(args.seconds, || {
-            net.forward(true);
-            net.backward(&labels);
+            net.train_step(&labels);
         });
         println!(
             "\nscaling, batch {bs} (forward + backward): 1 thread {:.0} images/s, {threads} threads {:.0} images/s: {:.2}x",
