@@ -300,7 +300,8 @@ thread_local! {
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Runs `f` on this thread's im2col buffer, `len` values long.
+/// Runs `f` on this thread's im2col buffer, `len` values long. `f` must not call into
+/// rayon: a task stolen meanwhile could ask for the same buffer.
 fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     COLS.with(|cols| {
         let mut cols = cols.borrow_mut();
