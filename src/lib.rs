@@ -25,6 +25,10 @@
 //! assert_eq!(logits.shape, vec![2, 10]);
 //! let stats = net.backward(&[3, 7]);
 //! assert_eq!(stats.count, 2);
+//! // The same two passes in one call, the way the trainer runs them (faster: each chunk
+//! // of the batch goes forward and backward while its activations are in cache).
+//! let stats = net.train_step(&[3, 7]);
+//! assert_eq!(stats.count, 2);
 //! let mut sgd = convnet::optim::Optimizer::sgd(0.9, 5e-4, true);
 //! net.visit_params_mut(|i, _layer, p| sgd.update(i, p, 0.01, 1));
 //! ```
