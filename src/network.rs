@@ -336,7 +336,13 @@ impl Network {
         let chunks = n.div_ceil(CHUNK);
         self.prepare_outputs(start, end, n);
         let mut scratch = take_scratch(&mut self.layers[start..end], n);
-        let views = chunk_views(&mut self.acts[start..=end], None, &mut scratch, chunks);
+        let views = chunk_views(
+            &mut self.acts[start..=end],
+            None,
+            &mut scratch,
+            chunks,
+            false,
+        );
         let run = Run::new(
             &self.layers[start..end],
             &self.absorbed[start..end],
@@ -350,7 +356,7 @@ impl Network {
             add_times(&times, &t);
         });
         give_back_scratch(&mut self.layers[start..end], scratch);
-        self.record_times(start, times, chunks, &[]);
+        self.record_times(start, times, chunks);
     }
 
     /// Resizes the outputs of layers `start..end` for `n` samples and lets each layer
@@ -373,14 +379,13 @@ impl Network {
         }
     }
 
-    /// Adds a run's per-chunk thread times (divided by the threads in use) and the
-    /// whole-batch `finish` times to the per-layer timing.
+    /// Adds a run's per-chunk thread times, divided by the threads in use, to the
+    /// per-layer timing.
     fn record_times(
         &mut self,
         start: usize,
         times: Option<Mutex<Vec<(Duration, Duration)>>>,
         chunks: usize,
-        finish: &[Duration],
     ) {
         let (Some(t), Some(times)) = (self.timing.as_mut(), times) else {
             return;
@@ -389,7 +394,7 @@ impl Network {
         let times = times.into_inner().expect("timing lock");
         for (j, (f, b)) in times.into_iter().enumerate() {
             t[start + j].0 += f / threads;
-            t[start + j].1 += b / threads + finish.get(j).copied().unwrap_or_default();
+            t[start + j].1 += b / threads;
         }
     }
 
@@ -424,7 +429,13 @@ impl Network {
         self.grads[end].resize_batch(n, &[classes]);
         let (loss, smoothing) = (self.spec.loss, self.label_smoothing);
         let mut scratch = take_scratch(&mut self.layers, n);
-        let views = chunk_views(&mut self.acts, Some(&mut self.grads), &mut scratch, chunks);
+        let views = chunk_views(
+            &mut self.acts,
+            Some(&mut self.grads),
+            &mut scratch,
+            chunks,
+            true,
+        );
         let run = Run::new(
             &self.layers,
             &self.absorbed,
@@ -447,8 +458,8 @@ impl Network {
             })
             .collect();
         give_back_scratch(&mut self.layers, scratch);
-        let finish = self.finish_stage(0, end);
-        self.record_times(0, times, chunks, &finish);
+        self.finish_stage(0, end);
+        self.record_times(0, times, chunks);
         let mut stats = BatchStats::default();
         for p in parts {
             stats.add(p);
@@ -512,17 +523,8 @@ impl Network {
             Some(&mut self.grads[start..=end]),
             &mut scratch,
             chunks,
+            start == 0,
         );
-        // The input gradient of the network's first layer is never needed.
-        let views: Vec<ChunkViews> = views
-            .into_iter()
-            .map(|mut v| {
-                if start == 0 {
-                    v.grads[0] = None;
-                }
-                v
-            })
-            .collect();
         let run = Run::new(
             &self.layers[start..end],
             &self.absorbed[start..end],
@@ -536,27 +538,31 @@ impl Network {
             add_times(&times, &t);
         });
         give_back_scratch(&mut self.layers[start..end], scratch);
-        let finish = self.finish_stage(start, end);
-        self.record_times(start, times, chunks, &finish);
+        self.finish_stage(start, end);
+        self.record_times(start, times, chunks);
     }
 
-    /// Each layer's `finish_backward` over the whole batch; returns the time each took.
-    fn finish_stage(&mut self, start: usize, end: usize) -> Vec<Duration> {
+    /// Each layer's `finish_backward` over the whole batch, its time added to the layer's
+    /// backward time.
+    fn finish_stage(&mut self, start: usize, end: usize) {
         let skips = Skips {
             absorbed: &self.absorbed[start..end],
             fused: self.fused_now,
         };
         let (acts, grads) = (&self.acts[start..=end], &self.grads[start..=end]);
-        let mut took = Vec::with_capacity(end - start);
         for (j, layer) in self.layers[start..end].iter_mut().enumerate() {
-            let begin = Instant::now();
-            if !skips.skip(j) {
-                let out = skips.out_grad(j, end - start);
-                layer.finish_backward(&acts[skips.input(j)], &grads[out]);
+            if skips.skip(j) {
+                continue;
             }
-            took.push(begin.elapsed());
+            let begin = Instant::now();
+            layer.finish_backward(
+                &acts[skips.input(j)],
+                &grads[skips.out_grad(j, end - start)],
+            );
+            if let Some(t) = self.timing.as_mut() {
+                t[start + j].1 += begin.elapsed();
+            }
         }
-        took
     }
 
     /// Visits every parameter in a fixed order as `f(index, layer name, parameter)`; the
@@ -685,7 +691,7 @@ fn absorbed_relus(layers: &mut [Box<dyn Layer>], stages: &[(usize, usize)]) -> V
     let mut absorbed = vec![false; layers.len()];
     for &(start, end) in stages {
         for i in start + 1..end.saturating_sub(1) {
-            if layers[i].kind() == "relu" && layers[i].per_chunk() {
+            if layers[i].kind() == "relu" {
                 absorbed[i] = layers[i - 1].fuse_relu(false);
             }
         }
@@ -707,12 +713,15 @@ struct ChunkViews<'a> {
 }
 
 /// Cuts every tensor (and gradient, when given) into its chunks' slices and hands each
-/// chunk its own: the views for one pass over a run of layers.
+/// chunk its own: the views for one pass over a run of layers. These short lists of
+/// borrowed slices are the one thing a pass allocates. `starts_at_input`: the run
+/// begins with the network's first layer, whose input gradient is never wanted.
 fn chunk_views<'a>(
     acts: &'a mut [Tensor],
     grads: Option<&'a mut [Tensor]>,
     scratch: &'a mut [Vec<Scratch>],
     chunks: usize,
+    starts_at_input: bool,
 ) -> Vec<ChunkViews<'a>> {
     let mut views: Vec<ChunkViews> = (0..chunks).map(|_| ChunkViews::default()).collect();
     for t in acts.iter_mut() {
@@ -722,9 +731,8 @@ fn chunk_views<'a>(
         }
     }
     if let Some(grads) = grads {
-        for t in grads.iter_mut() {
-            if t.data.is_empty() {
-                // Never sized: the network input's gradient, which nobody wants.
+        for (i, t) in grads.iter_mut().enumerate() {
+            if i == 0 && starts_at_input {
                 views.iter_mut().for_each(|v| v.grads.push(None));
                 continue;
             }

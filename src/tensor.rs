@@ -1,7 +1,8 @@
 //! The tensor type: a flat `Vec<f32>` with a shape, row-major (NCHW for images).
 //!
-//! Buffers are reused from batch to batch: `resize` keeps the allocation, so the
-//! training loop does not allocate once the first batch has been seen.
+//! Buffers are reused from batch to batch: `resize` keeps the allocation, so no tensor is
+//! reallocated once the largest batch has been seen. (The network still builds a few short
+//! lists of per-chunk slices each pass; see `network.rs`.)
 
 use std::fmt;
 

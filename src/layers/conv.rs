@@ -199,19 +199,6 @@ pub fn col2im(g: &ConvGeometry, cols: &[f32], ld: usize, dx: &mut [f32]) {
     }
 }
 
-/// `dst.copy_from_slice(src)` for the short rows of a feature map (7-28 values), in
-/// blocks of 8 that compile to vector moves instead of a library call per row.
-fn copy_short(dst: &mut [f32], src: &[f32]) {
-    let (dst8, dst_rest) = dst.as_chunks_mut::<8>();
-    let (src8, src_rest) = src.as_chunks::<8>();
-    for (d, s) in dst8.iter_mut().zip(src8) {
-        *d = *s;
-    }
-    for (d, s) in dst_rest.iter_mut().zip(src_rest) {
-        *d = *s;
-    }
-}
-
 /// Copies image `x` (C, H, W) into the interior of `padded` (C planes of `padded_plane`
 /// values, rows `padded_w` long); the border must already be zero.
 fn pad_into(g: &ConvGeometry, x: &[f32], padded: &mut [f32]) {
@@ -221,7 +208,7 @@ fn pad_into(g: &ConvGeometry, x: &[f32], padded: &mut [f32]) {
         .zip(padded.chunks_mut(g.padded_plane()))
     {
         for (h, row) in plane.chunks(g.in_w).enumerate() {
-            copy_short(&mut dst[(h + p) * wp + p..][..g.in_w], row);
+            dst[(h + p) * wp + p..][..g.in_w].copy_from_slice(row);
         }
     }
 }
@@ -234,7 +221,7 @@ fn unpad_from(g: &ConvGeometry, padded: &[f32], dx: &mut [f32]) {
         .zip(padded.chunks(g.padded_plane()))
     {
         for (h, row) in plane.chunks_mut(g.in_w).enumerate() {
-            copy_short(row, &src[(h + p) * wp + p..][..g.in_w]);
+            row.copy_from_slice(&src[(h + p) * wp + p..][..g.in_w]);
         }
     }
 }
@@ -442,7 +429,7 @@ impl Layer for Conv2d {
                             *d = if y > 0.0 { g } else { 0.0 };
                         }
                     } else {
-                        copy_short(head, row);
+                        head.copy_from_slice(row);
                     }
                     for d in tail {
                         *d = 0.0;
