@@ -45,6 +45,7 @@ pub mod optim;
 pub mod plot;
 pub mod report;
 pub mod runtime;
+pub mod simd;
 pub mod spec;
 pub mod sweep;
 pub mod tensor;

@@ -1,5 +1,6 @@
-//! Finite-difference gradient checks for every layer and both losses, and the im2col
-//! convolution against the direct reference.
+//! Finite-difference gradient checks for every layer and both losses, and every way a
+//! convolution can run (im2col + GEMM, the direct vector kernels) against the plain
+//! reference loops.
 //!
 //! Each layer is checked on the scalar L = sum(r * y) for a fixed random r, so dL/dy = r.
 //! Central differences in f32 with step 1e-2 (conv, linear and pooling are piecewise linear,
@@ -9,10 +10,12 @@
 #![allow(clippy::needless_range_loop, clippy::type_complexity)]
 
 use convnet::layers::conv::ConvGeometry;
+use convnet::layers::{conv2d_backward_reference, conv2d_forward_reference};
 use convnet::layers::{
     Activation, ActivationKind, Conv2d, Flatten, Layer, Linear, Pool2d, PoolKind,
 };
 use convnet::loss::Loss;
+use convnet::simd::{self, Isa};
 use convnet::Tensor;
 use rand::Rng;
 
@@ -33,7 +36,20 @@ const CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = 
     (2, 3, 5, 7, 2, 1, 1, 0),
     (2, 2, 9, 7, 3, 4, 3, 2),
     (11, 1, 4, 5, 2, 3, 2, 1),
+    (2, 3, 6, 37, 5, 3, 1, 2),
+    (3, 2, 5, 16, 3, 1, 1, 0),
+    (2, 2, 4, 17, 6, 2, 1, 0),
 ];
+
+/// The ways a convolution can run here: im2col + GEMM (`None`), and the direct path on
+/// every vector unit this CPU has (stride 1 only).
+fn conv_paths(g: &ConvGeometry) -> Vec<Option<Isa>> {
+    let mut paths = vec![None];
+    if g.stride == 1 {
+        paths.extend(simd::supported().into_iter().map(Some));
+    }
+    paths
+}
 
 #[test]
 fn conv2d_gradients() {
@@ -43,62 +59,75 @@ fn conv2d_gradients() {
         let mut layer = Conv2d::new("conv", g);
         randomize_params(&mut layer, &mut r);
         let x = random(&[n, c, h, w], &mut r);
-        check_layer(
-            &mut layer,
-            &x,
-            100 + ci as u64,
-            &format!("conv case {ci} {:?}", CONV_CASES[ci]),
-        );
+        for path in conv_paths(&g) {
+            layer.set_direct(path);
+            check_layer(
+                &mut layer,
+                &x,
+                100 + ci as u64,
+                &format!("conv case {ci} {:?} on {path:?}", CONV_CASES[ci]),
+            );
+        }
     }
 }
 
 #[test]
-fn conv2d_im2col_matches_direct_reference() {
+fn conv2d_every_path_matches_the_reference() {
     for (ci, &(n, c, h, w, o, k, s, p)) in CONV_CASES.iter().enumerate() {
-        let mut r = rng(50 + ci as u64);
         let g = ConvGeometry::new([c, h, w], o, k, s, p).unwrap();
-        let mut layer = Conv2d::new("conv", g);
-        randomize_params(&mut layer, &mut r);
-        let x = random(&[n, c, h, w], &mut r);
-        let mut y = Tensor::default();
-        layer.forward(&x, &mut y, true);
-        let want = convnet::layers::conv2d_forward_reference(
-            &g,
-            &x.data,
-            &layer.weight.value,
-            &layer.bias.value,
-            n,
-        );
-        assert_eq!(y.data.len(), want.len());
-        for (a, b) in y.data.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-5, "case {ci}: forward {a} vs {b}");
-        }
-        let dy = random(&y.shape, &mut r);
-        let mut dx = Tensor::default();
-        layer.backward(&x, &y, &dy, Some(&mut dx));
-        let (rdx, rdw, rdb) = convnet::layers::conv2d_backward_reference(
-            &g,
-            &x.data,
-            &layer.weight.value,
-            &dy.data,
-            n,
-        );
-        for (name, got, want) in [
-            ("dx", &dx.data, &rdx),
-            ("dw", &layer.weight.grad, &rdw),
-            ("db", &layer.bias.grad, &rdb),
-        ] {
-            for (a, b) in got.iter().zip(want.iter()) {
-                assert!(
-                    (a - b).abs() < 1e-4 * (1.0 + b.abs()),
-                    "case {ci}: {name} {a} vs {b}"
-                );
+        for path in conv_paths(&g) {
+            for relu in [false, true] {
+                let case = format!("case {ci} on {path:?}, fused ReLU {relu}");
+                let mut r = rng(50 + ci as u64);
+                let mut layer = Conv2d::new("conv", g);
+                layer.set_direct(path);
+                assert_eq!(layer.direct(), path);
+                layer.fuse_relu(relu);
+                randomize_params(&mut layer, &mut r);
+                let x = random(&[n, c, h, w], &mut r);
+                let mut y = Tensor::default();
+                layer.forward(&x, &mut y, true);
+                let (wv, bv) = (layer.weight.value.clone(), layer.bias.value.clone());
+                let mut want = conv2d_forward_reference(&g, &x.data, &wv, &bv, n);
+                if relu {
+                    want.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
+                assert_eq!(y.data.len(), want.len());
+                for (a, b) in y.data.iter().zip(&want) {
+                    assert!((a - b).abs() < 1e-5, "{case}: forward {a} vs {b}");
+                }
+                let dy = random(&y.shape, &mut r);
+                let mut dx = Tensor::default();
+                layer.backward(&x, &y, &dy, Some(&mut dx));
+                // The fused ReLU's backward: the gradient passes where the output is positive.
+                let mut dy_in = dy.data.clone();
+                if relu {
+                    for (d, &y) in dy_in.iter_mut().zip(&want) {
+                        if y <= 0.0 {
+                            *d = 0.0;
+                        }
+                    }
+                }
+                let (rdx, rdw, rdb) = conv2d_backward_reference(&g, &x.data, &wv, &dy_in, n);
+                for (name, got, want) in [
+                    ("dx", &dx.data, &rdx),
+                    ("dw", &layer.weight.grad, &rdw),
+                    ("db", &layer.bias.grad, &rdb),
+                ] {
+                    assert_eq!(got.len(), want.len(), "{case}: {name} length");
+                    for (a, b) in got.iter().zip(want.iter()) {
+                        assert!(
+                            (a - b).abs() < 1e-4 * (1.0 + b.abs()),
+                            "{case}: {name} {a} vs {b}"
+                        );
+                    }
+                }
+                // Evaluation mode gives the same output.
+                let mut y_eval = Tensor::default();
+                layer.forward(&x, &mut y_eval, false);
+                assert_eq!(y_eval, y, "{case}: eval-mode forward differs");
             }
         }
-        // Evaluation mode (one column buffer per chunk) gives the same output.
-        let mut y_eval = Tensor::default();
-        layer.forward(&x, &mut y_eval, false);
-        assert_eq!(y_eval, y, "case {ci}: eval-mode forward differs");
     }
 }
 

@@ -17,8 +17,10 @@
 //! count. `conv2d_forward_reference` and `conv2d_backward_reference`
 //! are the plain loops the tests compare this against.
 
+use super::conv_direct::{shifted_dots, shifted_sum, unwiden, widen, Planes};
 use super::{sum, sum_chunk_grads, Layer, Param, Scratch, CHUNK};
 use crate::gemm::sgemm;
+use crate::simd::{self, round_up, Isa, MAX_LANES};
 use crate::tensor::Tensor;
 use std::cell::RefCell;
 
@@ -89,10 +91,10 @@ impl ConvGeometry {
     fn padded_w(&self) -> usize {
         self.in_w + 2 * self.pad
     }
-    /// Values per channel of the padded input, plus `kernel` of slack so that every
-    /// window's read of `out_h * padded_w` values stays inside.
+    /// Values per channel of the padded input, plus slack so that every window's read of
+    /// `out_h * padded_w` values, rounded up to whole vectors (`conv_direct`), stays inside.
     fn padded_plane(&self) -> usize {
-        (self.in_h + 2 * self.pad) * self.padded_w() + self.kernel
+        (self.in_h + 2 * self.pad) * self.padded_w() + self.kernel + MAX_LANES
     }
     /// Columns per image in `cols`: `out_h * padded_w` in the wide layout, `OH*OW` otherwise.
     fn cols_per_image(&self) -> usize {
@@ -119,6 +121,32 @@ impl ConvGeometry {
             0
         };
         padded.max(self.ckk() * self.out_c)
+    }
+
+    /// Where kernel tap `t = ki * K + kj` reads in the wide layout, relative to the output
+    /// position: `ki * padded_w + kj`.
+    fn tap_offsets(&self) -> Vec<isize> {
+        let (k, wp) = (self.kernel, self.padded_w());
+        (0..k * k)
+            .map(|t| ((t / k) * wp + t % k) as isize)
+            .collect()
+    }
+    /// Direct path: zeros before each output-gradient row, so that the input gradient's
+    /// taps, which reach back by up to the largest offset, stay inside.
+    fn grad_margin(&self) -> usize {
+        (self.kernel - 1) * (self.padded_w() + 1)
+    }
+    /// Direct path: input-gradient positions per channel, the input's rows at the padded
+    /// width.
+    fn dx_wide(&self) -> usize {
+        self.in_h * self.padded_w()
+    }
+    /// Direct path: one output-gradient row with its margins, long enough for the weight
+    /// gradient's reads (whole vectors) and the input gradient's.
+    fn grad_row(&self) -> usize {
+        let dx_reach = self.pad * self.padded_w() + round_up(self.dx_wide());
+        // MAX_LANES more: the last row's gather (`widen`) stores whole vectors.
+        self.grad_margin() + round_up(self.cols_per_image()).max(dx_reach) + MAX_LANES
     }
 
     /// The output columns `ow` whose input column `ow*stride + kj - pad` lies inside the image.
@@ -226,6 +254,32 @@ fn unpad_from(g: &ConvGeometry, padded: &[f32], dx: &mut [f32]) {
     }
 }
 
+/// Copies image `x` (C, H, W) into `padded` (C planes of `padded_plane` values, rows
+/// `padded_w` long), writing every value, the zero border and slack included.
+fn pad_whole(g: &ConvGeometry, x: &[f32], padded: &mut [f32]) {
+    let (wp, p, w) = (g.padded_w(), g.pad, g.in_w);
+    for (src, dst) in x
+        .chunks(g.in_h * w)
+        .zip(padded.chunks_mut(g.padded_plane()))
+    {
+        dst[..p * wp + p].fill(0.0);
+        for (h, row) in src.chunks(w).enumerate() {
+            let at = (h + p) * wp + p;
+            dst[at..at + w].copy_from_slice(row);
+            // This row's right border and the next row's left border.
+            dst[at + w..at + w + 2 * p].fill(0.0);
+        }
+        dst[(g.in_h + p) * wp + p..].fill(0.0);
+    }
+}
+
+/// Makes `v` at least `len` long; never shrinks it, so what it holds survives.
+fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}
+
 /// im2col for stride 1 in the "wide" layout: output position (oh, ow) sits at column
 /// `oh * padded_w + ow`, with `ow` running over the whole padded width. Then the row of
 /// kernel tap (c, ki, kj) is one contiguous run of the padded input, starting at
@@ -314,6 +368,12 @@ pub struct Conv2d {
     /// The network fused the following ReLU into this layer (`fuse_relu`): the output is
     /// max(0, conv) and the output gradient is masked by it.
     relu: bool,
+    /// Stride 1 on a CPU with vector kernels: the direct path (`conv_direct`), which reads
+    /// the padded input in place instead of unfolding it. `None`: im2col + GEMM.
+    direct: Option<Isa>,
+    /// `geometry.tap_offsets()` and their negatives, for the direct path.
+    offsets: Vec<isize>,
+    back_offsets: Vec<isize>,
 }
 
 impl Conv2d {
@@ -328,6 +388,188 @@ impl Conv2d {
             bias: Param::new("bias", &[g.out_c], true),
             scratch: Vec::new(),
             relu: false,
+            direct: if g.is_wide() { simd::detect() } else { None },
+            offsets: g.tap_offsets(),
+            back_offsets: g.tap_offsets().iter().map(|o| -o).collect(),
+        }
+    }
+
+    /// Chooses the direct path on vector unit `isa` (one of `simd::supported()`; only
+    /// for stride 1) or, with `None`, im2col + GEMM. The tests compare them; everything
+    /// else keeps the default, the widest unit.
+    pub fn set_direct(&mut self, isa: Option<Isa>) {
+        if let Some(isa) = isa {
+            assert!(
+                simd::supported().contains(&isa),
+                "this CPU cannot run {isa:?}"
+            );
+            assert!(self.geometry.is_wide(), "the direct path needs stride 1");
+        }
+        self.direct = isa;
+    }
+
+    /// Which path runs: the vector unit of the direct path, or `None` for im2col + GEMM.
+    pub fn direct(&self) -> Option<Isa> {
+        self.direct
+    }
+
+    /// im2col + GEMM forward: the output block (O, images * cols_per_image) at the start
+    /// of `s.work`.
+    fn gemm_forward(&self, x: &[f32], s: &mut Scratch) {
+        let g = &self.geometry;
+        let ld = x.len() / g.in_len() * g.cols_per_image();
+        grow(&mut s.work, g.out_c * ld + g.temp_len());
+        let (block, temp) = s.work.split_at_mut(g.out_c * ld);
+        with_cols(g.ckk() * ld, |cols| {
+            unfold_chunk(g, x, cols, temp);
+            // block (O, nb*cols_len) = w (O, CKK) . cols (CKK, nb*cols_len): one GEMM per
+            // chunk.
+            let w = &self.weight.value;
+            sgemm(g.out_c, g.ckk(), ld, 1.0, w, false, cols, false, 0.0, block);
+        });
+    }
+
+    /// Direct forward: the padded images at the start of `s.work` (kept for the backward
+    /// pass), then the output block (O, images * round_up(cols_per_image)); returns where
+    /// the block starts.
+    fn direct_forward(&self, isa: Isa, x: &[f32], s: &mut Scratch) -> usize {
+        let g = &self.geometry;
+        let nb = x.len() / g.in_len();
+        let (plane, img) = (g.padded_plane(), round_up(g.cols_per_image()));
+        let (padded_len, ld) = (nb * g.in_c * plane, nb * img);
+        grow(&mut s.work, padded_len + g.out_c * ld);
+        let (padded, rest) = s.work.split_at_mut(padded_len);
+        for (x, p) in x.chunks(g.in_len()).zip(padded.chunks_mut(g.in_c * plane)) {
+            pad_whole(g, x, p);
+        }
+        let block = &mut rest[..g.out_c * ld];
+        for i in 0..nb {
+            let x = Planes {
+                data: padded,
+                start: i * g.in_c * plane,
+                plane,
+                image: 0,
+            };
+            let w = &self.weight.value;
+            let (rows, n) = (g.out_c, g.cols_per_image());
+            shifted_sum(
+                isa,
+                &self.offsets,
+                n,
+                w,
+                rows,
+                g.in_c,
+                x,
+                &mut block[i * img..],
+                ld,
+            );
+        }
+        padded_len
+    }
+
+    /// Copies one output-gradient plane into its row of the column layout (`out_h` rows of
+    /// `row_step`), zero past each row's `out_w` values and masked by the fused ReLU.
+    /// `dst` may run on past the plane: whole vectors then spill zeros into it.
+    fn gather_dy(&self, dst: &mut [f32], dy: &[f32], y: &[f32]) {
+        let g = &self.geometry;
+        widen(
+            self.direct,
+            dy,
+            y,
+            g.out_h,
+            g.out_w,
+            self.relu,
+            dst,
+            g.row_step(),
+        );
+    }
+
+    /// Direct backward, from the padded images the forward pass left in `s.work`.
+    fn direct_backward(
+        &self,
+        isa: Isa,
+        y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        s: &mut Scratch,
+    ) {
+        let g = &self.geometry;
+        let (out_len, taps) = (g.out_len(), self.offsets.len());
+        let nb = dy.len() / out_len;
+        let (plane, margin, row) = (g.padded_plane(), g.grad_margin(), g.grad_row());
+        let (cols_len, dxw_row) = (g.cols_per_image(), round_up(g.dx_wide()));
+        let padded_len = nb * g.in_c * plane;
+        let dyw_len = nb * g.out_c * row;
+        let wt_len = g.out_c * g.in_c * taps;
+        grow(
+            &mut s.work,
+            padded_len + dyw_len + wt_len + g.in_c * dxw_row,
+        );
+        let (padded, rest) = s.work.split_at_mut(padded_len);
+        let (dyw, rest) = rest.split_at_mut(dyw_len);
+        let (wt, dxw) = rest.split_at_mut(wt_len);
+        // dy in the wide layout, one row per image and channel, with zero margins.
+        let rows = dyw.chunks_mut(row);
+        for (r, (dy, y)) in rows.zip(dy.chunks(g.ohw()).zip(y.chunks(g.ohw()))) {
+            r[..margin].fill(0.0);
+            r[margin + cols_len..].fill(0.0);
+            self.gather_dy(&mut r[margin..], dy, y);
+        }
+        let (wn, bn) = (self.weight.value.len(), self.bias.value.len());
+        s.grad.resize(wn + bn, 0.0);
+        let (dw, db) = s.grad.split_at_mut(wn);
+        dw.fill(0.0);
+        let a = Planes {
+            data: dyw,
+            start: margin,
+            plane: row,
+            image: g.out_c * row,
+        };
+        let x = Planes {
+            data: padded,
+            start: 0,
+            plane,
+            image: g.in_c * plane,
+        };
+        shifted_dots(isa, &self.offsets, cols_len, nb, a, g.out_c, x, g.in_c, dw);
+        for (o, d) in db.iter_mut().enumerate() {
+            let rows = (0..nb).map(|i| &dyw[(i * g.out_c + o) * row + margin..][..cols_len]);
+            *d = rows.map(sum).sum();
+        }
+        let Some(dx) = dx else { return };
+        // dx_padded[c][q] = sum over o, t of w[o][c][t] * dy[o][q - offset[t]]: the same
+        // shifted sum with the weights transposed and the offsets negated.
+        let w = &self.weight.value;
+        for (o, w) in w.chunks(g.in_c * taps).enumerate() {
+            for (c, w) in w.chunks(taps).enumerate() {
+                wt[(c * g.out_c + o) * taps..][..taps].copy_from_slice(w);
+            }
+        }
+        let (wp, hw) = (g.padded_w(), g.in_h * g.in_w);
+        for (i, dx) in dx.chunks_mut(g.in_len()).enumerate() {
+            let dyi = Planes {
+                data: dyw,
+                start: i * g.out_c * row + margin + g.pad * wp,
+                plane: row,
+                image: 0,
+            };
+            let (n, rows) = (g.dx_wide(), g.in_c);
+            shifted_sum(
+                isa,
+                &self.back_offsets,
+                n,
+                wt,
+                rows,
+                g.out_c,
+                dyi,
+                dxw,
+                dxw_row,
+            );
+            for (dx, src) in dx.chunks_mut(hw).zip(dxw.chunks(dxw_row)) {
+                for (h, dx) in dx.chunks_mut(g.in_w).enumerate() {
+                    dx.copy_from_slice(&src[h * wp + g.pad..][..g.in_w]);
+                }
+            }
         }
     }
 }
@@ -358,36 +600,27 @@ impl Layer for Conv2d {
 
     fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, train: bool) {
         let g = &self.geometry;
-        let (out_len, ckk) = (g.out_len(), g.ckk());
         let nb = x.len() / g.in_len();
         let cols_len = g.cols_per_image();
-        let ld = nb * cols_len;
-        s.work.resize(g.out_c * ld + g.temp_len(), 0.0);
         s.ready = train;
-        let (block, temp) = s.work.split_at_mut(g.out_c * ld);
-        with_cols(ckk * ld, |cols| {
-            unfold_chunk(g, x, cols, temp);
-            // block (O, nb*cols_len) = w (O, CKK) . cols (CKK, nb*cols_len): one GEMM per
-            // chunk, then each image's valid outputs, plus the bias, into y.
-            let w = &self.weight.value;
-            sgemm(g.out_c, ckk, ld, 1.0, w, false, cols, false, 0.0, block);
-        });
-        let row_step = g.row_step();
-        for (i, y) in y.chunks_mut(out_len).enumerate() {
-            for (o, (plane, &bias)) in y.chunks_mut(g.ohw()).zip(&self.bias.value).enumerate() {
-                let src = &block[o * ld + i * cols_len..][..cols_len];
-                for (row, src) in plane.chunks_mut(g.out_w).zip(src.chunks(row_step)) {
-                    if self.relu {
-                        for (d, &s) in row.iter_mut().zip(src) {
-                            let v = s + bias;
-                            *d = if v > 0.0 { v } else { 0.0 };
-                        }
-                    } else {
-                        for (d, &s) in row.iter_mut().zip(src) {
-                            *d = s + bias;
-                        }
-                    }
-                }
+        // Where the output block (O, nb * img) starts in `s.work`, and each image's width.
+        let (start, img) = match self.direct {
+            Some(isa) => (self.direct_forward(isa, x, s), round_up(cols_len)),
+            None => {
+                self.gemm_forward(x, s);
+                (0, cols_len)
+            }
+        };
+        let ld = nb * img;
+        let block = &s.work[start..start + g.out_c * ld];
+        // Each image's valid outputs, plus the bias (and the fused ReLU), into y, image by
+        // image and plane by plane, so a plane's last vector may run into the next one.
+        for i in 0..nb {
+            for (o, &bias) in self.bias.value.iter().enumerate() {
+                let src = &block[o * ld + i * img..];
+                let dst = &mut y[(i * g.out_c + o) * g.ohw()..];
+                let (step, relu) = (g.row_step(), self.relu);
+                unwiden(self.direct, src, step, g.out_h, g.out_w, bias, relu, dst);
             }
         }
     }
@@ -405,6 +638,10 @@ impl Layer for Conv2d {
             "{}: backward needs a training-mode forward first",
             self.name
         );
+        s.ready = false;
+        if let Some(isa) = self.direct {
+            return self.direct_backward(isa, y, dy, dx, s);
+        }
         let g = &self.geometry;
         let (in_len, out_len, ckk) = (g.in_len(), g.out_len(), g.ckk());
         let nb = dy.len() / out_len;
@@ -416,25 +653,13 @@ impl Layer for Conv2d {
         let (dw, db) = s.grad.split_at_mut(wn);
         // Gather dy into (O, nb*cols_len), the layout of the columns; in the wide layout the
         // columns past the output's width get zero, so they add nothing below.
-        let row_step = g.row_step();
         for (i, (dy, y)) in dy.chunks(out_len).zip(y.chunks(out_len)).enumerate() {
             for (o, (plane, y_plane)) in dy.chunks(g.ohw()).zip(y.chunks(g.ohw())).enumerate() {
-                let dst = &mut block[o * ld + i * cols_len..][..cols_len];
-                let rows = dst.chunks_mut(row_step).zip(plane.chunks(g.out_w));
-                for ((dst, row), y_row) in rows.zip(y_plane.chunks(g.out_w)) {
-                    let (head, tail) = dst.split_at_mut(row.len());
-                    if self.relu {
-                        // The fused ReLU's backward: the gradient passes where it fired.
-                        for ((d, &g), &y) in head.iter_mut().zip(row).zip(y_row) {
-                            *d = if y > 0.0 { g } else { 0.0 };
-                        }
-                    } else {
-                        head.copy_from_slice(row);
-                    }
-                    for d in tail {
-                        *d = 0.0;
-                    }
-                }
+                self.gather_dy(
+                    &mut block[o * ld + i * cols_len..][..cols_len],
+                    plane,
+                    y_plane,
+                );
             }
         }
         // The columns are unfolded again rather than kept from the forward pass: a
@@ -469,7 +694,6 @@ impl Layer for Conv2d {
                 }
             }
         });
-        s.ready = false;
     }
 
     fn fuse_relu(&mut self, on: bool) -> bool {

@@ -11,6 +11,7 @@
 pub mod activation;
 pub mod batchnorm;
 pub mod conv;
+pub mod conv_direct;
 pub mod dropout;
 pub mod flatten;
 pub mod linear;

@@ -1,0 +1,177 @@
+//! The few vector operations the direct convolution kernels need, over the CPU's widest
+//! float vectors: AVX-512 (16 lanes) or AVX2 + FMA (8 lanes), chosen at run time, so users
+//! need no build flags. Machines with neither (or not x86-64) take the im2col + GEMM path.
+//!
+//! A kernel is written once, generic over `Lanes`, marked `#[inline(always)]`, and
+//! compiled into one function per instruction set (`#[target_feature]`), where the
+//! intrinsics below inline into plain vector instructions.
+
+/// Which vector unit the kernels run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+}
+
+/// The best vector unit this CPU has, or `None`.
+pub fn detect() -> Option<Isa> {
+    supported().first().copied()
+}
+
+/// Every vector unit this CPU can run, widest first (the tests run each).
+pub fn supported() -> Vec<Isa> {
+    let mut all = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            all.push(Isa::Avx512);
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            all.push(Isa::Avx2);
+        }
+    }
+    all
+}
+
+/// Most lanes of any vector type here: buffers the kernels read or write in whole
+/// vectors are rounded up to a multiple of this.
+pub const MAX_LANES: usize = 16;
+
+/// `n` rounded up to whole vectors of the widest kind.
+pub fn round_up(n: usize) -> usize {
+    n.div_ceil(MAX_LANES) * MAX_LANES
+}
+
+/// A float vector type. All functions are unsafe: they may only run on a CPU with the
+/// instruction set, and the pointers must be valid for `LANES` floats.
+pub(crate) trait Lanes {
+    const LANES: usize;
+    type V: Copy;
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(v: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// a * b + c, rounded once.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// The sum of the lanes.
+    unsafe fn reduce(v: Self::V) -> f32;
+    /// The first `n` values at `p` (`n < LANES`), zero in the other lanes, which are not
+    /// read.
+    unsafe fn load_first(p: *const f32, n: usize) -> Self::V;
+    unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    /// max(v, 0) per lane, +0 for -0 and NaN (as `if v > 0 { v } else { 0 }`).
+    unsafe fn relu(v: Self::V) -> Self::V;
+    /// `v` where `m > 0`, else 0 (a ReLU's backward, `m` its output).
+    unsafe fn where_positive(v: Self::V, m: Self::V) -> Self::V;
+}
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) use x86::{Avx2, Avx512};
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::Lanes;
+    use std::arch::x86_64::*;
+
+    pub(crate) struct Avx512;
+    pub(crate) struct Avx2;
+
+    impl Lanes for Avx512 {
+        const LANES: usize = 16;
+        type V = __m512;
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            _mm512_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> __m512 {
+            _mm512_set1_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            _mm512_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+            _mm512_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn reduce(v: __m512) -> f32 {
+            _mm512_reduce_add_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> __m512 {
+            _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, p)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512, b: __m512) -> __m512 {
+            _mm512_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn relu(v: __m512) -> __m512 {
+            // MAXPS returns its second operand when either is NaN or both are zeros.
+            _mm512_max_ps(v, _mm512_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn where_positive(v: __m512, m: __m512) -> __m512 {
+            let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, _mm512_setzero_ps());
+            _mm512_maskz_mov_ps(positive, v)
+        }
+    }
+
+    impl Lanes for Avx2 {
+        const LANES: usize = 8;
+        type V = __m256;
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            _mm256_setzero_ps()
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> __m256 {
+            _mm256_set1_ps(v)
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            _mm256_storeu_ps(p, v)
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fmadd_ps(a, b, c)
+        }
+        #[inline(always)]
+        unsafe fn reduce(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+            _mm_cvtss_f32(s)
+        }
+        #[inline(always)]
+        unsafe fn load_first(p: *const f32, n: usize) -> __m256 {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+            _mm256_maskload_ps(p, mask)
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m256, b: __m256) -> __m256 {
+            _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn relu(v: __m256) -> __m256 {
+            // MAXPS returns its second operand when either is NaN or both are zeros.
+            _mm256_max_ps(v, _mm256_setzero_ps())
+        }
+        #[inline(always)]
+        unsafe fn where_positive(v: __m256, m: __m256) -> __m256 {
+            _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps()))
+        }
+    }
+}
