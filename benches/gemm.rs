@@ -19,6 +19,7 @@ fn main() {
         ("conv2 dcols w^T.dy", 72, 16, 1792, true, false),
         ("fc1 fwd     x.wt", 8, 784, 128, false, false),
         ("fc1 fwd     x.w^T (unused)", 8, 784, 128, false, true),
+        ("fc1 fwd     w.x^T = y^T (unused)", 128, 784, 8, false, true),
         ("fc1 dw      dy^T.x", 16, 100, 784, true, false),
         ("fc1 dx      dy.w", 8, 128, 784, false, false),
         ("square 512", 512, 512, 512, false, false),

@@ -33,9 +33,9 @@ pub struct Network {
     /// Runs of layers `[start, end)` executed together, chunk by chunk: maximal runs of
     /// per-chunk layers, and each whole-batch layer (batch norm) alone.
     stages: Vec<(usize, usize)>,
-    /// `absorbed[i]`: layer `i` is a ReLU that layer `i - 1` applies itself
-    /// (`Layer::fuse_relu`), so it is skipped: its input tensor stands in for its output,
-    /// and the layer before it masks the gradient.
+    /// `absorbed[i]`: layer `i` is skipped in fused passes, its input tensor standing in
+    /// for its output: a ReLU that layer `i - 1` applies itself (`Layer::fuse_relu`, which
+    /// also masks the gradient), or a flatten, whose output is its input's data as is.
     absorbed: Vec<bool>,
     /// The last forward pass ran with the fusions above in effect.
     fused_now: bool,
@@ -241,7 +241,7 @@ impl Network {
         }
         let n = layers.len();
         let stages = stages(&layers);
-        let absorbed = absorbed_relus(&mut layers, &stages);
+        let absorbed = absorbed_layers(&mut layers, &stages);
         Ok(Network {
             spec: spec.clone(),
             stages,
@@ -398,10 +398,10 @@ impl Network {
         }
     }
 
-    /// Turns the ReLU fusions on or off for the next passes.
+    /// Turns the fusions on or off for the next passes.
     fn set_fusion(&mut self, fuse: bool) {
         for i in 1..self.layers.len() {
-            if self.absorbed[i] {
+            if self.absorbed[i] && self.layers[i].kind() == "relu" {
                 self.layers[i - 1].fuse_relu(fuse);
             }
         }
@@ -469,8 +469,8 @@ impl Network {
 
     /// The output of layer `i` from the last forward pass (`i = 0` is the first layer).
     /// Every layer's own output only after an evaluation pass with `keep_every_output`
-    /// set: otherwise a conv followed by a ReLU holds the ReLU's output and the ReLU's own
-    /// tensor is stale.
+    /// set: otherwise a conv followed by a ReLU holds the ReLU's output, and the tensors of
+    /// skipped layers (that ReLU, a flatten) are stale.
     pub fn activation(&self, i: usize) -> &Tensor {
         &self.acts[i + 1]
     }
@@ -684,16 +684,19 @@ fn stages(layers: &[Box<dyn Layer>]) -> Vec<(usize, usize)> {
     out
 }
 
-/// Marks each ReLU that the layer before it can apply itself (`Layer::fuse_relu`): both in
-/// the same run of per-chunk layers, and the ReLU not the last of its run, so the tensor
-/// it would have written is never read outside the run.
-fn absorbed_relus(layers: &mut [Box<dyn Layer>], stages: &[(usize, usize)]) -> Vec<bool> {
+/// Marks the layers a fused pass skips: each ReLU that the layer before it can apply
+/// itself (`Layer::fuse_relu`), and each flatten (its output is its input's data). Only
+/// inside a run of per-chunk layers and not the last of it, so the tensor the layer would
+/// have written is never read outside the run.
+fn absorbed_layers(layers: &mut [Box<dyn Layer>], stages: &[(usize, usize)]) -> Vec<bool> {
     let mut absorbed = vec![false; layers.len()];
     for &(start, end) in stages {
         for i in start + 1..end.saturating_sub(1) {
-            if layers[i].kind() == "relu" {
-                absorbed[i] = layers[i - 1].fuse_relu(false);
-            }
+            absorbed[i] = match layers[i].kind() {
+                "relu" => layers[i - 1].fuse_relu(false),
+                "flatten" => true,
+                _ => false,
+            };
         }
     }
     absorbed
@@ -750,8 +753,8 @@ fn chunk_views<'a>(
     views
 }
 
-/// Which layers of a run are ReLUs applied by the layer before them, and where the others
-/// then find their input and output gradient.
+/// Which layers of a run are skipped (see `Network::absorbed`), and where the others then
+/// find their input and output gradient.
 #[derive(Clone, Copy)]
 struct Skips<'a> {
     absorbed: &'a [bool],
@@ -762,21 +765,21 @@ impl Skips<'_> {
     fn skip(&self, j: usize) -> bool {
         self.fused && self.absorbed[j]
     }
-    /// After a skipped ReLU, a layer reads the ReLU's input.
+    /// After skipped layers, a layer reads the first skipped one's input.
     fn input(&self, j: usize) -> usize {
-        if j > 0 && self.skip(j - 1) {
-            j - 1
-        } else {
-            j
+        let mut i = j;
+        while i > 0 && self.skip(i - 1) {
+            i -= 1;
         }
+        i
     }
-    /// Before a skipped ReLU, a layer's output gradient is the ReLU's.
+    /// Before skipped layers, a layer's output gradient is the last skipped one's.
     fn out_grad(&self, j: usize, len: usize) -> usize {
-        if j + 1 < len && self.skip(j + 1) {
-            j + 2
-        } else {
-            j + 1
+        let mut i = j + 1;
+        while i < len && self.skip(i) {
+            i += 1;
         }
+        i
     }
 }
 

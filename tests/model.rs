@@ -163,13 +163,43 @@ fn truncated_or_mismatched_model_files_are_refused() {
 
 /// The network runs each chunk through a whole run of layers (`forward_stage`); the plain
 /// way is one layer at a time over the whole batch (`Layer::forward` / `backward`). Both
-/// must give the same bits, for a network of per-chunk layers only and for one whose batch
-/// norm layers split it into several runs.
+/// must give the same bits, for a network of per-chunk layers only, for one whose batch
+/// norm layers split it into several runs, and for one where two skipped layers (a fused
+/// ReLU, then a flatten) follow each other.
 #[test]
 fn the_chunk_pipeline_matches_running_layers_one_at_a_time() {
     use convnet::Tensor;
-    for preset in ["seed-cnn", "cnn-plus"] {
-        let spec = ModelSpec::preset(preset).unwrap();
+    let skips = ModelSpec::from_toml(
+        r#"
+        name = "skips"
+        input = [1, 28, 28]
+        loss = "softmax_cross_entropy"
+        [[layers]]
+        name = "conv"
+        type = "conv2d"
+        out_channels = 3
+        kernel = 5
+        [[layers]]
+        name = "relu"
+        type = "relu"
+        [[layers]]
+        name = "flatten"
+        type = "flatten"
+        [[layers]]
+        name = "fc"
+        type = "linear"
+        out_features = 10
+        "#,
+        "skips.toml",
+    )
+    .unwrap();
+    let specs = [
+        ModelSpec::preset("seed-cnn").unwrap(),
+        ModelSpec::preset("cnn-plus").unwrap(),
+        skips,
+    ];
+    for spec in specs {
+        let preset = spec.name.clone();
         let mut net = Network::build(&spec).unwrap();
         net.initialize(&mut rand_pcg::Pcg64Mcg::seed_from_u64(5), None);
         let mut plain = Network::build(&spec).unwrap();
