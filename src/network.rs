@@ -33,9 +33,10 @@ pub struct Network {
     /// Runs of layers `[start, end)` executed together, chunk by chunk: maximal runs of
     /// per-chunk layers, and each whole-batch layer (batch norm) alone.
     stages: Vec<(usize, usize)>,
-    /// `absorbed[i]`: layer `i` is skipped in fused passes, its input tensor standing in
-    /// for its output: a ReLU that layer `i - 1` applies itself (`Layer::fuse_relu`, which
-    /// also masks the gradient), or a flatten, whose output is its input's data as is.
+    /// `absorbed[i]`: layer `i` is skipped in fused passes: a ReLU that layer `i - 1`
+    /// applies itself (`Layer::fuse_relu`, which also masks the gradient), or a flatten,
+    /// whose output is its input's data as is. The layer before a run of skipped layers
+    /// writes straight into the last one's output tensor (and reads its gradient).
     absorbed: Vec<bool>,
     /// The last forward pass ran with the fusions above in effect.
     fused_now: bool,
@@ -469,8 +470,8 @@ impl Network {
 
     /// The output of layer `i` from the last forward pass (`i = 0` is the first layer).
     /// Every layer's own output only after an evaluation pass with `keep_every_output`
-    /// set: otherwise a conv followed by a ReLU holds the ReLU's output, and the tensors of
-    /// skipped layers (that ReLU, a flatten) are stale.
+    /// set: otherwise a conv followed by a ReLU writes the ReLU's output into the ReLU's
+    /// tensor, and its own is stale; so is the input of a skipped flatten.
     pub fn activation(&self, i: usize) -> &Tensor {
         &self.acts[i + 1]
     }
@@ -555,10 +556,7 @@ impl Network {
                 continue;
             }
             let begin = Instant::now();
-            layer.finish_backward(
-                &acts[skips.input(j)],
-                &grads[skips.out_grad(j, end - start)],
-            );
+            layer.finish_backward(&acts[j], &grads[skips.out(j)]);
             if let Some(t) = self.timing.as_mut() {
                 t[start + j].1 += begin.elapsed();
             }
@@ -765,18 +763,11 @@ impl Skips<'_> {
     fn skip(&self, j: usize) -> bool {
         self.fused && self.absorbed[j]
     }
-    /// After skipped layers, a layer reads the first skipped one's input.
-    fn input(&self, j: usize) -> usize {
-        let mut i = j;
-        while i > 0 && self.skip(i - 1) {
-            i -= 1;
-        }
-        i
-    }
-    /// Before skipped layers, a layer's output gradient is the last skipped one's.
-    fn out_grad(&self, j: usize, len: usize) -> usize {
+    /// Where layer `j` writes its output and reads its output gradient: the slot of the
+    /// last of the skipped layers right after it (which it applies), else its own, `j + 1`.
+    fn out(&self, j: usize) -> usize {
         let mut i = j + 1;
-        while i < len && self.skip(i) {
+        while i < self.absorbed.len() && self.skip(i) {
             i += 1;
         }
         i
@@ -811,8 +802,8 @@ impl<'a> Run<'a> {
                 continue;
             }
             let begin = self.timed.then(Instant::now);
-            let (x, y) = v.acts.split_at_mut(j + 1);
-            layer.forward_chunk(c, x[self.skips.input(j)], y[0], v.scratch[j], train);
+            let (x, y) = v.acts.split_at_mut(self.skips.out(j));
+            layer.forward_chunk(c, x[j], y[0], v.scratch[j], train);
             if let Some(b) = begin {
                 t[j.min(MAX_TIMED - 1)].0 += b.elapsed();
             }
@@ -821,19 +812,17 @@ impl<'a> Run<'a> {
 
     /// One chunk backward through every layer of the run, last first.
     fn backward(&self, v: &mut ChunkViews, t: &mut [(Duration, Duration)]) {
-        let len = self.layers.len();
         for (j, layer) in self.layers.iter().enumerate().rev() {
             if self.skips.skip(j) {
                 continue;
             }
             let begin = self.timed.then(Instant::now);
+            let out = self.skips.out(j);
             let (dx, dy) = v.grads.split_at_mut(j + 1);
-            let dy = dy[self.skips.out_grad(j, len) - j - 1]
-                .as_deref()
-                .expect("output gradients exist");
+            let dy = dy[out - j - 1].as_deref().expect("output gradients exist");
             layer.backward_chunk(
-                v.acts[self.skips.input(j)],
-                v.acts[j + 1],
+                v.acts[j],
+                v.acts[out],
                 dy,
                 dx[j].as_deref_mut(),
                 v.scratch[j],

@@ -317,7 +317,10 @@ fn evaluation_fuses_relus_unless_every_output_is_kept() {
     };
     fill(&mut net);
     let fused = net.forward(false).data.clone();
-    assert!(net.activation(0).data.iter().all(|&v| v >= 0.0));
+    // Fused, conv1 writes max(0, conv) straight into relu1's tensor.
+    let relu1_fused = net.activation(1).data.clone();
+    assert!(relu1_fused.iter().all(|&v| v >= 0.0));
+    assert!(relu1_fused.iter().any(|&v| v > 0.0));
 
     net.keep_every_output = true;
     fill(&mut net);
@@ -326,4 +329,5 @@ fn evaluation_fuses_relus_unless_every_output_is_kept() {
     assert!(conv1.iter().any(|&v| v < 0.0), "conv1 shows its own output");
     let relu1: Vec<f32> = conv1.iter().map(|&v| v.max(0.0)).collect();
     assert_eq!(net.activation(1).data, relu1);
+    assert_eq!(relu1_fused, relu1);
 }
