@@ -34,8 +34,9 @@ pub struct Network {
     /// per-chunk layers, and each whole-batch layer (batch norm) alone.
     stages: Vec<(usize, usize)>,
     /// `absorbed[i]`: layer `i` is skipped in fused passes: a ReLU that layer `i - 1`
-    /// applies itself (`Layer::fuse_relu`, which also masks the gradient), or a flatten,
-    /// whose output is its input's data as is. The layer before a run of skipped layers
+    /// applies itself (`Layer::fuse_relu`, which also masks the gradient), a 2x2 max pool
+    /// the conv before it applies (`Layer::fuse_max_pool`), or a flatten, whose output is
+    /// its input's data as is. The layer before a run of skipped layers
     /// writes straight into the last one's output tensor (and reads its gradient).
     absorbed: Vec<bool>,
     /// The last forward pass ran with the fusions above in effect.
@@ -402,8 +403,18 @@ impl Network {
     /// Turns the fusions on or off for the next passes.
     fn set_fusion(&mut self, fuse: bool) {
         for i in 1..self.layers.len() {
-            if self.absorbed[i] && self.layers[i].kind() == "relu" {
-                self.layers[i - 1].fuse_relu(fuse);
+            if !self.absorbed[i] {
+                continue;
+            }
+            match self.layers[i].kind() {
+                "relu" => {
+                    self.layers[i - 1].fuse_relu(fuse);
+                }
+                "max_pool2d" => {
+                    let host = if self.absorbed[i - 1] { i - 2 } else { i - 1 };
+                    self.layers[host].fuse_max_pool(fuse);
+                }
+                _ => {}
             }
         }
         self.fused_now = fuse;
@@ -683,15 +694,19 @@ fn stages(layers: &[Box<dyn Layer>]) -> Vec<(usize, usize)> {
 }
 
 /// Marks the layers a fused pass skips: each ReLU that the layer before it can apply
-/// itself (`Layer::fuse_relu`), and each flatten (its output is its input's data). Only
-/// inside a run of per-chunk layers and not the last of it, so the tensor the layer would
-/// have written is never read outside the run.
+/// itself (`Layer::fuse_relu`), each 2x2 max pool likewise (`Layer::fuse_max_pool`, after
+/// the ReLU when there is one), and each flatten (its output is its input's data). Only
+/// inside a run of per-chunk layers and not the last of it.
 fn absorbed_layers(layers: &mut [Box<dyn Layer>], stages: &[(usize, usize)]) -> Vec<bool> {
     let mut absorbed = vec![false; layers.len()];
     for &(start, end) in stages {
         for i in start + 1..end.saturating_sub(1) {
             absorbed[i] = match layers[i].kind() {
                 "relu" => layers[i - 1].fuse_relu(false),
+                "max_pool2d" if layers[i].is_max_pool_2x2() => {
+                    let host = if absorbed[i - 1] { i - 2 } else { i - 1 };
+                    layers[host].fuse_max_pool(false)
+                }
                 "flatten" => true,
                 _ => false,
             };

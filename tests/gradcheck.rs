@@ -12,7 +12,7 @@
 use convnet::layers::conv::ConvGeometry;
 use convnet::layers::{conv2d_backward_reference, conv2d_forward_reference};
 use convnet::layers::{
-    Activation, ActivationKind, Conv2d, Flatten, Layer, Linear, Pool2d, PoolKind,
+    Activation, ActivationKind, Conv2d, Flatten, Layer, Linear, Pool2d, PoolKind, Scratch,
 };
 use convnet::loss::Loss;
 use convnet::simd::{self, Isa};
@@ -228,6 +228,75 @@ fn max_pool_sends_the_gradient_of_a_tie_to_exactly_one_position() {
     let dy = Tensor::from_vec(&[1, 1, 1, 1], vec![1.0]);
     layer.backward(&x, &y, &dy, Some(&mut dx));
     assert_eq!(dx.data, vec![0.0, 1.0, 0.0, 0.0]);
+}
+
+/// A conv with the ReLU and max pool after it fused (`fuse_relu`, `fuse_max_pool`) gives
+/// the same bits as conv, ReLU and pooling layer one after another, ties included: inputs
+/// and weights are small integers, so many windows hold equal values, and each window's
+/// first position must win, as in `Pool2d`.
+#[test]
+fn a_conv_with_its_max_pool_fused_matches_the_separate_layers() {
+    let (n, c, h, w) = (3, 2, 7, 6);
+    let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 7) % 3) as f32).collect();
+    let x = Tensor::from_vec(&[n, c, h, w], x);
+    for (k, pad) in [(1, 0), (3, 1), (2, 0)] {
+        let g = ConvGeometry::new([c, h, w], 3, k, 1, pad).unwrap();
+        let (ph, pw) = (g.out_h / 2, g.out_w / 2);
+        let weights: Vec<f32> = (0..3 * c * k * k).map(|i| ((i % 3) as f32) - 1.0).collect();
+        let dy: Vec<f32> = (0..n * 3 * ph * pw).map(|i| 1.0 + i as f32).collect();
+        for path in conv_paths(&g) {
+            for relu in [false, true] {
+                let case = format!("kernel {k} pad {pad} on {path:?}, ReLU {relu}");
+                let new_conv = || {
+                    let mut conv = Conv2d::new("conv", g);
+                    conv.set_direct(path);
+                    conv.weight.value.copy_from_slice(&weights);
+                    conv.bias.value.copy_from_slice(&[0.0, 0.5, -1.0]);
+                    conv
+                };
+                // The separate layers.
+                let mut conv = new_conv();
+                let mut act = Activation::new("relu", ActivationKind::Relu, &[3, g.out_h, g.out_w]);
+                let mut pool =
+                    Pool2d::new("pool", PoolKind::Max, [3, g.out_h, g.out_w], 2, 2).unwrap();
+                let (mut y1, mut y2, mut y3) =
+                    (Tensor::default(), Tensor::default(), Tensor::default());
+                conv.forward(&x, &mut y1, true);
+                let pooled_input = if relu {
+                    act.forward(&y1, &mut y2, true);
+                    &y2
+                } else {
+                    &y1
+                };
+                pool.forward(pooled_input, &mut y3, true);
+                let dy3 = Tensor::from_vec(&y3.shape, dy.clone());
+                let (mut d2, mut d1, mut dx) =
+                    (Tensor::default(), Tensor::default(), Tensor::default());
+                pool.backward(pooled_input, &y3, &dy3, Some(&mut d2));
+                if relu {
+                    act.backward(&y1, &y2, &d2, Some(&mut d1));
+                } else {
+                    d1 = d2;
+                }
+                conv.backward(&x, &y1, &d1, Some(&mut dx));
+
+                // Fused, one chunk.
+                let mut fused = new_conv();
+                fused.fuse_relu(relu);
+                assert!(fused.fuse_max_pool(true));
+                let mut scratch = Scratch::default();
+                let mut y = vec![0.0; y3.data.len()];
+                fused.forward_chunk(0, &x.data, &mut y, &mut scratch, true);
+                assert_eq!(y, y3.data, "{case}: pooled output");
+                let mut fdx = vec![0.0; x.data.len()];
+                fused.backward_chunk(&x.data, &y, &dy, Some(&mut fdx), &mut scratch);
+                let wn = conv.weight.value.len();
+                assert_eq!(fdx, dx.data, "{case}: dx");
+                assert_eq!(&scratch.grad[..wn], &conv.weight.grad[..], "{case}: dw");
+                assert_eq!(&scratch.grad[wn..], &conv.bias.grad[..], "{case}: db");
+            }
+        }
+    }
 }
 
 #[test]

@@ -193,10 +193,50 @@ fn the_chunk_pipeline_matches_running_layers_one_at_a_time() {
         "skips.toml",
     )
     .unwrap();
+    // A max pool fused without a ReLU, over an odd-sized map (25x25: the last row and
+    // column are dropped), then one after a ReLU over 11x11.
+    let pools = ModelSpec::from_toml(
+        r#"
+        name = "pools"
+        input = [1, 28, 28]
+        loss = "softmax_cross_entropy"
+        [[layers]]
+        name = "conv1"
+        type = "conv2d"
+        out_channels = 3
+        kernel = 4
+        [[layers]]
+        name = "pool1"
+        type = "max_pool2d"
+        kernel = 2
+        [[layers]]
+        name = "conv2"
+        type = "conv2d"
+        out_channels = 4
+        kernel = 2
+        [[layers]]
+        name = "relu2"
+        type = "relu"
+        [[layers]]
+        name = "pool2"
+        type = "max_pool2d"
+        kernel = 2
+        [[layers]]
+        name = "flatten"
+        type = "flatten"
+        [[layers]]
+        name = "fc"
+        type = "linear"
+        out_features = 10
+        "#,
+        "pools.toml",
+    )
+    .unwrap();
     let specs = [
         ModelSpec::preset("seed-cnn").unwrap(),
         ModelSpec::preset("cnn-plus").unwrap(),
         skips,
+        pools,
     ];
     for spec in specs {
         let preset = spec.name.clone();
@@ -302,11 +342,11 @@ fn whole_networks_are_bit_identical_across_thread_counts() {
     }
 }
 
-/// Evaluation passes fuse each conv's ReLU too, unless every layer's output is wanted
-/// (the feature-map pictures); both give the same logits, and only the second shows the
-/// conv's own output, negative values included.
+/// Evaluation passes fuse each conv's ReLU and max pool too, unless every layer's output
+/// is wanted (the feature-map pictures); both give the same logits and pooled maps, and
+/// only the second shows the conv's own output, negative values included.
 #[test]
-fn evaluation_fuses_relus_unless_every_output_is_kept() {
+fn evaluation_fuses_unless_every_output_is_kept() {
     let spec = ModelSpec::preset("seed-cnn").unwrap();
     let mut net = Network::build(&spec).unwrap();
     net.initialize(&mut rand_pcg::Pcg64Mcg::seed_from_u64(2), None);
@@ -317,10 +357,10 @@ fn evaluation_fuses_relus_unless_every_output_is_kept() {
     };
     fill(&mut net);
     let fused = net.forward(false).data.clone();
-    // Fused, conv1 writes max(0, conv) straight into relu1's tensor.
-    let relu1_fused = net.activation(1).data.clone();
-    assert!(relu1_fused.iter().all(|&v| v >= 0.0));
-    assert!(relu1_fused.iter().any(|&v| v > 0.0));
+    // Fused, conv1 writes the pooled max(0, conv) straight into pool1's tensor.
+    let pool1_fused = net.activation(2).data.clone();
+    assert!(pool1_fused.iter().all(|&v| v >= 0.0));
+    assert!(pool1_fused.iter().any(|&v| v > 0.0));
 
     net.keep_every_output = true;
     fill(&mut net);
@@ -329,5 +369,5 @@ fn evaluation_fuses_relus_unless_every_output_is_kept() {
     assert!(conv1.iter().any(|&v| v < 0.0), "conv1 shows its own output");
     let relu1: Vec<f32> = conv1.iter().map(|&v| v.max(0.0)).collect();
     assert_eq!(net.activation(1).data, relu1);
-    assert_eq!(relu1_fused, relu1);
+    assert_eq!(net.activation(2).data, pool1_fused);
 }

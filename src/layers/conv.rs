@@ -273,6 +273,51 @@ fn pad_whole(g: &ConvGeometry, x: &[f32], padded: &mut [f32]) {
     }
 }
 
+/// 2x2, stride-2 max pooling of one output plane straight from its rows in the column
+/// layout (`step` apart), after adding `bias` and, when `relu`, the ReLU: the same values
+/// and the same first-wins rule on ties as the pooling layer (`Pool2d`) after a ReLU
+/// layer, so the fused network gives the same bits. `arg`: each window's winning position
+/// in the column layout.
+fn max_pool_2x2_from(
+    src: &[f32],
+    step: usize,
+    bias: f32,
+    relu: bool,
+    pw: usize,
+    y: &mut [f32],
+    arg: &mut [u32],
+) {
+    let act = |v: f32| {
+        let v = v + bias;
+        if !relu || v > 0.0 {
+            v
+        } else {
+            0.0
+        }
+    };
+    for (r, (yr, ar)) in y.chunks_mut(pw).zip(arg.chunks_mut(pw)).enumerate() {
+        let (t0, b0) = (2 * r * step, (2 * r + 1) * step);
+        let (top, bottom) = (&src[t0..t0 + 2 * pw], &src[b0..b0 + 2 * pw]);
+        for (c, (yv, av)) in yr.iter_mut().zip(ar.iter_mut()).enumerate() {
+            let (mut best, mut at) = (act(top[2 * c]), t0 + 2 * c);
+            let b = act(top[2 * c + 1]);
+            if b > best {
+                (best, at) = (b, t0 + 2 * c + 1);
+            }
+            let c0 = act(bottom[2 * c]);
+            if c0 > best {
+                (best, at) = (c0, b0 + 2 * c);
+            }
+            let d = act(bottom[2 * c + 1]);
+            if d > best {
+                (best, at) = (d, b0 + 2 * c + 1);
+            }
+            *yv = best;
+            *av = at as u32;
+        }
+    }
+}
+
 /// Makes `v` at least `len` long; never shrinks it, so what it holds survives.
 fn grow(v: &mut Vec<f32>, len: usize) {
     if v.len() < len {
@@ -368,6 +413,10 @@ pub struct Conv2d {
     /// The network fused the following ReLU into this layer (`fuse_relu`): the output is
     /// max(0, conv) and the output gradient is masked by it.
     relu: bool,
+    /// The network fused the 2x2, stride-2 max pool after it (and after the ReLU, if
+    /// fused) into this layer (`fuse_max_pool`): the output is pooled, the winning
+    /// positions are kept in `Scratch::indices`, and the output gradient is the pooled one.
+    pool: bool,
     /// Stride 1 on a CPU with vector kernels: the direct path (`conv_direct`), which reads
     /// the padded input in place instead of unfolding it. `None`: im2col + GEMM.
     direct: Option<Isa>,
@@ -388,6 +437,7 @@ impl Conv2d {
             bias: Param::new("bias", &[g.out_c], true),
             scratch: Vec::new(),
             relu: false,
+            pool: false,
             direct: if g.is_wide() { simd::detect() } else { None },
             offsets: g.tap_offsets(),
             back_offsets: g.tap_offsets().iter().map(|o| -o).collect(),
@@ -467,11 +517,32 @@ impl Conv2d {
         padded_len
     }
 
+    /// Values per output plane: pooled when the max pool is fused.
+    fn out_plane(&self) -> usize {
+        let g = &self.geometry;
+        if self.pool {
+            (g.out_h / 2) * (g.out_w / 2)
+        } else {
+            g.ohw()
+        }
+    }
+
     /// Copies one output-gradient plane into its row of the column layout (`out_h` rows of
     /// `row_step`), zero past each row's `out_w` values and masked by the fused ReLU.
-    /// `dst` may run on past the plane: whole vectors then spill zeros into it.
-    fn gather_dy(&self, dst: &mut [f32], dy: &[f32], y: &[f32]) {
+    /// `dst` may run on past the plane: whole vectors then spill zeros into it. With the
+    /// max pool fused, `dy` and `y` are pooled and each value goes to its window's winning
+    /// position `arg` (the pooling layer's backward, then the ReLU's).
+    fn gather_dy(&self, dst: &mut [f32], dy: &[f32], y: &[f32], arg: &[u32]) {
         let g = &self.geometry;
+        if self.pool {
+            dst[..g.cols_per_image()].fill(0.0);
+            for ((&d, &y), &a) in dy.iter().zip(y).zip(arg) {
+                if !self.relu || y > 0.0 {
+                    dst[a as usize] = d;
+                }
+            }
+            return;
+        }
         widen(
             self.direct,
             dy,
@@ -494,8 +565,8 @@ impl Conv2d {
         s: &mut Scratch,
     ) {
         let g = &self.geometry;
-        let (out_len, taps) = (g.out_len(), self.offsets.len());
-        let nb = dy.len() / out_len;
+        let taps = self.offsets.len();
+        let nb = dy.len() / (g.out_c * self.out_plane());
         let (plane, margin, row) = (g.padded_plane(), g.grad_margin(), g.grad_row());
         let (cols_len, dxw_row) = (g.cols_per_image(), round_up(g.dx_wide()));
         let padded_len = nb * g.in_c * plane;
@@ -509,11 +580,17 @@ impl Conv2d {
         let (dyw, rest) = rest.split_at_mut(dyw_len);
         let (wt, dxw) = rest.split_at_mut(wt_len);
         // dy in the wide layout, one row per image and channel, with zero margins.
-        let rows = dyw.chunks_mut(row);
-        for (r, (dy, y)) in rows.zip(dy.chunks(g.ohw()).zip(y.chunks(g.ohw()))) {
+        let out_plane = self.out_plane();
+        let planes = dy.chunks(out_plane).zip(y.chunks(out_plane));
+        for (k, (r, (dy, y))) in dyw.chunks_mut(row).zip(planes).enumerate() {
             r[..margin].fill(0.0);
             r[margin + cols_len..].fill(0.0);
-            self.gather_dy(&mut r[margin..], dy, y);
+            let arg = if self.pool {
+                &s.indices[k * out_plane..][..out_plane]
+            } else {
+                &[]
+            };
+            self.gather_dy(&mut r[margin..], dy, y, arg);
         }
         let (wn, bn) = (self.weight.value.len(), self.bias.value.len());
         s.grad.resize(wn + bn, 0.0);
@@ -613,6 +690,20 @@ impl Layer for Conv2d {
         };
         let ld = nb * img;
         let block = &s.work[start..start + g.out_c * ld];
+        if self.pool {
+            // Pooled straight from the column layout: each window's largest value after
+            // the bias (and the fused ReLU), and where it was.
+            let (ph, pw) = (g.out_h / 2, g.out_w / 2);
+            s.indices.resize(nb * g.out_c * ph * pw, 0);
+            let planes = y.chunks_mut(ph * pw).zip(s.indices.chunks_mut(ph * pw));
+            for (k, (y, arg)) in planes.enumerate() {
+                let (i, o) = (k / g.out_c, k % g.out_c);
+                let src = &block[o * ld + i * img..];
+                let bias = self.bias.value[o];
+                max_pool_2x2_from(src, g.row_step(), bias, self.relu, pw, y, arg);
+            }
+            return;
+        }
         // Each image's valid outputs, plus the bias (and the fused ReLU), into y, image by
         // image and plane by plane, so a plane's last vector may run into the next one.
         for i in 0..nb {
@@ -643,8 +734,8 @@ impl Layer for Conv2d {
             return self.direct_backward(isa, y, dy, dx, s);
         }
         let g = &self.geometry;
-        let (in_len, out_len, ckk) = (g.in_len(), g.out_len(), g.ckk());
-        let nb = dy.len() / out_len;
+        let (in_len, ckk) = (g.in_len(), g.ckk());
+        let nb = x.len() / in_len;
         let cols_len = g.cols_per_image();
         let ld = nb * cols_len;
         let (wn, bn) = (self.weight.value.len(), self.bias.value.len());
@@ -653,14 +744,16 @@ impl Layer for Conv2d {
         let (dw, db) = s.grad.split_at_mut(wn);
         // Gather dy into (O, nb*cols_len), the layout of the columns; in the wide layout the
         // columns past the output's width get zero, so they add nothing below.
-        for (i, (dy, y)) in dy.chunks(out_len).zip(y.chunks(out_len)).enumerate() {
-            for (o, (plane, y_plane)) in dy.chunks(g.ohw()).zip(y.chunks(g.ohw())).enumerate() {
-                self.gather_dy(
-                    &mut block[o * ld + i * cols_len..][..cols_len],
-                    plane,
-                    y_plane,
-                );
-            }
+        let plane = self.out_plane();
+        for (k, (dy, y)) in dy.chunks(plane).zip(y.chunks(plane)).enumerate() {
+            let (i, o) = (k / g.out_c, k % g.out_c);
+            let arg = if self.pool {
+                &s.indices[k * plane..][..plane]
+            } else {
+                &[]
+            };
+            let dst = &mut block[o * ld + i * cols_len..][..cols_len];
+            self.gather_dy(dst, dy, y, arg);
         }
         // The columns are unfolded again rather than kept from the forward pass: a
         // thread's one buffer stays in its cache, a copy per chunk would not.
@@ -698,6 +791,11 @@ impl Layer for Conv2d {
 
     fn fuse_relu(&mut self, on: bool) -> bool {
         self.relu = on;
+        true
+    }
+
+    fn fuse_max_pool(&mut self, on: bool) -> bool {
+        self.pool = on;
         true
     }
 

@@ -131,6 +131,18 @@ pub trait Layer: Send + Sync {
         let _ = on;
         false
     }
+    /// Asks the layer to apply a 2x2, stride-2 max pool to its output (after the fused
+    /// ReLU, if any) while `on`: `forward_chunk` then writes the pooled values, and
+    /// `backward_chunk` takes their gradient, so the network can skip the pooling layer.
+    /// Returns whether the layer can; the default cannot.
+    fn fuse_max_pool(&mut self, on: bool) -> bool {
+        let _ = on;
+        false
+    }
+    /// Whether this is a 2x2, stride-2 max pool, the one `fuse_max_pool` applies.
+    fn is_max_pool_2x2(&self) -> bool {
+        false
+    }
     /// Whether `forward_chunk` / `backward_chunk` are implemented.
     fn per_chunk(&self) -> bool {
         true

@@ -59,6 +59,9 @@ impl Layer for Pool2d {
     fn name(&self) -> &str {
         &self.name
     }
+    fn is_max_pool_2x2(&self) -> bool {
+        self.kind == PoolKind::Max && self.kernel == 2 && self.stride == 2
+    }
     fn kind(&self) -> &'static str {
         match self.kind {
             PoolKind::Max => "max_pool2d",
