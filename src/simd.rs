@@ -64,6 +64,14 @@ pub(crate) trait Lanes {
     unsafe fn relu(v: Self::V) -> Self::V;
     /// `v` where `m > 0`, else 0 (a ReLU's backward, `m` its output).
     unsafe fn where_positive(v: Self::V, m: Self::V) -> Self::V;
+    /// `a` where `x > y`, else `b`, per lane.
+    unsafe fn select_gt(x: Self::V, y: Self::V, a: Self::V, b: Self::V) -> Self::V;
+    /// The even- and odd-numbered values of the `2 * LANES` values `a` then `b`.
+    unsafe fn deinterleave(a: Self::V, b: Self::V) -> (Self::V, Self::V);
+    /// 0, 1, 2, ... in the lanes.
+    unsafe fn iota() -> Self::V;
+    /// Stores the lanes, whole numbers below 2^24, as `u32`.
+    unsafe fn store_u32(p: *mut u32, v: Self::V);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -122,6 +130,30 @@ mod x86 {
             let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, _mm512_setzero_ps());
             _mm512_maskz_mov_ps(positive, v)
         }
+        #[inline(always)]
+        unsafe fn select_gt(x: __m512, y: __m512, a: __m512, b: __m512) -> __m512 {
+            _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(x, y), b, a)
+        }
+        #[inline(always)]
+        unsafe fn deinterleave(a: __m512, b: __m512) -> (__m512, __m512) {
+            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+            let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+            (
+                _mm512_permutex2var_ps(a, even, b),
+                _mm512_permutex2var_ps(a, odd, b),
+            )
+        }
+        #[inline(always)]
+        unsafe fn iota() -> __m512 {
+            _mm512_setr_ps(
+                0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0, 11.0, 12.0, 13.0, 14.0,
+                15.0,
+            )
+        }
+        #[inline(always)]
+        unsafe fn store_u32(p: *mut u32, v: __m512) {
+            _mm512_storeu_si512(p as *mut _, _mm512_cvttps_epi32(v))
+        }
     }
 
     impl Lanes for Avx2 {
@@ -172,6 +204,29 @@ mod x86 {
         #[inline(always)]
         unsafe fn where_positive(v: __m256, m: __m256) -> __m256 {
             _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps()))
+        }
+        #[inline(always)]
+        unsafe fn select_gt(x: __m256, y: __m256, a: __m256, b: __m256) -> __m256 {
+            _mm256_blendv_ps(b, a, _mm256_cmp_ps::<_CMP_GT_OQ>(x, y))
+        }
+        #[inline(always)]
+        unsafe fn deinterleave(a: __m256, b: __m256) -> (__m256, __m256) {
+            // Within each 128-bit half: a0 a2 b0 b2 | a4 a6 b4 b6; then the 64-bit pairs
+            // reordered 0 2 1 3.
+            let even = _mm256_castps_pd(_mm256_shuffle_ps::<0x88>(a, b));
+            let odd = _mm256_castps_pd(_mm256_shuffle_ps::<0xDD>(a, b));
+            (
+                _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(even)),
+                _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(odd)),
+            )
+        }
+        #[inline(always)]
+        unsafe fn iota() -> __m256 {
+            _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)
+        }
+        #[inline(always)]
+        unsafe fn store_u32(p: *mut u32, v: __m256) {
+            _mm256_storeu_si256(p as *mut __m256i, _mm256_cvttps_epi32(v))
         }
     }
 }

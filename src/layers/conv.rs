@@ -17,7 +17,7 @@
 //! count. `conv2d_forward_reference` and `conv2d_backward_reference`
 //! are the plain loops the tests compare this against.
 
-use super::conv_direct::{shifted_dots, shifted_sum, unwiden, widen, Planes};
+use super::conv_direct::{max_pool_2x2, shifted_dots, shifted_sum, unwiden, widen, Planes};
 use super::{sum, sum_chunk_grads, Layer, Param, Scratch, CHUNK};
 use crate::gemm::sgemm;
 use crate::simd::{self, round_up, Isa, MAX_LANES};
@@ -273,51 +273,6 @@ fn pad_whole(g: &ConvGeometry, x: &[f32], padded: &mut [f32]) {
     }
 }
 
-/// 2x2, stride-2 max pooling of one output plane straight from its rows in the column
-/// layout (`step` apart), after adding `bias` and, when `relu`, the ReLU: the same values
-/// and the same first-wins rule on ties as the pooling layer (`Pool2d`) after a ReLU
-/// layer, so the fused network gives the same bits. `arg`: each window's winning position
-/// in the column layout.
-fn max_pool_2x2_from(
-    src: &[f32],
-    step: usize,
-    bias: f32,
-    relu: bool,
-    pw: usize,
-    y: &mut [f32],
-    arg: &mut [u32],
-) {
-    let act = |v: f32| {
-        let v = v + bias;
-        if !relu || v > 0.0 {
-            v
-        } else {
-            0.0
-        }
-    };
-    for (r, (yr, ar)) in y.chunks_mut(pw).zip(arg.chunks_mut(pw)).enumerate() {
-        let (t0, b0) = (2 * r * step, (2 * r + 1) * step);
-        let (top, bottom) = (&src[t0..t0 + 2 * pw], &src[b0..b0 + 2 * pw]);
-        for (c, (yv, av)) in yr.iter_mut().zip(ar.iter_mut()).enumerate() {
-            let (mut best, mut at) = (act(top[2 * c]), t0 + 2 * c);
-            let b = act(top[2 * c + 1]);
-            if b > best {
-                (best, at) = (b, t0 + 2 * c + 1);
-            }
-            let c0 = act(bottom[2 * c]);
-            if c0 > best {
-                (best, at) = (c0, b0 + 2 * c);
-            }
-            let d = act(bottom[2 * c + 1]);
-            if d > best {
-                (best, at) = (d, b0 + 2 * c + 1);
-            }
-            *yv = best;
-            *av = at as u32;
-        }
-    }
-}
-
 /// Makes `v` at least `len` long; never shrinks it, so what it holds survives.
 fn grow(v: &mut Vec<f32>, len: usize) {
     if v.len() < len {
@@ -536,10 +491,9 @@ impl Conv2d {
         let g = &self.geometry;
         if self.pool {
             dst[..g.cols_per_image()].fill(0.0);
+            // Without a branch: after a ReLU about half the windows pass, unpredictably.
             for ((&d, &y), &a) in dy.iter().zip(y).zip(arg) {
-                if !self.relu || y > 0.0 {
-                    dst[a as usize] = d;
-                }
+                dst[a as usize] = if !self.relu || y > 0.0 { d } else { 0.0 };
             }
             return;
         }
@@ -695,12 +649,12 @@ impl Layer for Conv2d {
             // the bias (and the fused ReLU), and where it was.
             let (ph, pw) = (g.out_h / 2, g.out_w / 2);
             s.indices.resize(nb * g.out_c * ph * pw, 0);
-            let planes = y.chunks_mut(ph * pw).zip(s.indices.chunks_mut(ph * pw));
-            for (k, (y, arg)) in planes.enumerate() {
+            for k in 0..nb * g.out_c {
                 let (i, o) = (k / g.out_c, k % g.out_c);
                 let src = &block[o * ld + i * img..];
-                let bias = self.bias.value[o];
-                max_pool_2x2_from(src, g.row_step(), bias, self.relu, pw, y, arg);
+                let (y, arg) = (&mut y[k * ph * pw..], &mut s.indices[k * ph * pw..]);
+                let (bias, step) = (self.bias.value[o], g.row_step());
+                max_pool_2x2(self.direct, src, step, bias, self.relu, (ph, pw), y, arg);
             }
             return;
         }

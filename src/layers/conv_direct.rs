@@ -568,3 +568,165 @@ unsafe fn widen_rows<S: Lanes>(
         }
     }
 }
+
+/// 2x2, stride-2 max pooling of one conv output plane straight from its rows in the
+/// column layout (`step` apart), after adding `bias` and, when `relu`, the ReLU: `ph` x
+/// `pw` values into `y` and each window's winning position in the column layout into
+/// `arg`. The same values and the same first-wins rule on ties as the pooling layer
+/// (`Pool2d`) after a ReLU layer, so a fused network gives the same bits. Rows go in
+/// whole vectors where the slices have room (`y` and `arg` may run on past the plane: the
+/// next plane, written later, takes the spill), one value at a time otherwise.
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool_2x2(
+    isa: Option<Isa>,
+    src: &[f32],
+    step: usize,
+    bias: f32,
+    relu: bool,
+    (ph, pw): (usize, usize),
+    y: &mut [f32],
+    arg: &mut [u32],
+) {
+    if ph == 0 || pw == 0 {
+        return;
+    }
+    assert!((2 * ph - 1) * step + 2 * pw <= src.len() && 2 * pw <= step);
+    assert!(y.len() >= ph * pw && arg.len() >= ph * pw);
+    let shape = (ph, pw);
+    // SAFETY: every vector access is checked against the slices in `pool_rows`.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Some(Isa::Avx512) => pool_avx512(src, step, bias, relu, shape, y, arg),
+            #[cfg(target_arch = "x86_64")]
+            Some(Isa::Avx2) => pool_avx2(src, step, bias, relu, shape, y, arg),
+            _ => pool_plain(src, step, bias, relu, 0..ph, pw, y, arg),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pool_plain(
+    src: &[f32],
+    step: usize,
+    bias: f32,
+    relu: bool,
+    rows: std::ops::Range<usize>,
+    pw: usize,
+    y: &mut [f32],
+    arg: &mut [u32],
+) {
+    let act = |v: f32| {
+        let v = v + bias;
+        if !relu || v > 0.0 {
+            v
+        } else {
+            0.0
+        }
+    };
+    for r in rows {
+        let (t0, b0) = (2 * r * step, (2 * r + 1) * step);
+        let (top, bottom) = (&src[t0..t0 + 2 * pw], &src[b0..b0 + 2 * pw]);
+        let (yr, ar) = (&mut y[r * pw..][..pw], &mut arg[r * pw..][..pw]);
+        for (c, (yv, av)) in yr.iter_mut().zip(ar.iter_mut()).enumerate() {
+            let (mut best, mut at) = (act(top[2 * c]), t0 + 2 * c);
+            let b = act(top[2 * c + 1]);
+            if b > best {
+                (best, at) = (b, t0 + 2 * c + 1);
+            }
+            let c0 = act(bottom[2 * c]);
+            if c0 > best {
+                (best, at) = (c0, b0 + 2 * c);
+            }
+            let d = act(bottom[2 * c + 1]);
+            if d > best {
+                (best, at) = (d, b0 + 2 * c + 1);
+            }
+            *yv = best;
+            *av = at as u32;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn pool_avx512(
+    src: &[f32],
+    step: usize,
+    bias: f32,
+    relu: bool,
+    shape: (usize, usize),
+    y: &mut [f32],
+    arg: &mut [u32],
+) {
+    pool_rows::<crate::simd::Avx512>(src, step, bias, relu, shape, y, arg)
+}
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn pool_avx2(
+    src: &[f32],
+    step: usize,
+    bias: f32,
+    relu: bool,
+    shape: (usize, usize),
+    y: &mut [f32],
+    arg: &mut [u32],
+) {
+    pool_rows::<crate::simd::Avx2>(src, step, bias, relu, shape, y, arg)
+}
+
+/// `max_pool_2x2` a vector of windows at a time: the top and bottom rows' values split
+/// into even and odd columns, then the four candidates compared in window order, each
+/// with `select_gt` (strictly greater), as the plain loop does.
+#[inline(always)]
+unsafe fn pool_rows<S: Lanes>(
+    src: &[f32],
+    step: usize,
+    bias: f32,
+    relu: bool,
+    (ph, pw): (usize, usize),
+    y: &mut [f32],
+    arg: &mut [u32],
+) {
+    let whole = pw.div_ceil(S::LANES) * S::LANES;
+    let (b, one, down) = (S::splat(bias), S::splat(1.0), S::splat(step as f32));
+    let two_iota = S::add(S::iota(), S::iota());
+    let act = |v: S::V| {
+        let v = S::add(v, b);
+        if relu {
+            S::relu(v)
+        } else {
+            v
+        }
+    };
+    for r in 0..ph {
+        let (t0, b0) = (2 * r * step, (2 * r + 1) * step);
+        // Room for whole vectors, and positions exact as floats.
+        let room = b0 + 2 * whole <= src.len()
+            && r * pw + whole <= y.len().min(arg.len())
+            && b0 + 2 * whole < 1 << 24;
+        if !room {
+            pool_plain(src, step, bias, relu, r..r + 1, pw, y, arg);
+            continue;
+        }
+        let mut c = 0;
+        while c < pw {
+            let (tp, bp) = (src.as_ptr().add(t0 + 2 * c), src.as_ptr().add(b0 + 2 * c));
+            let (te, to) = S::deinterleave(S::load(tp), S::load(tp.add(S::LANES)));
+            let (be, bo) = S::deinterleave(S::load(bp), S::load(bp.add(S::LANES)));
+            let pos = S::add(two_iota, S::splat((t0 + 2 * c) as f32));
+            let (mut best, mut at) = (act(te), pos);
+            for (v, p) in [
+                (act(to), S::add(pos, one)),
+                (act(be), S::add(pos, down)),
+                (act(bo), S::add(S::add(pos, down), one)),
+            ] {
+                at = S::select_gt(v, best, p, at);
+                best = S::select_gt(v, best, v, best);
+            }
+            S::store(y.as_mut_ptr().add(r * pw + c), best);
+            S::store_u32(arg.as_mut_ptr().add(r * pw + c), at);
+            c += S::LANES;
+        }
+    }
+}
