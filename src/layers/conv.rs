@@ -336,6 +336,8 @@ fn unfold_chunk(g: &ConvGeometry, x: &[f32], cols: &mut [f32], temp: &mut [f32])
 }
 
 thread_local! {
+    /// Each worker thread's working memory for evaluation passes (`forward_chunk`).
+    static EVAL_SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
     /// Each worker thread's im2col buffer. One per thread, not per chunk: reused by every
     /// chunk the thread runs, it stays in that core's cache.
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -470,6 +472,47 @@ impl Conv2d {
             );
         }
         padded_len
+    }
+
+    /// The forward pass of one chunk, working in `s`.
+    fn forward_into(&self, x: &[f32], y: &mut [f32], s: &mut Scratch) {
+        let g = &self.geometry;
+        let nb = x.len() / g.in_len();
+        let cols_len = g.cols_per_image();
+        // Where the output block (O, nb * img) starts in `s.work`, and each image's width.
+        let (start, img) = match self.direct {
+            Some(isa) => (self.direct_forward(isa, x, s), round_up(cols_len)),
+            None => {
+                self.gemm_forward(x, s);
+                (0, cols_len)
+            }
+        };
+        let ld = nb * img;
+        let block = &s.work[start..start + g.out_c * ld];
+        if self.pool {
+            // Pooled straight from the column layout: each window's largest value after
+            // the bias (and the fused ReLU), and where it was.
+            let (ph, pw) = (g.out_h / 2, g.out_w / 2);
+            s.indices.resize(nb * g.out_c * ph * pw, 0);
+            for k in 0..nb * g.out_c {
+                let (i, o) = (k / g.out_c, k % g.out_c);
+                let src = &block[o * ld + i * img..];
+                let (y, arg) = (&mut y[k * ph * pw..], &mut s.indices[k * ph * pw..]);
+                let (bias, step) = (self.bias.value[o], g.row_step());
+                max_pool_2x2(self.direct, src, step, bias, self.relu, (ph, pw), y, arg);
+            }
+            return;
+        }
+        // Each image's valid outputs, plus the bias (and the fused ReLU), into y, image by
+        // image and plane by plane, so a plane's last vector may run into the next one.
+        for i in 0..nb {
+            for (o, &bias) in self.bias.value.iter().enumerate() {
+                let src = &block[o * ld + i * img..];
+                let dst = &mut y[(i * g.out_c + o) * g.ohw()..];
+                let (step, relu) = (g.row_step(), self.relu);
+                unwiden(self.direct, src, step, g.out_h, g.out_w, bias, relu, dst);
+            }
+        }
     }
 
     /// Values per output plane: pooled when the max pool is fused.
@@ -630,43 +673,14 @@ impl Layer for Conv2d {
     }
 
     fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, train: bool) {
-        let g = &self.geometry;
-        let nb = x.len() / g.in_len();
-        let cols_len = g.cols_per_image();
         s.ready = train;
-        // Where the output block (O, nb * img) starts in `s.work`, and each image's width.
-        let (start, img) = match self.direct {
-            Some(isa) => (self.direct_forward(isa, x, s), round_up(cols_len)),
-            None => {
-                self.gemm_forward(x, s);
-                (0, cols_len)
-            }
-        };
-        let ld = nb * img;
-        let block = &s.work[start..start + g.out_c * ld];
-        if self.pool {
-            // Pooled straight from the column layout: each window's largest value after
-            // the bias (and the fused ReLU), and where it was.
-            let (ph, pw) = (g.out_h / 2, g.out_w / 2);
-            s.indices.resize(nb * g.out_c * ph * pw, 0);
-            for k in 0..nb * g.out_c {
-                let (i, o) = (k / g.out_c, k % g.out_c);
-                let src = &block[o * ld + i * img..];
-                let (y, arg) = (&mut y[k * ph * pw..], &mut s.indices[k * ph * pw..]);
-                let (bias, step) = (self.bias.value[o], g.row_step());
-                max_pool_2x2(self.direct, src, step, bias, self.relu, (ph, pw), y, arg);
-            }
-            return;
-        }
-        // Each image's valid outputs, plus the bias (and the fused ReLU), into y, image by
-        // image and plane by plane, so a plane's last vector may run into the next one.
-        for i in 0..nb {
-            for (o, &bias) in self.bias.value.iter().enumerate() {
-                let src = &block[o * ld + i * img..];
-                let dst = &mut y[(i * g.out_c + o) * g.ohw()..];
-                let (step, relu) = (g.row_step(), self.relu);
-                unwiden(self.direct, src, step, g.out_h, g.out_w, bias, relu, dst);
-            }
+        if train {
+            self.forward_into(x, y, s);
+        } else {
+            // Nothing is kept for a backward pass, so the working memory is this thread's,
+            // reused by every chunk it runs and warm in its cache, rather than the chunk's
+            // own (an evaluation batch of 1000 would stream through 125 chunks' worth).
+            EVAL_SCRATCH.with(|t| self.forward_into(x, y, &mut t.borrow_mut()));
         }
     }
 
