@@ -64,6 +64,8 @@ pub(crate) trait Lanes {
     unsafe fn relu(v: Self::V) -> Self::V;
     /// `v` where `m > 0`, else 0 (a ReLU's backward, `m` its output).
     unsafe fn where_positive(v: Self::V, m: Self::V) -> Self::V;
+    /// `a` where `a > b`, else `b`, per lane (MAXPS: `b` when either is NaN).
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
     /// `a` where `x > y`, else `b`, per lane.
     unsafe fn select_gt(x: Self::V, y: Self::V, a: Self::V, b: Self::V) -> Self::V;
     /// The even- and odd-numbered values of the `2 * LANES` values `a` then `b`.
@@ -129,6 +131,10 @@ mod x86 {
         unsafe fn where_positive(v: __m512, m: __m512) -> __m512 {
             let positive = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(m, _mm512_setzero_ps());
             _mm512_maskz_mov_ps(positive, v)
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m512, b: __m512) -> __m512 {
+            _mm512_max_ps(a, b)
         }
         #[inline(always)]
         unsafe fn select_gt(x: __m512, y: __m512, a: __m512, b: __m512) -> __m512 {
@@ -204,6 +210,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn where_positive(v: __m256, m: __m256) -> __m256 {
             _mm256_and_ps(v, _mm256_cmp_ps::<_CMP_GT_OQ>(m, _mm256_setzero_ps()))
+        }
+        #[inline(always)]
+        unsafe fn max(a: __m256, b: __m256) -> __m256 {
+            _mm256_max_ps(a, b)
         }
         #[inline(always)]
         unsafe fn select_gt(x: __m256, y: __m256, a: __m256, b: __m256) -> __m256 {

@@ -256,19 +256,16 @@ fn unpad_from(g: &ConvGeometry, padded: &[f32], dx: &mut [f32]) {
 
 /// Copies image `x` (C, H, W) into `padded` (C planes of `padded_plane` values, rows
 /// `padded_w` long), writing every value, the zero border and slack included.
-fn pad_whole(g: &ConvGeometry, x: &[f32], padded: &mut [f32]) {
+/// `isa`: copy in whole vectors (`widen`).
+fn pad_whole(g: &ConvGeometry, isa: Option<Isa>, x: &[f32], padded: &mut [f32]) {
     let (wp, p, w) = (g.padded_w(), g.pad, g.in_w);
     for (src, dst) in x
         .chunks(g.in_h * w)
         .zip(padded.chunks_mut(g.padded_plane()))
     {
         dst[..p * wp + p].fill(0.0);
-        for (h, row) in src.chunks(w).enumerate() {
-            let at = (h + p) * wp + p;
-            dst[at..at + w].copy_from_slice(row);
-            // This row's right border and the next row's left border.
-            dst[at + w..at + w + 2 * p].fill(0.0);
-        }
+        // Each row, then zeros for its right border and the next row's left border.
+        widen(isa, src, src, g.in_h, w, false, &mut dst[p * wp + p..], wp);
         dst[(g.in_h + p) * wp + p..].fill(0.0);
     }
 }
@@ -447,7 +444,7 @@ impl Conv2d {
         grow(&mut s.work, padded_len + g.out_c * ld);
         let (padded, rest) = s.work.split_at_mut(padded_len);
         for (x, p) in x.chunks(g.in_len()).zip(padded.chunks_mut(g.in_c * plane)) {
-            pad_whole(g, x, p);
+            pad_whole(g, self.direct, x, p);
         }
         let block = &mut rest[..g.out_c * ld];
         for i in 0..nb {
@@ -475,7 +472,7 @@ impl Conv2d {
     }
 
     /// The forward pass of one chunk, working in `s`.
-    fn forward_into(&self, x: &[f32], y: &mut [f32], s: &mut Scratch) {
+    fn forward_into(&self, x: &[f32], y: &mut [f32], s: &mut Scratch, train: bool) {
         let g = &self.geometry;
         let nb = x.len() / g.in_len();
         let cols_len = g.cols_per_image();
@@ -491,13 +488,16 @@ impl Conv2d {
         let block = &s.work[start..start + g.out_c * ld];
         if self.pool {
             // Pooled straight from the column layout: each window's largest value after
-            // the bias (and the fused ReLU), and where it was.
+            // the bias (and the fused ReLU), and where it was (for training).
             let (ph, pw) = (g.out_h / 2, g.out_w / 2);
-            s.indices.resize(nb * g.out_c * ph * pw, 0);
+            if train {
+                s.indices.resize(nb * g.out_c * ph * pw, 0);
+            }
             for k in 0..nb * g.out_c {
                 let (i, o) = (k / g.out_c, k % g.out_c);
                 let src = &block[o * ld + i * img..];
-                let (y, arg) = (&mut y[k * ph * pw..], &mut s.indices[k * ph * pw..]);
+                let y = &mut y[k * ph * pw..];
+                let arg = train.then(|| &mut s.indices[k * ph * pw..]);
                 let (bias, step) = (self.bias.value[o], g.row_step());
                 max_pool_2x2(self.direct, src, step, bias, self.relu, (ph, pw), y, arg);
             }
@@ -675,12 +675,12 @@ impl Layer for Conv2d {
     fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, train: bool) {
         s.ready = train;
         if train {
-            self.forward_into(x, y, s);
+            self.forward_into(x, y, s, true);
         } else {
             // Nothing is kept for a backward pass, so the working memory is this thread's,
             // reused by every chunk it runs and warm in its cache, rather than the chunk's
             // own (an evaluation batch of 1000 would stream through 125 chunks' worth).
-            EVAL_SCRATCH.with(|t| self.forward_into(x, y, &mut t.borrow_mut()));
+            EVAL_SCRATCH.with(|t| self.forward_into(x, y, &mut t.borrow_mut(), false));
         }
     }
 

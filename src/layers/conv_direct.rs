@@ -573,9 +573,10 @@ unsafe fn widen_rows<S: Lanes>(
 /// column layout (`step` apart), after adding `bias` and, when `relu`, the ReLU: `ph` x
 /// `pw` values into `y` and each window's winning position in the column layout into
 /// `arg`. The same values and the same first-wins rule on ties as the pooling layer
-/// (`Pool2d`) after a ReLU layer, so a fused network gives the same bits. Rows go in
-/// whole vectors where the slices have room (`y` and `arg` may run on past the plane: the
-/// next plane, written later, takes the spill), one value at a time otherwise.
+/// (`Pool2d`) after a ReLU layer, so a fused network gives the same bits. `arg` `None`:
+/// the positions are not wanted (evaluation). Rows go in whole vectors where the slices
+/// have room (`y` and `arg` may run on past the plane: the next plane, written later,
+/// takes the spill), one value at a time otherwise.
 #[allow(clippy::too_many_arguments)]
 pub fn max_pool_2x2(
     isa: Option<Isa>,
@@ -585,22 +586,30 @@ pub fn max_pool_2x2(
     relu: bool,
     (ph, pw): (usize, usize),
     y: &mut [f32],
-    arg: &mut [u32],
+    arg: Option<&mut [u32]>,
 ) {
     if ph == 0 || pw == 0 {
         return;
     }
     assert!((2 * ph - 1) * step + 2 * pw <= src.len() && 2 * pw <= step);
-    assert!(y.len() >= ph * pw && arg.len() >= ph * pw);
+    assert!(y.len() >= ph * pw && arg.as_ref().is_none_or(|a| a.len() >= ph * pw));
     let shape = (ph, pw);
     // SAFETY: every vector access is checked against the slices in `pool_rows`.
     unsafe {
-        match isa {
+        match (isa, arg) {
             #[cfg(target_arch = "x86_64")]
-            Some(Isa::Avx512) => pool_avx512(src, step, bias, relu, shape, y, arg),
+            (Some(Isa::Avx512), Some(arg)) => {
+                pool_avx512::<true>(src, step, bias, relu, shape, y, arg)
+            }
             #[cfg(target_arch = "x86_64")]
-            Some(Isa::Avx2) => pool_avx2(src, step, bias, relu, shape, y, arg),
-            _ => pool_plain(src, step, bias, relu, 0..ph, pw, y, arg),
+            (Some(Isa::Avx512), None) => {
+                pool_avx512::<false>(src, step, bias, relu, shape, y, &mut [])
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Some(Isa::Avx2), Some(arg)) => pool_avx2::<true>(src, step, bias, relu, shape, y, arg),
+            #[cfg(target_arch = "x86_64")]
+            (Some(Isa::Avx2), None) => pool_avx2::<false>(src, step, bias, relu, shape, y, &mut []),
+            (_, arg) => pool_plain(src, step, bias, relu, 0..ph, pw, y, arg),
         }
     }
 }
@@ -614,7 +623,7 @@ fn pool_plain(
     rows: std::ops::Range<usize>,
     pw: usize,
     y: &mut [f32],
-    arg: &mut [u32],
+    mut arg: Option<&mut [u32]>,
 ) {
     let act = |v: f32| {
         let v = v + bias;
@@ -627,8 +636,8 @@ fn pool_plain(
     for r in rows {
         let (t0, b0) = (2 * r * step, (2 * r + 1) * step);
         let (top, bottom) = (&src[t0..t0 + 2 * pw], &src[b0..b0 + 2 * pw]);
-        let (yr, ar) = (&mut y[r * pw..][..pw], &mut arg[r * pw..][..pw]);
-        for (c, (yv, av)) in yr.iter_mut().zip(ar.iter_mut()).enumerate() {
+        let yr = &mut y[r * pw..][..pw];
+        for (c, yv) in yr.iter_mut().enumerate() {
             let (mut best, mut at) = (act(top[2 * c]), t0 + 2 * c);
             let b = act(top[2 * c + 1]);
             if b > best {
@@ -643,14 +652,16 @@ fn pool_plain(
                 (best, at) = (d, b0 + 2 * c + 1);
             }
             *yv = best;
-            *av = at as u32;
+            if let Some(arg) = arg.as_deref_mut() {
+                arg[r * pw + c] = at as u32;
+            }
         }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn pool_avx512(
+unsafe fn pool_avx512<const ARG: bool>(
     src: &[f32],
     step: usize,
     bias: f32,
@@ -659,11 +670,11 @@ unsafe fn pool_avx512(
     y: &mut [f32],
     arg: &mut [u32],
 ) {
-    pool_rows::<crate::simd::Avx512>(src, step, bias, relu, shape, y, arg)
+    pool_rows::<crate::simd::Avx512, ARG>(src, step, bias, relu, shape, y, arg)
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pool_avx2(
+unsafe fn pool_avx2<const ARG: bool>(
     src: &[f32],
     step: usize,
     bias: f32,
@@ -672,14 +683,14 @@ unsafe fn pool_avx2(
     y: &mut [f32],
     arg: &mut [u32],
 ) {
-    pool_rows::<crate::simd::Avx2>(src, step, bias, relu, shape, y, arg)
+    pool_rows::<crate::simd::Avx2, ARG>(src, step, bias, relu, shape, y, arg)
 }
 
 /// `max_pool_2x2` a vector of windows at a time: the top and bottom rows' values split
 /// into even and odd columns, then the four candidates compared in window order, each
-/// with `select_gt` (strictly greater), as the plain loop does.
+/// with `select_gt` (strictly greater), as the plain loop does. `ARG`: record positions.
 #[inline(always)]
-unsafe fn pool_rows<S: Lanes>(
+unsafe fn pool_rows<S: Lanes, const ARG: bool>(
     src: &[f32],
     step: usize,
     bias: f32,
@@ -703,9 +714,11 @@ unsafe fn pool_rows<S: Lanes>(
         let (t0, b0) = (2 * r * step, (2 * r + 1) * step);
         // Room for whole vectors, and positions exact as floats.
         let room = b0 + 2 * whole <= src.len()
-            && r * pw + whole <= y.len().min(arg.len())
+            && r * pw + whole <= y.len()
+            && (!ARG || r * pw + whole <= arg.len())
             && b0 + 2 * whole < 1 << 24;
         if !room {
+            let arg = ARG.then_some(&mut *arg);
             pool_plain(src, step, bias, relu, r..r + 1, pw, y, arg);
             continue;
         }
@@ -721,11 +734,16 @@ unsafe fn pool_rows<S: Lanes>(
                 (act(be), S::add(pos, down)),
                 (act(bo), S::add(S::add(pos, down), one)),
             ] {
-                at = S::select_gt(v, best, p, at);
-                best = S::select_gt(v, best, v, best);
+                if ARG {
+                    at = S::select_gt(v, best, p, at);
+                }
+                // v > best ? v : best, as the plain loop.
+                best = S::max(v, best);
             }
             S::store(y.as_mut_ptr().add(r * pw + c), best);
-            S::store_u32(arg.as_mut_ptr().add(r * pw + c), at);
+            if ARG {
+                S::store_u32(arg.as_mut_ptr().add(r * pw + c), at);
+            }
             c += S::LANES;
         }
     }
