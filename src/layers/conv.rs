@@ -433,20 +433,35 @@ impl Conv2d {
         });
     }
 
-    /// Direct forward: the padded images at the start of `s.work` (kept for the backward
-    /// pass), then the output block (O, images * round_up(cols_per_image)); returns where
-    /// the block starts.
-    fn direct_forward(&self, isa: Isa, x: &[f32], s: &mut Scratch) -> usize {
+    /// The forward pass of one chunk, working in `s`. Direct path: the padded images at
+    /// the start of `s.work` (kept for the backward pass), then one image's output block
+    /// (O, round_up(cols_per_image)), computed and written out image by image while it is
+    /// in the cache. im2col + GEMM: the whole chunk's block, (O, images * cols_per_image).
+    fn forward_into(&self, x: &[f32], y: &mut [f32], s: &mut Scratch, train: bool) {
         let g = &self.geometry;
         let nb = x.len() / g.in_len();
-        let (plane, img) = (g.padded_plane(), round_up(g.cols_per_image()));
-        let (padded_len, ld) = (nb * g.in_c * plane, nb * img);
-        grow(&mut s.work, padded_len + g.out_c * ld);
-        let (padded, rest) = s.work.split_at_mut(padded_len);
+        let cols_len = g.cols_per_image();
+        if self.pool && train {
+            s.indices.resize(nb * g.out_c * self.out_plane(), 0);
+        }
+        let Some(isa) = self.direct else {
+            self.gemm_forward(x, s);
+            let ld = nb * cols_len;
+            for i in 0..nb {
+                let block = &s.work[..g.out_c * ld];
+                self.write_image(i, block, ld, i * cols_len, y, &mut s.indices, train);
+            }
+            return;
+        };
+        let (plane, img) = (g.padded_plane(), round_up(cols_len));
+        let padded_len = nb * g.in_c * plane;
+        // Two rows of slack: the pooling reads whole vectors past the last plane's end.
+        grow(&mut s.work, padded_len + g.out_c * img + 2 * MAX_LANES);
+        let (padded, block) = s.work.split_at_mut(padded_len);
         for (x, p) in x.chunks(g.in_len()).zip(padded.chunks_mut(g.in_c * plane)) {
             pad_whole(g, self.direct, x, p);
         }
-        let block = &mut rest[..g.out_c * ld];
+        let (w, rows) = (&self.weight.value, g.out_c);
         for i in 0..nb {
             let x = Planes {
                 data: padded,
@@ -454,62 +469,37 @@ impl Conv2d {
                 plane,
                 image: 0,
             };
-            let w = &self.weight.value;
-            let (rows, n) = (g.out_c, g.cols_per_image());
-            shifted_sum(
-                isa,
-                &self.offsets,
-                n,
-                w,
-                rows,
-                g.in_c,
-                x,
-                &mut block[i * img..],
-                ld,
-            );
+            shifted_sum(isa, &self.offsets, cols_len, w, rows, g.in_c, x, block, img);
+            self.write_image(i, block, img, 0, y, &mut s.indices, train);
         }
-        padded_len
     }
 
-    /// The forward pass of one chunk, working in `s`.
-    fn forward_into(&self, x: &[f32], y: &mut [f32], s: &mut Scratch, train: bool) {
+    /// Image `i`'s outputs, from `block` (its rows `ld` apart, the image's columns from
+    /// `at`), plus the bias and the fused ReLU, into `y`: pooled straight from the column
+    /// layout when the max pool is fused (with the winners' positions when training), else
+    /// each valid output. Plane by plane in order, so a plane's last vector may run into
+    /// the next one.
+    #[allow(clippy::too_many_arguments)]
+    fn write_image(
+        &self,
+        i: usize,
+        block: &[f32],
+        ld: usize,
+        at: usize,
+        y: &mut [f32],
+        indices: &mut [u32],
+        train: bool,
+    ) {
         let g = &self.geometry;
-        let nb = x.len() / g.in_len();
-        let cols_len = g.cols_per_image();
-        // Where the output block (O, nb * img) starts in `s.work`, and each image's width.
-        let (start, img) = match self.direct {
-            Some(isa) => (self.direct_forward(isa, x, s), round_up(cols_len)),
-            None => {
-                self.gemm_forward(x, s);
-                (0, cols_len)
-            }
-        };
-        let ld = nb * img;
-        let block = &s.work[start..start + g.out_c * ld];
-        if self.pool {
-            // Pooled straight from the column layout: each window's largest value after
-            // the bias (and the fused ReLU), and where it was (for training).
-            let (ph, pw) = (g.out_h / 2, g.out_w / 2);
-            if train {
-                s.indices.resize(nb * g.out_c * ph * pw, 0);
-            }
-            for k in 0..nb * g.out_c {
-                let (i, o) = (k / g.out_c, k % g.out_c);
-                let src = &block[o * ld + i * img..];
-                let y = &mut y[k * ph * pw..];
-                let arg = train.then(|| &mut s.indices[k * ph * pw..]);
-                let (bias, step) = (self.bias.value[o], g.row_step());
-                max_pool_2x2(self.direct, src, step, bias, self.relu, (ph, pw), y, arg);
-            }
-            return;
-        }
-        // Each image's valid outputs, plus the bias (and the fused ReLU), into y, image by
-        // image and plane by plane, so a plane's last vector may run into the next one.
-        for i in 0..nb {
-            for (o, &bias) in self.bias.value.iter().enumerate() {
-                let src = &block[o * ld + i * img..];
-                let dst = &mut y[(i * g.out_c + o) * g.ohw()..];
-                let (step, relu) = (g.row_step(), self.relu);
+        let (plane, step, relu) = (self.out_plane(), g.row_step(), self.relu);
+        for (o, &bias) in self.bias.value.iter().enumerate() {
+            let k = i * g.out_c + o;
+            let (src, dst) = (&block[o * ld + at..], &mut y[k * plane..]);
+            if self.pool {
+                let arg = train.then(|| &mut indices[k * plane..]);
+                let shape = (g.out_h / 2, g.out_w / 2);
+                max_pool_2x2(self.direct, src, step, bias, relu, shape, dst, arg);
+            } else {
                 unwiden(self.direct, src, step, g.out_h, g.out_w, bias, relu, dst);
             }
         }
