@@ -479,6 +479,15 @@ impl Network {
         stats
     }
 
+    /// The layer that applied layer `i` itself in the last pass (a fused ReLU or max pool;
+    /// a skipped flatten gives the layer before it), or `None` if layer `i` ran.
+    pub fn applied_by(&self, i: usize) -> Option<usize> {
+        if !(self.fused_now && self.absorbed[i]) {
+            return None;
+        }
+        (0..i).rev().find(|&j| !self.absorbed[j])
+    }
+
     /// The output of layer `i` from the last forward pass (`i = 0` is the first layer).
     /// Every layer's own output only after an evaluation pass with `keep_every_output`
     /// set: otherwise a conv followed by a ReLU writes the ReLU's output into the ReLU's

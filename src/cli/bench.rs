@@ -125,7 +125,12 @@ pub fn run(args: Args) -> Result<()> {
         );
         // The warm-up step is timed too: divide by every step run.
         let runs = (steps + 1) as f64;
-        for (l, (f, b)) in net.layers().iter().zip(&timing) {
+        for (i, (l, (f, b))) in net.layers().iter().zip(&timing).enumerate() {
+            if let Some(host) = net.applied_by(i) {
+                let host = net.layers()[host].name();
+                println!("  {:<10} {:>25}", l.name(), format!("(done by {host})"));
+                continue;
+            }
             println!(
                 "  {:<10} {:>12.3} {:>12.3}",
                 l.name(),
