@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// `--preset NAME` or `--model FILE`.
 #[derive(Args, Clone, Debug)]
 pub struct ModelChoice {
-    /// Built-in model: seed-cnn or mlp.
+    /// Built-in model: seed-cnn, cnn-plus or mlp.
     #[arg(long, conflicts_with = "model")]
     pub preset: Option<String>,
     /// A model spec in TOML (see presets/ for examples).
