@@ -13,6 +13,15 @@ pub enum Isa {
     Avx2,
 }
 
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(match self {
+            Isa::Avx512 => "AVX-512",
+            Isa::Avx2 => "AVX2+FMA",
+        })
+    }
+}
+
 /// The best vector unit this CPU has, or `None`.
 pub fn detect() -> Option<Isa> {
     supported().first().copied()
@@ -86,6 +95,15 @@ mod x86 {
 
     pub(crate) struct Avx512;
     pub(crate) struct Avx2;
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn fma_loop_avx512(iterations: u64) -> f32 {
+        super::fma_loop::<Avx512>(iterations)
+    }
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn fma_loop_avx2(iterations: u64) -> f32 {
+        super::fma_loop::<Avx2>(iterations)
+    }
 
     impl Lanes for Avx512 {
         const LANES: usize = 16;
@@ -239,4 +257,44 @@ mod x86 {
             _mm256_storeu_si256(p as *mut __m256i, _mm256_cvttps_epi32(v))
         }
     }
+}
+
+/// Floating-point operations per second one core sustains on fused multiply-adds of the
+/// widest vectors it has (`None` without vector kernels): the hardware's ceiling, which
+/// `convnet bench` compares the GEMM crate and the network against. Runs about
+/// `iterations` x 12 independent FMAs.
+pub fn fma_flops_per_second(iterations: u64) -> Option<f64> {
+    let isa = detect()?;
+    let start = std::time::Instant::now();
+    // SAFETY: `isa` came from `detect`.
+    let (lanes, sink) = unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => (16, x86::fma_loop_avx512(iterations)),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => (8, x86::fma_loop_avx2(iterations)),
+            #[allow(unreachable_patterns)]
+            _ => return None,
+        }
+    };
+    let seconds = start.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    Some((iterations * 12 * lanes * 2) as f64 / seconds)
+}
+
+/// Twelve independent chains of FMAs, enough to cover the instruction's latency on
+/// every core we know of.
+#[inline(always)]
+unsafe fn fma_loop<S: Lanes>(iterations: u64) -> f32 {
+    let mut acc = [S::splat(1.0); 12];
+    let (b, c) = (
+        S::splat(std::hint::black_box(0.999_999)),
+        S::splat(std::hint::black_box(1e-7)),
+    );
+    for _ in 0..iterations {
+        for a in acc.iter_mut() {
+            *a = S::fma(*a, b, c);
+        }
+    }
+    acc.iter().map(|&a| S::reduce(a)).sum()
 }

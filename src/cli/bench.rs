@@ -5,6 +5,7 @@ use super::common::ModelChoice;
 use anyhow::Result;
 use convnet::gemm::{sgemm_with, Backend};
 use convnet::optim::Optimizer;
+use convnet::simd;
 use convnet::train::{build_network, TrainConfig};
 use convnet::Network;
 use rand::{Rng, SeedableRng};
@@ -86,8 +87,12 @@ pub fn run(args: Args) -> Result<()> {
     let macs = net.macs() as f64;
     // Forward = 2*MACs flops; backward ~ twice that (input and weight gradients).
     let train_flops = 6.0 * macs;
+    let convs = match simd::detect() {
+        Some(isa) => format!("direct {isa} kernels"),
+        None => "im2col + GEMM".to_string(),
+    };
     println!(
-        "convnet bench: model {} · {} mult-adds/image · {:.2} MFLOP per training image · {threads} threads · GEMM crate {}",
+        "convnet bench: model {} · {} mult-adds/image · {:.2} MFLOP per training image · {threads} threads · GEMM crate {} · stride-1 convs: {convs}",
         cfg.model.name,
         convnet::network::group_digits(net.macs()),
         train_flops / 1e6,
@@ -182,5 +187,18 @@ pub fn run(args: Args) -> Result<()> {
         Backend::DEFAULT.crate_name(),
         100.0 * best_train / peak
     );
+    // The hardware's own ceiling: every thread running independent FMAs at once.
+    let fma: Option<f64> = rayon::broadcast(|_| simd::fma_flops_per_second(200_000_000))
+        .into_iter()
+        .sum();
+    if let (Some(fma), Some(isa)) = (fma, simd::detect()) {
+        let fma = fma / 1e9;
+        println!(
+            "FMA peak ({isa}) on {threads} threads: {fma:.1} GFLOP/s; the SGEMM reaches {:.1}% of it, training {:.1}%, evaluation {:.1}%",
+            100.0 * peak / fma,
+            100.0 * best_train / fma,
+            100.0 * eval_ips * 2.0 * macs / 1e9 / fma
+        );
+    }
     Ok(())
 }
