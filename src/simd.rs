@@ -96,6 +96,54 @@ mod x86 {
     pub(crate) struct Avx512;
     pub(crate) struct Avx2;
 
+    /// The `r8` x `c8` corner of `src` (rows, cols) transposed into `dst`, 8 x 8 at a time.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn transpose_blocks(
+        src: &[f32],
+        rows: usize,
+        cols: usize,
+        r8: usize,
+        c8: usize,
+        dst: &mut [f32],
+    ) {
+        let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+        // Down the columns of blocks: each output row is written front to back, and the
+        // input rows' cache lines are back for the next column while still in L1.
+        for c0 in (0..c8).step_by(8) {
+            for r0 in (0..r8).step_by(8) {
+                let row = |i: usize| _mm256_loadu_ps(s.add((r0 + i) * cols + c0));
+                let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
+                let (a4, a5, a6, a7) = (row(4), row(5), row(6), row(7));
+                // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves.
+                let (t0, t1) = (_mm256_unpacklo_ps(a0, a1), _mm256_unpackhi_ps(a0, a1));
+                let (t2, t3) = (_mm256_unpacklo_ps(a2, a3), _mm256_unpackhi_ps(a2, a3));
+                let (t4, t5) = (_mm256_unpacklo_ps(a4, a5), _mm256_unpackhi_ps(a4, a5));
+                let (t6, t7) = (_mm256_unpacklo_ps(a6, a7), _mm256_unpackhi_ps(a6, a7));
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let out = [
+                    _mm256_permute2f128_ps::<0x20>(u0, u4),
+                    _mm256_permute2f128_ps::<0x20>(u1, u5),
+                    _mm256_permute2f128_ps::<0x20>(u2, u6),
+                    _mm256_permute2f128_ps::<0x20>(u3, u7),
+                    _mm256_permute2f128_ps::<0x31>(u0, u4),
+                    _mm256_permute2f128_ps::<0x31>(u1, u5),
+                    _mm256_permute2f128_ps::<0x31>(u2, u6),
+                    _mm256_permute2f128_ps::<0x31>(u3, u7),
+                ];
+                for (j, v) in out.into_iter().enumerate() {
+                    _mm256_storeu_ps(d.add((c0 + j) * rows + r0), v);
+                }
+            }
+        }
+    }
+
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn fma_loop_avx512(iterations: u64) -> f32 {
         super::fma_loop::<Avx512>(iterations)
@@ -255,6 +303,34 @@ mod x86 {
         #[inline(always)]
         unsafe fn store_u32(p: *mut u32, v: __m256) {
             _mm256_storeu_si256(p as *mut __m256i, _mm256_cvttps_epi32(v))
+        }
+    }
+}
+
+/// `dst[c * rows + r] = src[r * cols + c]`: the (rows, cols) matrix `src` transposed, in
+/// 8 x 8 blocks held in vector registers when `isa` allows (every AVX2 or AVX-512 CPU has
+/// the AVX shuffles this needs), the edges one value at a time.
+pub fn transpose(isa: Option<Isa>, src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    if let Some(isa) = isa {
+        assert!(supported().contains(&isa), "this CPU cannot run {isa}");
+    }
+    let (r8, c8) = if isa.is_some() {
+        (rows / 8 * 8, cols / 8 * 8)
+    } else {
+        (0, 0)
+    };
+    #[cfg(target_arch = "x86_64")]
+    if r8 > 0 && c8 > 0 {
+        // SAFETY: the CPU has AVX2 or AVX-512, so AVX; the blocks lie inside the checked
+        // slices.
+        unsafe { x86::transpose_blocks(src, rows, cols, r8, c8, dst) };
+    }
+    // The edges: columns past c8 in the block rows, then rows past r8.
+    for r in 0..rows {
+        let from = if r < r8 { c8 } else { 0 };
+        for c in from..cols {
+            dst[c * rows + r] = src[r * cols + c];
         }
     }
 }

@@ -314,3 +314,34 @@ fn seed_cnn_learns_fashion_mnist_and_reports_its_class_names() {
     assert!(report.per_class_table().contains("Ankle boot"));
     assert_eq!(report.correct, out.test.correct);
 }
+
+/// The vector transpose (8 x 8 blocks in registers) against the plain loop, on every
+/// vector unit this CPU has, for shapes with and without ragged edges.
+#[test]
+fn vector_transpose_matches_the_plain_loop() {
+    use convnet::simd;
+    for (rows, cols) in [
+        (1, 1),
+        (8, 8),
+        (7, 9),
+        (16, 24),
+        (13, 21),
+        (128, 784),
+        (10, 784),
+    ] {
+        let src: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let mut want = vec![0.0; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                want[c * rows + r] = src[r * cols + c];
+            }
+        }
+        let mut paths = vec![None];
+        paths.extend(simd::supported().into_iter().map(Some));
+        for isa in paths {
+            let mut got = vec![f32::NAN; rows * cols];
+            simd::transpose(isa, &src, rows, cols, &mut got);
+            assert_eq!(got, want, "{rows}x{cols} on {isa:?}");
+        }
+    }
+}

