@@ -3,7 +3,8 @@
 //! A convolutional-network trainer written from scratch: every layer's forward and
 //! backward pass, the losses, the optimiser and the initialisation are in this crate,
 //! side by side and checked against finite differences. GEMM comes from a well-kept
-//! crate (see `gemm.rs`).
+//! crate (see `gemm.rs`); stride-1 convolutions run on our own vector kernels
+//! (`layers/conv_direct.rs`, over `simd.rs`), chosen at run time.
 //!
 //! ```text
 //! IDX files ──► Dataset (u8 images + labels, in memory once)

@@ -16,6 +16,12 @@
 //! gradient and the chunks are added in order, so the result is the same for any thread
 //! count. `conv2d_forward_reference` and `conv2d_backward_reference`
 //! are the plain loops the tests compare this against.
+//!
+//! Stride 1 on a CPU with AVX2 or AVX-512 takes the direct path instead (`conv_direct.rs`):
+//! the same three products, computed by vector kernels that read the padded input in place
+//! rather than from unfolded columns. The network may also ask the layer to apply the ReLU
+//! and the 2x2 max pool that follow it (`fuse_relu`, `fuse_max_pool`): the output is then
+//! written once, already pooled, and the pooled gradient scattered straight back.
 
 use super::conv_direct::{max_pool_2x2, shifted_dots, shifted_sum, unwiden, widen, Planes};
 use super::{sum, sum_chunk_grads, Layer, Param, Scratch, CHUNK};
