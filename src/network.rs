@@ -334,15 +334,17 @@ impl Network {
 
     /// Layers `start..end`, all per-chunk: each chunk of the batch goes through all of them
     /// on one thread, so what one layer writes the next reads from the same core's cache.
+    /// Evaluation passes keep nothing per chunk, so they may cut larger chunks.
     fn forward_stage(&mut self, start: usize, end: usize, n: usize, train: bool) {
-        let chunks = n.div_ceil(CHUNK);
+        let size = if train { CHUNK } else { EVAL_CHUNK };
+        let chunks = n.div_ceil(size);
         self.prepare_outputs(start, end, n);
         let mut scratch = take_scratch(&mut self.layers[start..end], n);
         let views = chunk_views(
             &mut self.acts[start..=end],
             None,
             &mut scratch,
-            chunks,
+            (chunks, size),
             false,
         );
         let run = Run::new(
@@ -445,7 +447,7 @@ impl Network {
             &mut self.acts,
             Some(&mut self.grads),
             &mut scratch,
-            chunks,
+            (chunks, CHUNK),
             true,
         );
         let run = Run::new(
@@ -543,7 +545,7 @@ impl Network {
             &mut self.acts[start..=end],
             Some(&mut self.grads[start..=end]),
             &mut scratch,
-            chunks,
+            (chunks, CHUNK),
             start == 0,
         );
         let run = Run::new(
@@ -724,6 +726,12 @@ fn absorbed_layers(layers: &mut [Box<dyn Layer>], stages: &[(usize, usize)]) -> 
     absorbed
 }
 
+/// Samples per chunk in evaluation passes. Nothing is kept between passes then, so the
+/// chunk can be larger than the training `CHUNK`: 24 rows make whole 6-column blocks of the
+/// GEMM crate's AVX-512 kernel in the linear layers (8 rows leave a 2-column edge), and every
+/// sample's result is computed the same way whatever the chunk.
+const EVAL_CHUNK: usize = 24;
+
 /// Per-layer times are collected for at most this many layers of a stage (the rest are
 /// added to the last slot).
 const MAX_TIMED: usize = 64;
@@ -745,12 +753,12 @@ fn chunk_views<'a>(
     acts: &'a mut [Tensor],
     grads: Option<&'a mut [Tensor]>,
     scratch: &'a mut [Vec<Scratch>],
-    chunks: usize,
+    (chunks, size): (usize, usize),
     starts_at_input: bool,
 ) -> Vec<ChunkViews<'a>> {
     let mut views: Vec<ChunkViews> = (0..chunks).map(|_| ChunkViews::default()).collect();
     for t in acts.iter_mut() {
-        let per = CHUNK * t.sample_len();
+        let per = size * t.sample_len();
         for (v, piece) in views.iter_mut().zip(t.data.chunks_mut(per)) {
             v.acts.push(piece);
         }
@@ -761,7 +769,7 @@ fn chunk_views<'a>(
                 views.iter_mut().for_each(|v| v.grads.push(None));
                 continue;
             }
-            let per = CHUNK * t.sample_len();
+            let per = size * t.sample_len();
             for (v, piece) in views.iter_mut().zip(t.data.chunks_mut(per)) {
                 v.grads.push(Some(piece));
             }

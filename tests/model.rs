@@ -371,3 +371,23 @@ fn evaluation_fuses_unless_every_output_is_kept() {
     assert_eq!(net.activation(1).data, relu1);
     assert_eq!(net.activation(2).data, pool1_fused);
 }
+
+/// Evaluation passes cut larger chunks than training passes (nothing is kept between
+/// them); each sample's logits must not depend on that: the same bits as a training-mode
+/// forward pass, for a batch that leaves ragged chunks either way.
+#[test]
+fn evaluation_chunks_give_the_same_logits_as_training_chunks() {
+    let spec = ModelSpec::preset("seed-cnn").unwrap();
+    let mut net = Network::build(&spec).unwrap();
+    net.initialize(&mut rand_pcg::Pcg64Mcg::seed_from_u64(4), None);
+    let n = 53;
+    let fill = |net: &mut Network| {
+        for (i, v) in net.input_mut(n).iter_mut().enumerate() {
+            *v = ((i * 31) % 89) as f32 / 44.0 - 1.0;
+        }
+    };
+    fill(&mut net);
+    let trained = net.forward(true).data.clone();
+    fill(&mut net);
+    assert_eq!(net.forward(false).data, trained);
+}
