@@ -25,6 +25,28 @@
 
 use crate::simd::{round_up, Isa, Lanes};
 
+/// Defines `$avx512` and `$avx2`: the generic `$generic::<S, ...>` compiled once for each
+/// instruction set (`#[target_feature]`), so the `Lanes` intrinsics inline into it.
+/// Optional const parameters pass through.
+macro_rules! isa_copies {
+    ($avx512:ident, $avx2:ident = $generic:ident $(<const $c:ident: $ct:ty>)? (
+        $($arg:ident: $ty:ty),* $(,)?
+    )) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $avx512 $(<const $c: $ct>)? ($($arg: $ty),*) {
+            $generic::<crate::simd::Avx512 $(, $c)?>($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $avx2 $(<const $c: $ct>)? ($($arg: $ty),*) {
+            $generic::<crate::simd::Avx2 $(, $c)?>($($arg),*)
+        }
+    };
+}
+
 /// A set of planes inside a slice: plane `c` of image `i` starts at
 /// `start + i * image + c * plane`.
 #[derive(Clone, Copy)]
@@ -438,10 +460,7 @@ fn widen_plain(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn unwiden_avx512(
+isa_copies!(unwiden_avx512, unwiden_avx2 = unwiden_rows(
     src: &[f32],
     step: usize,
     rows: usize,
@@ -449,26 +468,8 @@ unsafe fn unwiden_avx512(
     bias: f32,
     relu: bool,
     dst: &mut [f32],
-) {
-    unwiden_rows::<crate::simd::Avx512>(src, step, rows, width, bias, relu, dst)
-}
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn unwiden_avx2(
-    src: &[f32],
-    step: usize,
-    rows: usize,
-    width: usize,
-    bias: f32,
-    relu: bool,
-    dst: &mut [f32],
-) {
-    unwiden_rows::<crate::simd::Avx2>(src, step, rows, width, bias, relu, dst)
-}
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn widen_avx512(
+));
+isa_copies!(widen_avx512, widen_avx2 = widen_rows(
     dy: &[f32],
     y: &[f32],
     rows: usize,
@@ -476,22 +477,7 @@ unsafe fn widen_avx512(
     relu: bool,
     dst: &mut [f32],
     step: usize,
-) {
-    widen_rows::<crate::simd::Avx512>(dy, y, rows, width, relu, dst, step)
-}
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn widen_avx2(
-    dy: &[f32],
-    y: &[f32],
-    rows: usize,
-    width: usize,
-    relu: bool,
-    dst: &mut [f32],
-    step: usize,
-) {
-    widen_rows::<crate::simd::Avx2>(dy, y, rows, width, relu, dst, step)
-}
+));
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -659,9 +645,7 @@ fn pool_plain(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn pool_avx512<const ARG: bool>(
+isa_copies!(pool_avx512, pool_avx2 = pool_rows<const ARG: bool>(
     src: &[f32],
     step: usize,
     bias: f32,
@@ -669,22 +653,7 @@ unsafe fn pool_avx512<const ARG: bool>(
     shape: (usize, usize),
     y: &mut [f32],
     arg: &mut [u32],
-) {
-    pool_rows::<crate::simd::Avx512, ARG>(src, step, bias, relu, shape, y, arg)
-}
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn pool_avx2<const ARG: bool>(
-    src: &[f32],
-    step: usize,
-    bias: f32,
-    relu: bool,
-    shape: (usize, usize),
-    y: &mut [f32],
-    arg: &mut [u32],
-) {
-    pool_rows::<crate::simd::Avx2, ARG>(src, step, bias, relu, shape, y, arg)
-}
+));
 
 /// `max_pool_2x2` a vector of windows at a time: the top and bottom rows' values split
 /// into even and odd columns, then the four candidates compared in window order, each
