@@ -22,9 +22,45 @@ impl std::fmt::Display for Isa {
     }
 }
 
-/// The best vector unit this CPU has, or `None`.
+/// The vector unit the kernels run on: the best this CPU has, or `None`; or the one named
+/// by `CONVNET_SIMD` (`avx512`, `avx2`, or `off` for im2col + GEMM everywhere), to measure
+/// or rule out a path. Read once per process.
 pub fn detect() -> Option<Isa> {
-    supported().first().copied()
+    static CHOSEN: std::sync::OnceLock<Option<Isa>> = std::sync::OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let all = supported();
+        let wanted = std::env::var("CONVNET_SIMD").ok();
+        match wanted.as_deref().map(str::to_ascii_lowercase).as_deref() {
+            None | Some("") | Some("auto") => all.first().copied(),
+            Some("off") | Some("none") => None,
+            Some(name) => {
+                let isa = match name {
+                    "avx512" | "avx-512" => Some(Isa::Avx512),
+                    "avx2" => Some(Isa::Avx2),
+                    _ => None,
+                };
+                match isa {
+                    Some(isa) if all.contains(&isa) => Some(isa),
+                    _ => {
+                        eprintln!(
+                            "warning: CONVNET_SIMD={name} ignored: this CPU offers {}; expected one of those, off or auto",
+                            names(&all)
+                        );
+                        all.first().copied()
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// "AVX-512, AVX2+FMA", or "no vector kernels".
+fn names(all: &[Isa]) -> String {
+    if all.is_empty() {
+        return "no vector kernels".into();
+    }
+    let names: Vec<String> = all.iter().map(|i| i.to_string()).collect();
+    names.join(", ")
 }
 
 /// Every vector unit this CPU can run, widest first (the tests run each).

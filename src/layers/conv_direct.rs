@@ -200,7 +200,9 @@ struct DotArgs<'a> {
 }
 
 // One compiled copy per instruction set. Block sizes: AVX-512 has 32 vector registers,
-// so 4 rows x 6 vectors of accumulators; AVX2 has 16, so 4 x 2.
+// so `shifted_sum` keeps 4 rows x 6 vectors of accumulators; AVX2 has 16, so 4 x 2.
+// `shifted_dots` keeps 4 rows x 3 taps on both (12 accumulators, 3 inputs and 1 gradient
+// vector fill AVX2's 16; 2 rows x 3 taps was 5% slower there, being short of loads).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn sum_avx512(args: SumArgs) {
@@ -219,7 +221,7 @@ unsafe fn dots_avx512(args: &DotArgs) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dots_avx2(args: &DotArgs) {
-    dots_rows::<crate::simd::Avx2, 2, 3>(args)
+    dots_rows::<crate::simd::Avx2, 4, 3>(args)
 }
 
 /// `shifted_sum` in blocks of R rows x V vectors, then single rows and single vectors.
