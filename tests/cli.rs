@@ -360,3 +360,35 @@ fn resume_needs_a_run_directory_and_val_size_zero_trains_without_validation() {
         "no validation, no best model"
     );
 }
+
+/// `convnet bench` names the conv path it measured, which `CONVNET_SIMD` can choose; an
+/// unknown value is refused with a warning, not an error, and the default path runs.
+#[test]
+fn bench_reports_the_conv_path_that_convnet_simd_picks() {
+    let bench = |simd: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_convnet"))
+            .args(["bench", "--seconds", "0.05", "--batch-size", "8"])
+            .args(["--eval-batch-size", "16", "--threads", "1"])
+            .env("CONVNET_SIMD", simd)
+            .output()
+            .expect("the binary runs");
+        assert!(
+            out.status.success(),
+            "CONVNET_SIMD={simd}: {:?}",
+            text(&out)
+        );
+        text(&out)
+    };
+    let (stdout, stderr) = bench("off");
+    assert!(stdout.contains("stride-1 convs: im2col + GEMM"), "{stdout}");
+    assert!(stdout.contains("train batch    8:") && stdout.contains("eval batch 16:"));
+    assert!(stderr.is_empty(), "{stderr}");
+    let (stdout, stderr) = bench("bogus");
+    assert!(stderr.contains("CONVNET_SIMD=bogus ignored"), "{stderr}");
+    let default = if !convnet::simd::supported().is_empty() {
+        "stride-1 convs: direct"
+    } else {
+        "stride-1 convs: im2col + GEMM"
+    };
+    assert!(stdout.contains(default), "{stdout}");
+}
