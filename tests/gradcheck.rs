@@ -239,14 +239,15 @@ fn a_conv_with_its_max_pool_fused_matches_the_separate_layers() {
     let (n, c, h, w) = (3, 2, 7, 6);
     let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 7) % 3) as f32).collect();
     let x = Tensor::from_vec(&[n, c, h, w], x);
-    for (k, pad) in [(1, 0), (3, 1), (2, 0)] {
-        let g = ConvGeometry::new([c, h, w], 3, k, 1, pad).unwrap();
+    // Stride 2 runs im2col + GEMM with the plain (not wide) column layout.
+    for (k, pad, stride) in [(1, 0, 1), (3, 1, 1), (2, 0, 1), (3, 1, 2), (1, 0, 2)] {
+        let g = ConvGeometry::new([c, h, w], 3, k, stride, pad).unwrap();
         let (ph, pw) = (g.out_h / 2, g.out_w / 2);
         let weights: Vec<f32> = (0..3 * c * k * k).map(|i| ((i % 3) as f32) - 1.0).collect();
         let dy: Vec<f32> = (0..n * 3 * ph * pw).map(|i| 1.0 + i as f32).collect();
         for path in conv_paths(&g) {
             for relu in [false, true] {
-                let case = format!("kernel {k} pad {pad} on {path:?}, ReLU {relu}");
+                let case = format!("kernel {k} pad {pad} stride {stride} on {path:?}, ReLU {relu}");
                 let new_conv = || {
                     let mut conv = Conv2d::new("conv", g);
                     conv.set_direct(path);
