@@ -365,10 +365,15 @@ pub struct Conv2d {
     output: Vec<usize>,
     pub weight: Param,
     pub bias: Param,
-    /// Per chunk, `work`: the output (or its gradient) in the column layout, (O,
-    /// images*cols_per_image), between the GEMM and NCHW, then a padded image or dw^T
-    /// (`temp_len`). The im2col columns themselves, (CKK, images*cols_per_image) with the
-    /// images side by side so each chunk needs one GEMM, live in a per-thread buffer.
+    /// Per chunk, `work`. im2col + GEMM: the output (or its gradient) in the column
+    /// layout, (O, images*cols_per_image), between the GEMM and NCHW, then a padded image
+    /// or dw^T (`temp_len`); the im2col columns themselves, (CKK, images*cols_per_image)
+    /// with the images side by side so each chunk needs one GEMM, live in a per-thread
+    /// buffer. Direct path: the chunk's padded images (kept for the backward pass), then
+    /// one image's output block, or in the backward pass the output gradient in the wide
+    /// layout with margins, the transposed weights and one image's input gradient.
+    /// `indices`: the fused pool's winning positions. Evaluation passes use a per-thread
+    /// scratch instead (`EVAL_SCRATCH`).
     scratch: Vec<Scratch>,
     /// The network fused the following ReLU into this layer (`fuse_relu`): the output is
     /// max(0, conv) and the output gradient is masked by it.
