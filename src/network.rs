@@ -4,7 +4,8 @@
 //! output of layer `i`; `grads[i]` is dLoss/d`acts[i]`. All of them are reused between
 //! batches.
 //!
-//! How a batch runs: the batch is cut into fixed chunks of `CHUNK` samples, and each chunk
+//! How a batch runs: the batch is cut into fixed chunks of `CHUNK` samples (`EVAL_CHUNK`
+//! in evaluation passes, which keep nothing between forward and backward), and each chunk
 //! goes through a whole run of layers on one thread (`forward_stage`, `backward_stage`),
 //! the chunks in parallel. What one layer writes, the next reads while it is still in that
 //! core's cache, and threads meet once per run instead of once per layer. A layer that
