@@ -5,7 +5,7 @@
 //! batches.
 //!
 //! How a batch runs: the batch is cut into fixed chunks of `CHUNK` samples (`EVAL_CHUNK`
-//! in evaluation passes, which keep nothing between forward and backward), and each chunk
+//! in evaluation passes, which keep nothing for a backward pass), and each chunk
 //! goes through a whole run of layers on one thread (`forward_stage`, `backward_stage`),
 //! the chunks in parallel. What one layer writes, the next reads while it is still in that
 //! core's cache, and threads meet once per run instead of once per layer. A layer that
