@@ -79,6 +79,29 @@ pub fn supported() -> Vec<Isa> {
     all
 }
 
+/// Defines `$avx512` and `$avx2`: the generic `$generic::<S, ...>` compiled once for each
+/// instruction set (`#[target_feature]`), so the `Lanes` intrinsics inline into it.
+/// Optional const parameters pass through.
+macro_rules! isa_copies {
+    ($avx512:ident, $avx2:ident = $generic:ident $(<const $c:ident: $ct:ty>)? (
+        $($arg:ident: $ty:ty),* $(,)?
+    )) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $avx512 $(<const $c: $ct>)? ($($arg: $ty),*) {
+            $generic::<crate::simd::Avx512 $(, $c)?>($($arg),*)
+        }
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $avx2 $(<const $c: $ct>)? ($($arg: $ty),*) {
+            $generic::<crate::simd::Avx2 $(, $c)?>($($arg),*)
+        }
+    };
+}
+pub(crate) use isa_copies;
+
 /// Most lanes of any vector type here: buffers the kernels read or write in whole
 /// vectors are rounded up to a multiple of this.
 pub const MAX_LANES: usize = 16;

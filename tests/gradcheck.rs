@@ -285,6 +285,8 @@ fn a_conv_with_its_max_pool_fused_matches_the_separate_layers() {
                 let mut fused = new_conv();
                 fused.fuse_relu(relu);
                 assert!(fused.fuse_max_pool(true));
+                // As the network does before a batch's chunks run.
+                fused.prepare_forward();
                 let mut scratch = Scratch::default();
                 let mut y = vec![0.0; y3.data.len()];
                 fused.forward_chunk(0, &x.data, &mut y, &mut scratch, true);

@@ -23,7 +23,8 @@
 //! and the 2x2 max pool that follow it (`fuse_relu`, `fuse_max_pool`): the output is then
 //! written once, already pooled, and the pooled gradient scattered straight back.
 
-use super::conv_direct::{max_pool_2x2, shifted_dots, shifted_sum, unwiden, widen, Planes};
+use super::conv_direct::{shifted_dots, shifted_sum, unwiden, widen, Planes};
+use super::pool::max_pool_2x2;
 use super::{sum, sum_chunk_grads, Layer, Param, Scratch, CHUNK};
 use crate::gemm::sgemm;
 use crate::simd::{self, round_up, Isa, MAX_LANES};
@@ -371,7 +372,7 @@ pub struct Conv2d {
     /// with the images side by side so each chunk needs one GEMM, live in a per-thread
     /// buffer. Direct path: the chunk's padded images (kept for the backward pass), then
     /// one image's output block, or in the backward pass the output gradient in the wide
-    /// layout with margins, the transposed weights and one image's input gradient.
+    /// layout with margins and one image's input gradient.
     /// `indices`: the fused pool's winning positions. Evaluation passes use a per-thread
     /// scratch instead (`EVAL_SCRATCH`).
     scratch: Vec<Scratch>,
@@ -388,6 +389,9 @@ pub struct Conv2d {
     /// `geometry.tap_offsets()` and their negatives, for the direct path.
     offsets: Vec<isize>,
     back_offsets: Vec<isize>,
+    /// The weights as (C, O, K*K), for the direct path's input gradient; refreshed once
+    /// per forward pass (`prepare_forward`), not per chunk.
+    weight_t: Vec<f32>,
 }
 
 impl Conv2d {
@@ -406,6 +410,7 @@ impl Conv2d {
             direct: if g.is_wide() { simd::detect() } else { None },
             offsets: g.tap_offsets(),
             back_offsets: g.tap_offsets().iter().map(|o| -o).collect(),
+            weight_t: Vec::new(),
         }
     }
 
@@ -509,7 +514,7 @@ impl Conv2d {
             if self.pool {
                 let arg = train.then(|| &mut indices[k * plane..]);
                 let shape = (g.out_h / 2, g.out_w / 2);
-                max_pool_2x2(self.direct, src, step, bias, relu, shape, dst, arg);
+                max_pool_2x2(self.direct, src, step, Some(bias), relu, shape, dst, arg);
             } else {
                 unwiden(self.direct, src, step, g.out_h, g.out_w, bias, relu, dst);
             }
@@ -563,20 +568,14 @@ impl Conv2d {
         s: &mut Scratch,
     ) {
         let g = &self.geometry;
-        let taps = self.offsets.len();
         let nb = dy.len() / (g.out_c * self.out_plane());
         let (plane, margin, row) = (g.padded_plane(), g.grad_margin(), g.grad_row());
         let (cols_len, dxw_row) = (g.cols_per_image(), round_up(g.dx_wide()));
         let padded_len = nb * g.in_c * plane;
         let dyw_len = nb * g.out_c * row;
-        let wt_len = g.out_c * g.in_c * taps;
-        grow(
-            &mut s.work,
-            padded_len + dyw_len + wt_len + g.in_c * dxw_row,
-        );
+        grow(&mut s.work, padded_len + dyw_len + g.in_c * dxw_row);
         let (padded, rest) = s.work.split_at_mut(padded_len);
-        let (dyw, rest) = rest.split_at_mut(dyw_len);
-        let (wt, dxw) = rest.split_at_mut(wt_len);
+        let (dyw, dxw) = rest.split_at_mut(dyw_len);
         // dy in the wide layout, one row per image and channel, with zero margins.
         let out_plane = self.out_plane();
         let planes = dy.chunks(out_plane).zip(y.chunks(out_plane));
@@ -613,13 +612,8 @@ impl Conv2d {
         }
         let Some(dx) = dx else { return };
         // dx_padded[c][q] = sum over o, t of w[o][c][t] * dy[o][q - offset[t]]: the same
-        // shifted sum with the weights transposed and the offsets negated.
-        let w = &self.weight.value;
-        for (o, w) in w.chunks(g.in_c * taps).enumerate() {
-            for (c, w) in w.chunks(taps).enumerate() {
-                wt[(c * g.out_c + o) * taps..][..taps].copy_from_slice(w);
-            }
-        }
+        // shifted sum with the weights transposed (`weight_t`) and the offsets negated.
+        let wt = &self.weight_t;
         let (wp, hw) = (g.padded_w(), g.in_h * g.in_w);
         for (i, dx) in dx.chunks_mut(g.in_len()).enumerate() {
             let dyi = Planes {
@@ -671,6 +665,19 @@ impl Layer for Conv2d {
     }
     fn scratch_mut(&mut self) -> &mut Vec<Scratch> {
         &mut self.scratch
+    }
+
+    fn prepare_forward(&mut self) {
+        if self.direct.is_none() {
+            return;
+        }
+        let (g, taps) = (&self.geometry, self.offsets.len());
+        self.weight_t.resize(self.weight.value.len(), 0.0);
+        for (o, w) in self.weight.value.chunks(g.in_c * taps).enumerate() {
+            for (c, w) in w.chunks(taps).enumerate() {
+                self.weight_t[(c * g.out_c + o) * taps..][..taps].copy_from_slice(w);
+            }
+        }
     }
 
     fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, train: bool) {
