@@ -95,10 +95,11 @@ impl Layer for Pool2d {
                 if k == 2 && st == 2 {
                     // Plane by plane in order, each given the rest of the chunk, so whole
                     // vectors may run on into the next plane.
+                    let isa = simd::detect();
                     for p in 0..y.len() / plane_out {
                         let (x, y) = (&x[p * plane_in..], &mut y[p * plane_out..]);
                         let arg = Some(&mut s.indices[p * plane_out..]);
-                        max_pool_2x2(simd::detect(), x, w, None, false, (oh, ow), y, arg);
+                        max_pool_2x2(isa, x, w, None, false, (oh, ow), y, arg);
                     }
                     return;
                 }
