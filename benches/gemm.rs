@@ -4,7 +4,7 @@
 //! call them; alternatives the layers do not use are marked "(unused)".
 //! Run: `cargo bench --bench gemm`.
 
-use convnet::gemm::{sgemm_with, Backend};
+use convnet::bench::{sgemm_with, Backend};
 use std::time::Instant;
 
 fn main() {

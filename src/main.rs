@@ -1,7 +1,5 @@
 //! The `convnet` command: one module per subcommand under `src/cli/`.
 
-mod cli;
-
 fn main() {
-    std::process::exit(cli::run());
+    std::process::exit(convnet::cli::run());
 }

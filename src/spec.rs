@@ -19,11 +19,14 @@
 //! out_features = 10
 //! ```
 //!
-//! Shapes are inferred layer by layer when the network is built (`Network::build`);
-//! `in_channels` / `in_features` may be given and are then checked.
+//! `ModelSpec::resolve` checks every layer's fields and infers every shape, layer by layer,
+//! with errors that name the layer and both shapes; `in_channels` / `in_features` may be
+//! given and are then checked.
 
-use crate::init::Init;
-use crate::loss::Loss;
+use crate::nn::init::Init;
+use crate::nn::loss::Loss;
+use crate::nn::{ActivationKind, ConvShape, LayerKind, PoolKind, PoolShape};
+use crate::tensor::ShapeDisplay;
 use crate::Error;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -32,7 +35,9 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Normalize {
+    /// Subtracted from every pixel.
     pub mean: f32,
+    /// Then divided into it.
     pub scale: f32,
 }
 
@@ -45,14 +50,19 @@ impl Default for Normalize {
     }
 }
 
+/// A model: its input, how pixels are normalised, its loss and its layers, as written in
+/// a TOML file (see the module docs and `presets/`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    /// The model's name (used in run folder names).
     pub name: String,
     /// Per-sample input shape (C, H, W).
     pub input: Vec<usize>,
+    /// How pixels enter the network.
     #[serde(default)]
     pub normalize: Normalize,
+    /// The training loss.
     #[serde(default)]
     pub loss: Loss,
     /// Initialisation for layers that do not name their own.
@@ -61,6 +71,7 @@ pub struct ModelSpec {
     /// Standard deviation for `gaussian` initialisation.
     #[serde(default = "default_init_std")]
     pub init_std: f32,
+    /// The layers, input first.
     pub layers: Vec<LayerSpec>,
 }
 
@@ -76,26 +87,37 @@ fn default_init_std() -> f32 {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LayerSpec {
+    /// The layer's name (parameters are `<name>.weight`, `<name>.bias`).
     pub name: String,
+    /// Its type (`type = "conv2d"`).
     #[serde(rename = "type")]
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Conv: input channels (checked when given).
     pub in_channels: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Conv: output channels.
     pub out_channels: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Conv, pool: the window's side.
     pub kernel: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Conv (default 1), pool (default the kernel): the step between windows.
     pub stride: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Conv: zero padding on every side (default 0).
     pub pad: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Linear: inputs (checked when given).
     pub in_features: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Linear: outputs.
     pub out_features: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Conv, linear: this layer's initialisation.
     pub init: Option<Init>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Conv, linear: the std of `gaussian` initialisation.
     pub init_std: Option<f32>,
     /// Dropout probability.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,6 +138,7 @@ pub const PRESETS: &[(&str, &str)] = &[
 ];
 
 impl ModelSpec {
+    /// A built-in model: `seed-cnn`, `cnn-plus` or `mlp`.
     pub fn preset(name: &str) -> Result<ModelSpec, Error> {
         let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
             let names: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
@@ -127,16 +150,329 @@ impl ModelSpec {
         ModelSpec::from_toml(text, &format!("preset {name}"))
     }
 
+    /// Reads a spec from TOML; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<ModelSpec, Error> {
         toml::from_str(text).map_err(|e| Error::Spec(format!("{origin}: {e}")))
     }
 
+    /// Reads a spec file.
     pub fn load(path: &Path) -> Result<ModelSpec, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         ModelSpec::from_toml(&text, &path.display().to_string())
     }
 
+    /// The spec as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string(self).expect("a model spec always serialises")
+    }
+}
+
+/// What a layer computes, with every field checked.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum LayerOp {
+    /// A convolution.
+    Conv2d {
+        /// Its sizes.
+        shape: ConvShape,
+    },
+    /// Max or average pooling.
+    Pool2d {
+        /// Max or average.
+        kind: PoolKind,
+        /// Its sizes.
+        shape: PoolShape,
+    },
+    /// An element-wise activation.
+    Activation(ActivationKind),
+    /// Flatten to one dimension.
+    Flatten,
+    /// A fully connected layer.
+    Linear {
+        /// Inputs.
+        in_features: usize,
+        /// Outputs.
+        out_features: usize,
+    },
+    /// Dropout with probability `p`.
+    Dropout {
+        /// The probability of dropping a value.
+        p: f32,
+    },
+    /// Batch norm (2-d for (C, H, W) inputs, 1-d for (C)).
+    BatchNorm {
+        /// Added to the variance.
+        eps: f32,
+        /// Weight of the new batch in the running statistics.
+        momentum: f32,
+    },
+}
+
+/// One layer of a spec, checked, with its shapes inferred.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResolvedLayer {
+    /// The layer's name.
+    pub name: String,
+    /// Its type.
+    pub kind: LayerKind,
+    /// What it computes.
+    pub op: LayerOp,
+    /// Per-sample input shape.
+    pub input: Vec<usize>,
+    /// Per-sample output shape.
+    pub output: Vec<usize>,
+    /// How its weights are drawn (the layer's own choice, else the model's).
+    pub init: Init,
+    /// The standard deviation of `gaussian` initialisation.
+    pub init_std: f32,
+}
+
+impl ResolvedLayer {
+    /// Learnable values.
+    pub fn param_count(&self) -> usize {
+        match self.op {
+            LayerOp::Conv2d { shape: s } => s.out_c * s.ckk() + s.out_c,
+            LayerOp::Linear {
+                in_features,
+                out_features,
+            } => in_features * out_features + out_features,
+            LayerOp::BatchNorm { .. } => 2 * self.input[0],
+            _ => 0,
+        }
+    }
+
+    /// Multiply-adds per sample in the forward pass.
+    pub fn macs(&self) -> usize {
+        match self.op {
+            LayerOp::Conv2d { shape: s } => s.out_len() * s.ckk(),
+            LayerOp::Linear {
+                in_features,
+                out_features,
+            } => in_features * out_features,
+            _ => 0,
+        }
+    }
+
+    /// Kernel / stride / pad summary for the layer table, empty when not applicable.
+    pub fn geometry(&self) -> String {
+        match self.op {
+            LayerOp::Conv2d { shape: s } => format!("{0}x{0} s{1} p{2}", s.kernel, s.stride, s.pad),
+            LayerOp::Pool2d { shape: s, .. } => format!("{0}x{0} s{1}", s.kernel, s.stride),
+            LayerOp::Dropout { p } => format!("p={p}"),
+            _ => String::new(),
+        }
+    }
+}
+
+impl LayerSpec {
+    /// The fields that are set (besides name and type).
+    fn set_fields(&self) -> Vec<&'static str> {
+        let fields = [
+            ("in_channels", self.in_channels.is_some()),
+            ("out_channels", self.out_channels.is_some()),
+            ("kernel", self.kernel.is_some()),
+            ("stride", self.stride.is_some()),
+            ("pad", self.pad.is_some()),
+            ("in_features", self.in_features.is_some()),
+            ("out_features", self.out_features.is_some()),
+            ("init", self.init.is_some()),
+            ("init_std", self.init_std.is_some()),
+            ("p", self.p.is_some()),
+            ("eps", self.eps.is_some()),
+            ("momentum", self.momentum.is_some()),
+        ];
+        fields
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+/// The fields each layer type accepts (besides name and type).
+fn allowed_fields(kind: LayerKind) -> &'static [&'static str] {
+    match kind {
+        LayerKind::Conv2d => &[
+            "in_channels",
+            "out_channels",
+            "kernel",
+            "stride",
+            "pad",
+            "init",
+            "init_std",
+        ],
+        LayerKind::MaxPool2d | LayerKind::AvgPool2d => &["kernel", "stride"],
+        LayerKind::Relu | LayerKind::Sigmoid | LayerKind::Tanh | LayerKind::Flatten => &[],
+        LayerKind::Linear => &["in_features", "out_features", "init", "init_std"],
+        LayerKind::Dropout => &["p"],
+        LayerKind::BatchNorm2d | LayerKind::BatchNorm1d => &["eps", "momentum"],
+    }
+}
+
+/// Resolves one layer for an input of per-sample shape `shape`; `prev` names the layer
+/// the input comes from, for error messages.
+fn resolve_layer(
+    l: &LayerSpec,
+    spec: &ModelSpec,
+    shape: &[usize],
+    prev: &str,
+) -> Result<ResolvedLayer, String> {
+    let kind = LayerKind::parse(&l.kind).ok_or_else(|| {
+        let names: Vec<&str> = LayerKind::ALL.iter().map(|k| k.name()).collect();
+        format!(
+            "unknown type `{}`: expected one of {}",
+            l.kind,
+            names.join(", ")
+        )
+    })?;
+    let allowed = allowed_fields(kind);
+    if let Some(bad) = l.set_fields().into_iter().find(|f| !allowed.contains(f)) {
+        return Err(format!("type {kind} does not take `{bad}`"));
+    }
+    let need =
+        |v: Option<usize>, field: &str| v.ok_or_else(|| format!("type {kind} needs `{field}`"));
+    let image = || -> Result<[usize; 3], String> {
+        match *shape {
+            [c, h, w] => Ok([c, h, w]),
+            _ => Err(format!(
+                "needs a (C, H, W) input, gets {} from {prev}",
+                ShapeDisplay(shape)
+            )),
+        }
+    };
+    let op = match kind {
+        LayerKind::Conv2d => {
+            let input = image()?;
+            if let Some(c) = l.in_channels {
+                if c != input[0] {
+                    return Err(format!(
+                        "expects {c} input channels, gets {} ({} from {prev})",
+                        input[0],
+                        ShapeDisplay(shape)
+                    ));
+                }
+            }
+            let shape = ConvShape::new(
+                input,
+                need(l.out_channels, "out_channels")?,
+                need(l.kernel, "kernel")?,
+                l.stride.unwrap_or(1),
+                l.pad.unwrap_or(0),
+            )?;
+            LayerOp::Conv2d { shape }
+        }
+        LayerKind::MaxPool2d | LayerKind::AvgPool2d => {
+            let k = need(l.kernel, "kernel")?;
+            let shape = PoolShape::new(image()?, k, l.stride.unwrap_or(k))?;
+            let kind = if kind == LayerKind::MaxPool2d {
+                PoolKind::Max
+            } else {
+                PoolKind::Avg
+            };
+            LayerOp::Pool2d { kind, shape }
+        }
+        LayerKind::Relu => LayerOp::Activation(ActivationKind::Relu),
+        LayerKind::Sigmoid => LayerOp::Activation(ActivationKind::Sigmoid),
+        LayerKind::Tanh => LayerOp::Activation(ActivationKind::Tanh),
+        LayerKind::Flatten => LayerOp::Flatten,
+        LayerKind::Linear => {
+            let [features] = *shape else {
+                return Err(format!(
+                    "needs a flat input, gets {} from {prev}: add a flatten layer before it",
+                    ShapeDisplay(shape)
+                ));
+            };
+            if let Some(fi) = l.in_features {
+                if fi != features {
+                    return Err(format!(
+                        "expects {fi} inputs, gets {features} ({} from {prev})",
+                        ShapeDisplay(shape)
+                    ));
+                }
+            }
+            LayerOp::Linear {
+                in_features: features,
+                out_features: need(l.out_features, "out_features")?,
+            }
+        }
+        LayerKind::Dropout => {
+            let p = l.p.unwrap_or(0.5);
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("dropout probability p must be in [0, 1), got {p}"));
+            }
+            LayerOp::Dropout { p }
+        }
+        LayerKind::BatchNorm2d | LayerKind::BatchNorm1d => {
+            let want = if kind == LayerKind::BatchNorm2d { 3 } else { 1 };
+            if shape.len() != want {
+                return Err(format!(
+                    "needs a {} input, gets {} from {prev}",
+                    if want == 3 { "(C, H, W)" } else { "flat (C)" },
+                    ShapeDisplay(shape)
+                ));
+            }
+            LayerOp::BatchNorm {
+                eps: l.eps.unwrap_or(1e-5),
+                momentum: l.momentum.unwrap_or(0.1),
+            }
+        }
+    };
+    let output = match op {
+        LayerOp::Conv2d { shape: s } => vec![s.out_c, s.out_h, s.out_w],
+        LayerOp::Pool2d { shape: s, .. } => vec![s.channels, s.out_h, s.out_w],
+        LayerOp::Flatten => vec![shape.iter().product()],
+        LayerOp::Linear { out_features, .. } => vec![out_features],
+        _ => shape.to_vec(),
+    };
+    Ok(ResolvedLayer {
+        name: l.name.clone(),
+        kind,
+        op,
+        input: shape.to_vec(),
+        output,
+        init: l.init.unwrap_or(spec.init),
+        init_std: l.init_std.unwrap_or(spec.init_std),
+    })
+}
+
+impl ModelSpec {
+    /// Checks every layer and infers every shape. The errors name the model, the layer and
+    /// both shapes: `model my-cnn: layer fc1: expects 784 inputs, gets 1568 (32x7x7 from pool2)`.
+    pub fn resolve(&self) -> Result<Vec<ResolvedLayer>, Error> {
+        let err = |msg: String| Error::Spec(format!("model `{}`: {msg}", self.name));
+        if self.input.len() != 3 || self.input.contains(&0) {
+            return Err(err(format!(
+                "`input` must be [C, H, W] with no zero, got {:?}",
+                self.input
+            )));
+        }
+        if self.layers.is_empty() {
+            return Err(err("has no layers".into()));
+        }
+        if self.normalize.scale == 0.0 || !self.normalize.scale.is_finite() {
+            return Err(err("`normalize.scale` must be a non-zero number".into()));
+        }
+        let mut shape = self.input.clone();
+        let mut prev = "the input".to_string();
+        let mut out = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            if l.name.is_empty() {
+                return Err(err(format!("a {} layer has no name", l.kind)));
+            }
+            if self.layers.iter().filter(|o| o.name == l.name).count() > 1 {
+                return Err(err(format!("two layers are named `{}`", l.name)));
+            }
+            let r = resolve_layer(l, self, &shape, &prev)
+                .map_err(|m| err(format!("layer `{}`: {m}", l.name)))?;
+            shape = r.output.clone();
+            prev = format!("`{}`", l.name);
+            out.push(r);
+        }
+        if shape.len() != 1 {
+            return Err(err(format!(
+                "the last layer must output one score per class, gets {} from {prev}",
+                ShapeDisplay(&shape)
+            )));
+        }
+        Ok(out)
     }
 }

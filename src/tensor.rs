@@ -1,18 +1,22 @@
 //! The tensor type: a flat `Vec<f32>` with a shape, row-major (NCHW for images).
 //!
 //! Buffers are reused from batch to batch: `resize` keeps the allocation, so no tensor is
-//! reallocated once the largest batch has been seen. (The network still builds a few short
-//! lists of per-chunk slices each pass; see `network.rs`.)
+//! reallocated once the largest batch has been seen. (The engine still builds a few short
+//! lists of per-chunk slices each pass; see `engine/pipeline.rs`.)
 
 use std::fmt;
 
+/// A tensor: a shape and its values, row-major.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Tensor {
+    /// The shape, batch first.
     pub shape: Vec<usize>,
+    /// The values.
     pub data: Vec<f32>,
 }
 
 impl Tensor {
+    /// A tensor of zeros.
     pub fn zeros(shape: &[usize]) -> Tensor {
         Tensor {
             shape: shape.to_vec(),
@@ -20,6 +24,7 @@ impl Tensor {
         }
     }
 
+    /// A tensor of these values; panics unless their number matches the shape.
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Tensor {
         assert_eq!(
             shape.iter().product::<usize>(),
@@ -58,6 +63,7 @@ impl Tensor {
         self.shape[1..].iter().product()
     }
 
+    /// The values of sample `i`.
     pub fn sample(&self, i: usize) -> &[f32] {
         let n = self.sample_len();
         &self.data[i * n..(i + 1) * n]

@@ -10,6 +10,17 @@ fn convnet(args: &[&str]) -> Output {
         .expect("the binary runs")
 }
 
+/// The data sets' folder (`CONVNET_DATA`), for tests that need them.
+#[allow(dead_code)]
+fn data() -> String {
+    let d = std::env::var("CONVNET_DATA").expect("CONVNET_DATA must point at the data sets");
+    assert!(
+        Path::new(&d).join("mnist").is_dir(),
+        "CONVNET_DATA={d} has no mnist/"
+    );
+    d
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -45,8 +56,14 @@ fn nonsense_hyper_parameters_are_rejected_before_any_work() {
         ),
         (&["--epochs", "0"][..], "--epochs must be at least 1"),
         (&["--momentum", "1.5"][..], "--momentum must be in [0, 1)"),
-        (&["--preset", "nope"][..], "unknown preset `nope`"),
-        (&["--schedule", "wobbly"][..], "unknown --schedule `wobbly`"),
+        (
+            &["--preset", "nope"][..],
+            "invalid value 'nope' for '--preset <PRESET>'",
+        ),
+        (
+            &["--schedule", "wobbly"][..],
+            "invalid value 'wobbly' for '--schedule <SCHEDULE>'",
+        ),
     ] {
         let mut all = vec!["train", "--data", "/nonexistent"];
         all.extend_from_slice(args);
@@ -67,7 +84,7 @@ fn a_broken_model_file_names_the_layer() {
          [[layers]]\nname = \"fc1\"\ntype = \"linear\"\nin_features = 100\nout_features = 10\n",
     )
     .unwrap();
-    let o = convnet(&["train", "--model", spec.to_str().unwrap()]);
+    let o = convnet(&["train", "--spec", spec.to_str().unwrap()]);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
@@ -119,8 +136,11 @@ fn run_dir_test_accuracy(out: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn train_writes_a_run_directory_that_eval_reproduces() {
-    std::env::var("CONVNET_DATA").expect("CONVNET_DATA must point at the data sets (see .ci/run)");
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let o = convnet(&[
@@ -172,9 +192,12 @@ fn train_writes_a_run_directory_that_eval_reproduces() {
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn eval_reports_per_class_metrics_confusion_and_pictures() {
-    let data = std::env::var("CONVNET_DATA")
-        .expect("CONVNET_DATA must point at the data sets (see .ci/run)");
+    let data = data();
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let o = convnet(&[
@@ -287,9 +310,12 @@ fn eval_reports_per_class_metrics_confusion_and_pictures() {
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn a_model_whose_input_does_not_match_the_images_is_refused_before_any_run_dir() {
-    let data = std::env::var("CONVNET_DATA")
-        .expect("CONVNET_DATA must point at the data sets (see .ci/run)");
+    let data = data();
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("wrong.toml");
     std::fs::write(
@@ -301,7 +327,7 @@ fn a_model_whose_input_does_not_match_the_images_is_refused_before_any_run_dir()
     let out = dir.path().join("run");
     let o = convnet(&[
         "train",
-        "--model",
+        "--spec",
         spec.to_str().unwrap(),
         "--data",
         &data,
@@ -311,7 +337,7 @@ fn a_model_whose_input_does_not_match_the_images_is_refused_before_any_run_dir()
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{err}");
     assert!(
-        err.contains("takes inputs of 1x32x32, but the mnist images are 1x28x28"),
+        err.contains("takes inputs of 1x32x32, but the mnist training images are 1x28x28"),
         "{err}"
     );
     assert!(
@@ -321,9 +347,12 @@ fn a_model_whose_input_does_not_match_the_images_is_refused_before_any_run_dir()
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn resume_needs_a_run_directory_and_val_size_zero_trains_without_validation() {
-    let data = std::env::var("CONVNET_DATA")
-        .expect("CONVNET_DATA must point at the data sets (see .ci/run)");
+    let data = data();
     let dir = tempfile::tempdir().unwrap();
     let o = convnet(&[
         "train",
@@ -385,7 +414,9 @@ fn bench_reports_the_conv_path_that_convnet_simd_picks() {
     assert!(stderr.is_empty(), "{stderr}");
     let (stdout, stderr) = bench("bogus");
     assert!(stderr.contains("CONVNET_SIMD=bogus ignored"), "{stderr}");
-    let default = if !convnet::simd::supported().is_empty() {
+    let has_vectors =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    let default = if has_vectors {
         "stride-1 convs: direct"
     } else {
         "stride-1 convs: im2col + GEMM"

@@ -2,9 +2,6 @@
 //! trials recorded rather than fatal, re-runs that skip finished work, and side-by-side
 //! comparisons. Reads MNIST through CONVNET_DATA.
 
-use convnet::sweep::{apply, combinations, parse_axis, trial_name};
-use convnet::train::TrainConfig;
-use convnet::ModelSpec;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -20,56 +17,15 @@ fn convnet(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn base() -> TrainConfig {
-    TrainConfig::default_for(ModelSpec::preset("seed-cnn").unwrap())
-}
-
-#[test]
-fn grid_keys_set_settings_and_layer_fields() {
-    let c = apply(&base(), "lr", "0.3").unwrap();
-    assert_eq!(c.lr, 0.3);
-    let c = apply(&c, "batch_size", "32").unwrap();
-    assert_eq!(c.batch_size, 32);
-    let c = apply(&c, "conv1.kernel", "5").unwrap();
-    assert_eq!(c.model.layers[0].kernel, Some(5));
-    let c = apply(&c, "fc1.out_features", "64").unwrap();
-    assert_eq!(c.model.layers[7].out_features, Some(64));
-    let c = apply(&c, "schedule", "constant").unwrap();
-    assert_eq!(c.schedule, convnet::optim::Schedule::Constant);
-    let c = apply(&c, "lr", "1").unwrap();
-    assert_eq!(c.lr, 1.0, "an integer is accepted for a float");
-    let e = apply(&c, "batch_size", "big").unwrap_err().to_string();
-    assert!(e.contains("batch_size=big"), "{e}");
-    let e = apply(&c, "conv9.kernel", "3").unwrap_err().to_string();
-    assert!(
-        e.contains("no layer `conv9`") && e.contains("conv1, relu1"),
-        "{e}"
-    );
-    let e = apply(&c, "learning_rate", "3").unwrap_err().to_string();
-    assert!(
-        e.contains("not a setting") && e.contains("weight_decay"),
-        "{e}"
-    );
-    assert_eq!(parse_axis("wd=0,0.1").unwrap().key, "weight_decay");
-    assert!(parse_axis("lr")
-        .unwrap_err()
-        .to_string()
-        .contains("expected KEY=V1,V2"));
-    let axes = [
-        parse_axis("lr=1,2").unwrap(),
-        parse_axis("conv1.pad=0,1,2").unwrap(),
-    ];
-    let combos = combinations(&axes);
-    assert_eq!(combos.len(), 6);
-    assert_eq!(trial_name(&combos[1]), "lr=1_conv1.pad=1");
-    assert_eq!(trial_name(&combos[5]), "lr=2_conv1.pad=2");
-}
-
 fn mtime(p: &Path) -> std::time::SystemTime {
     std::fs::metadata(p).unwrap().modified().unwrap()
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn a_two_key_sweep_records_every_trial_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sweep");
@@ -170,6 +126,10 @@ fn a_two_key_sweep_records_every_trial_and_resumes() {
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn a_one_key_sweep_draws_a_line_and_bad_keys_fail_first() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sweep");
@@ -209,6 +169,10 @@ fn a_one_key_sweep_draws_a_line_and_bad_keys_fail_first() {
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn compare_puts_models_side_by_side() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cmp");
@@ -252,6 +216,10 @@ fn compare_puts_models_side_by_side() {
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn a_seconds_budget_stops_each_model_at_the_first_epoch_end_past_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cmp");

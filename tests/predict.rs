@@ -269,9 +269,12 @@ fn make_test_images(dir: &Path) -> Vec<(std::path::PathBuf, usize)> {
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn a_model_trained_on_mnist_reads_rendered_and_drawn_digits() {
-    let data = std::env::var("CONVNET_DATA")
-        .expect("CONVNET_DATA must point at the data sets (see .ci/run)");
+    let data = std::env::var("CONVNET_DATA").expect("CONVNET_DATA must point at the data sets");
     let dir = tempfile::tempdir().unwrap();
     let run = dir.path().join("run");
     let o = Command::new(BIN)
@@ -344,7 +347,9 @@ fn one_bad_file_does_not_stop_the_others() {
     let spec = convnet::ModelSpec::preset("seed-cnn").unwrap();
     let net = convnet::Network::build(&spec).unwrap();
     let model = dir.path().join("m.safetensors");
-    convnet::checkpoint::save_model(&model, &net, &[]).unwrap();
+    convnet::Model::from_network(net, None)
+        .save(&model)
+        .unwrap();
     let good = dir.path().join("good.png");
     render(
         '4',

@@ -2,7 +2,6 @@
 //! interrupted (SIGINT) and resumed ends with exactly the weights and metrics of an
 //! uninterrupted run. Reads MNIST through CONVNET_DATA.
 
-use convnet::checkpoint::TensorFile;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -79,16 +78,15 @@ fn wait_for_first_epoch(dir: &Path, child: &mut Child) {
 
 /// Every tensor of a model file: name, shape and raw bytes.
 fn tensors(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
-    let f = TensorFile::read(path).unwrap();
-    let mut names = f.names();
-    names.sort();
-    names
+    let bytes = std::fs::read(path).unwrap();
+    let f = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<usize>, Vec<u8>)> = f
+        .tensors()
         .into_iter()
-        .map(|n| {
-            let (shape, bytes) = f.raw(&n).unwrap();
-            (n, shape, bytes)
-        })
-        .collect()
+        .map(|(n, v)| (n, v.shape().to_vec(), v.data().to_vec()))
+        .collect();
+    out.sort();
+    out
 }
 
 /// metrics.csv without the timing columns (seconds, images/s).
@@ -123,6 +121,10 @@ fn reference_run(root: &Path) -> PathBuf {
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn killed_mid_epoch_then_resumed_equals_an_uninterrupted_run() {
     let root = tempfile::tempdir().unwrap();
     let a = reference_run(root.path());
@@ -158,6 +160,10 @@ fn killed_mid_epoch_then_resumed_equals_an_uninterrupted_run() {
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn ctrl_c_saves_a_checkpoint_and_prints_the_resume_command() {
     let root = tempfile::tempdir().unwrap();
     let a = reference_run(root.path());
@@ -183,6 +189,10 @@ fn ctrl_c_saves_a_checkpoint_and_prints_the_resume_command() {
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn a_corrupt_checkpoint_is_refused_by_name() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("run");
@@ -202,6 +212,10 @@ fn a_corrupt_checkpoint_is_refused_by_name() {
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn divergence_stops_the_run_and_is_recorded() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join("run");
@@ -230,6 +244,10 @@ fn divergence_stops_the_run_and_is_recorded() {
 }
 
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn plot_overlays_several_runs_in_png_and_svg() {
     let root = tempfile::tempdir().unwrap();
     let mut dirs = Vec::new();
@@ -278,6 +296,10 @@ fn plot_overlays_several_runs_in_png_and_svg() {
 /// The stronger recipe resumes exactly too: batch-norm running statistics, Adam's moment
 /// buffers, dropout masks and augmentation are all restored or re-derived from the seed.
 #[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
 fn interrupted_runs_with_batch_norm_dropout_adamw_and_augmentation_resume_exactly() {
     let root = tempfile::tempdir().unwrap();
     let spec = root.path().join("small.toml");
@@ -317,7 +339,7 @@ out_features = 10
     )
     .unwrap();
     let extra = [
-        "--model",
+        "--spec",
         spec.to_str().unwrap(),
         "--optimizer",
         "adamw",
@@ -361,11 +383,14 @@ out_features = 10
     let o = run(&["train".into(), "--resume".into(), b.display().to_string()]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_run(&a, &b);
-    let f = TensorFile::read(&b.join("model.safetensors")).unwrap();
-    assert!(f.scalar_i64("bn1.num_batches_tracked").unwrap() > 0);
-    let ck = TensorFile::read(&b.join("checkpoint.safetensors")).unwrap();
-    assert!(ck
-        .names()
+    let model = tensors(&b.join("model.safetensors"));
+    let (_, _, count) = model
         .iter()
-        .any(|n| n == "optimizer.fc.weight.exp_avg_sq"));
+        .find(|(n, _, _)| n == "bn1.num_batches_tracked")
+        .expect("bn1.num_batches_tracked saved");
+    assert!(i64::from_le_bytes(count[..8].try_into().unwrap()) > 0);
+    let ck = tensors(&b.join("checkpoint.safetensors"));
+    assert!(ck
+        .iter()
+        .any(|(n, _, _)| n == "optimizer.fc.weight.exp_avg_sq"));
 }

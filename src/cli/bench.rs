@@ -1,21 +1,24 @@
 //! `convnet bench`: training and evaluation speed on synthetic batches, per-layer times,
 //! and the GEMM crate's own peak for comparison.
 
-use super::common::ModelChoice;
-use anyhow::Result;
-use convnet::gemm::{sgemm_with, Backend};
-use convnet::optim::Optimizer;
-use convnet::simd;
-use convnet::train::{build_network, TrainConfig};
-use convnet::Network;
+use super::common::SpecChoice;
+use crate::engine::{Engine, Network};
+use crate::kernels::gemm::{sgemm_with, Backend};
+use crate::kernels::simd;
+use crate::nn::optim::Optimizer;
+use crate::nn::Mode;
+use crate::report::table::group_digits;
+use crate::run::config::TrainConfig;
+use crate::run::trainer::build_network;
+use crate::Error;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    model: ModelChoice,
+    model: SpecChoice,
     /// Training batch sizes to measure, comma-separated.
     #[arg(long, default_value = "100", value_delimiter = ',')]
     batch_size: Vec<usize>,
@@ -79,41 +82,41 @@ fn gemm_peak(backend: Backend, seconds: f64) -> f64 {
     per_sec * 2.0 * (n * n * n) as f64 / 1e9
 }
 
-pub fn run(args: Args) -> Result<()> {
-    let threads = convnet::runtime::init_threads(args.threads);
+pub fn run(args: Args) -> Result<(), Error> {
+    let threads = crate::threads::init_threads(args.threads);
     let (spec, _) = args.model.resolve()?;
     let cfg = TrainConfig::default_for(spec);
-    let mut net = build_network(&cfg)?;
+    let engine = Engine::from_env();
+    let mut net = build_network(&cfg, engine)?;
     let macs = net.macs() as f64;
     // Forward = 2*MACs flops; backward ~ twice that (input and weight gradients).
     let train_flops = 6.0 * macs;
-    let convs = match simd::detect() {
-        Some(isa) => format!("direct {isa} kernels"),
-        None => "im2col + GEMM".to_string(),
+    let convs = match (engine, simd::detect()) {
+        (Engine::Reference, _) => "the readable layers of nn/ (reference engine)".to_string(),
+        (_, Some(isa)) => format!("direct {isa} kernels"),
+        (_, None) => "im2col + GEMM".to_string(),
     };
     println!(
         "convnet bench: model {} · {} mult-adds/image · {:.2} MFLOP per training image · {threads} threads · GEMM crate {} · stride-1 convs: {convs}",
         cfg.model.name,
-        convnet::network::group_digits(net.macs()),
+        group_digits(net.macs()),
         train_flops / 1e6,
         Backend::DEFAULT.crate_name()
     );
     let mut rng = rand_pcg::Pcg64Mcg::seed_from_u64(7);
-    let mut sgd = Optimizer::sgd(0.9, 5e-4, true);
+    let mut sgd = Optimizer::sgd(0.9, 5e-4);
     let mut best_train = 0.0f64;
     for &bs in &args.batch_size {
-        anyhow::ensure!(
-            bs > 0,
-            convnet::Error::Config("--batch-size must be at least 1".into())
-        );
+        if bs == 0 {
+            return Err(Error::Config("--batch-size must be at least 1".into()));
+        }
         let labels = random_batch(&mut net, bs, &mut rng);
-        let layers = net.layers().len();
-        net.timing = Some(vec![(Duration::ZERO, Duration::ZERO); layers]);
+        net.set_timing(true);
         let (steps_per_sec, steps) = rate(args.seconds, || {
             net.train_step(&labels);
-            net.visit_params_mut(|k, _, p| sgd.update(k, p, 1e-6, 1));
+            sgd.step(net.params_mut(), 1e-6, 1);
         });
-        let timing = net.timing.take().expect("timing was on");
+        let timing = net.take_timing().unwrap_or_default();
         let ips = steps_per_sec * bs as f64;
         best_train = best_train.max(ips * train_flops / 1e9);
         println!(
@@ -130,9 +133,9 @@ pub fn run(args: Args) -> Result<()> {
         );
         // The warm-up step is timed too: divide by every step run.
         let runs = (steps + 1) as f64;
-        for (i, (l, (f, b))) in net.layers().iter().zip(&timing).enumerate() {
+        for (i, (l, (f, b))) in net.layers().zip(&timing).enumerate() {
             if let Some(host) = net.applied_by(i) {
-                let host = net.layers()[host].name();
+                let host = net.layer(host).name();
                 println!("  {:<10} {:>25}", l.name(), format!("(done by {host})"));
                 continue;
             }
@@ -154,8 +157,9 @@ pub fn run(args: Args) -> Result<()> {
         let labels = random_batch(&mut net, bs, &mut rng);
         let single = rayon::ThreadPoolBuilder::new()
             .num_threads(1)
-            .start_handler(|_| convnet::runtime::flush_denormals())
-            .build()?;
+            .start_handler(|_| crate::threads::flush_denormals())
+            .build()
+            .map_err(|e| Error::Config(format!("cannot start a thread: {e}")))?;
         let (one, _) = single.install(|| {
             rate(args.seconds, || {
                 net.train_step(&labels);
@@ -174,7 +178,7 @@ pub fn run(args: Args) -> Result<()> {
     let eb = args.eval_batch_size.max(1);
     random_batch(&mut net, eb, &mut rng);
     let (per_sec, _) = rate(args.seconds, || {
-        net.forward(false);
+        net.forward(Mode::Eval);
     });
     let eval_ips = per_sec * eb as f64;
     println!(

@@ -1,43 +1,105 @@
-//! Pieces several subcommands share: choosing a model, finding data.
+//! Pieces several subcommands share: the choice of an architecture or a trained model,
+//! the data set, the training flags, and Ctrl-C.
+//!
+//! One meaning per flag name: `--spec` is an architecture (a TOML model spec), `--preset`
+//! a built-in one, `--model` a trained model (a `.safetensors` file or the run folder
+//! holding `model.safetensors`).
 
-use anyhow::Result;
-use clap::Args;
-use convnet::data::DatasetKind;
-use convnet::init::Init;
-use convnet::optim::Schedule;
-use convnet::train::TrainConfig;
-use convnet::ModelSpec;
+use crate::data::DatasetKind;
+use crate::nn::init::Init;
+use crate::nn::optim::{OptimizerKind, Schedule};
+use crate::run::config::TrainConfig;
+use crate::spec::ModelSpec;
+use crate::Error;
+use clap::{Args, ValueEnum};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
-/// `--preset NAME` or `--model FILE`.
+/// The built-in models.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Preset {
+    /// The seed report's network: two 3x3 conv blocks, two fully connected layers.
+    SeedCnn,
+    /// Three conv blocks 16-32-64 with batch norm and dropout.
+    CnnPlus,
+    /// A multi-layer perceptron: 784 -> 128 -> 10.
+    Mlp,
+}
+
+impl Preset {
+    /// The preset's name (`seed-cnn`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::SeedCnn => "seed-cnn",
+            Preset::CnnPlus => "cnn-plus",
+            Preset::Mlp => "mlp",
+        }
+    }
+
+    /// Its spec.
+    pub fn spec(self) -> Result<ModelSpec, Error> {
+        ModelSpec::preset(self.name())
+    }
+}
+
+/// `--preset NAME` or `--spec FILE`: an architecture.
 #[derive(Args, Clone, Debug)]
-pub struct ModelChoice {
-    /// Built-in model: seed-cnn, cnn-plus or mlp.
-    #[arg(long, conflicts_with = "model")]
-    pub preset: Option<String>,
+pub struct SpecChoice {
+    /// A built-in model [default: seed-cnn].
+    #[arg(long, value_enum, conflicts_with_all = ["spec", "model"])]
+    pub preset: Option<Preset>,
     /// A model spec in TOML (see presets/ for examples).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE.toml", conflicts_with = "model")]
+    pub spec: Option<PathBuf>,
+    /// The old spelling of --spec (a TOML spec); --model now means a trained model.
+    #[arg(long, value_name = "FILE.toml", hide = true)]
     pub model: Option<PathBuf>,
 }
 
-impl ModelChoice {
+impl SpecChoice {
     /// The spec and the preset name (when it is one). Defaults to seed-cnn.
-    pub fn resolve(&self) -> Result<(ModelSpec, Option<String>)> {
-        Ok(match (&self.preset, &self.model) {
-            (_, Some(path)) => (ModelSpec::load(path)?, None),
-            (Some(p), None) => (ModelSpec::preset(p)?, Some(p.clone())),
-            (None, None) => (ModelSpec::preset("seed-cnn")?, Some("seed-cnn".into())),
-        })
+    pub fn resolve(&self) -> Result<(ModelSpec, Option<String>), Error> {
+        if let Some(path) = &self.model {
+            eprintln!(
+                "note: --model {} is read as --spec (a TOML architecture); --model now names a trained model",
+                path.display()
+            );
+        }
+        Ok(
+            match (&self.preset, self.spec.as_ref().or(self.model.as_ref())) {
+                (_, Some(path)) => (ModelSpec::load(path)?, None),
+                (Some(p), None) => (p.spec()?, Some(p.name().to_string())),
+                (None, None) => (Preset::SeedCnn.spec()?, Some("seed-cnn".into())),
+            },
+        )
+    }
+}
+
+/// The data sets, as flags name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DatasetArg {
+    /// Handwritten digits.
+    Mnist,
+    /// Zalando's clothing images.
+    #[value(alias = "fashion")]
+    FashionMnist,
+}
+
+impl From<DatasetArg> for DatasetKind {
+    fn from(d: DatasetArg) -> DatasetKind {
+        match d {
+            DatasetArg::Mnist => DatasetKind::Mnist,
+            DatasetArg::FashionMnist => DatasetKind::FashionMnist,
+        }
     }
 }
 
 /// Where the data set comes from.
 #[derive(Args, Clone, Debug)]
 pub struct DataChoice {
-    /// mnist or fashion-mnist [default: mnist, or the one a saved model was trained on].
-    #[arg(long)]
-    pub dataset: Option<DatasetKind>,
+    /// The data set [default: mnist, or the one a saved model was trained on].
+    #[arg(long, value_enum)]
+    pub dataset: Option<DatasetArg>,
     /// Folder holding the data set (DIR/<dataset>/ or DIR/); default: $CONVNET_DATA, then
     /// the cache folder, downloading when missing.
     #[arg(long, value_name = "DIR")]
@@ -47,8 +109,44 @@ pub struct DataChoice {
 impl DataChoice {
     /// The data set asked for, else `fallback`.
     pub fn kind_or(&self, fallback: DatasetKind) -> DatasetKind {
-        self.dataset.unwrap_or(fallback)
+        self.dataset.map(DatasetKind::from).unwrap_or(fallback)
     }
+}
+
+/// Learning-rate schedules, as `--schedule` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ScheduleArg {
+    /// The base rate throughout.
+    Constant,
+    /// Multiplied by --gamma every --step-every epochs.
+    Step,
+    /// Half a cosine from the base rate down to 0, per iteration.
+    Cosine,
+    /// Up from lr/25 to lr over 30% of the run, then down to lr/25e4 (PyTorch's OneCycleLR).
+    #[value(alias = "one-cycle")]
+    Onecycle,
+}
+
+/// Optimisers, as `--optimizer` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OptimizerArg {
+    /// SGD with --momentum.
+    Sgd,
+    /// Adam, betas 0.9 and 0.999.
+    Adam,
+    /// AdamW: decoupled weight decay.
+    Adamw,
+}
+
+/// Initialisations, as `--init` names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InitArg {
+    /// N(0, --init-std^2).
+    Gaussian,
+    /// N(0, 2 / fan_in), for ReLU networks.
+    He,
+    /// N(0, 2 / (fan_in + fan_out)).
+    Xavier,
 }
 
 /// The training hyper-parameters, shared by train, sweep and compare.
@@ -57,35 +155,38 @@ pub struct TrainFlags {
     /// Passes over the training set.
     #[arg(long, default_value_t = 10)]
     pub epochs: usize,
+    /// Images per training step.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
     /// Base learning rate (the schedule scales it).
     #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub lr: f32,
+    /// SGD's momentum.
     #[arg(long, default_value_t = 0.9, allow_negative_numbers = true)]
     pub momentum: f32,
     /// L2 weight decay, applied to weights and biases.
     #[arg(long, default_value_t = 5e-4, allow_negative_numbers = true)]
     pub weight_decay: f32,
-    /// Exclude biases from weight decay.
+    /// Exclude biases (and batch norm's scale and shift) from weight decay.
     #[arg(long)]
     pub no_bias_decay: bool,
-    /// Learning-rate schedule: constant, step, cosine (per iteration, down to 0) or onecycle.
-    #[arg(long, default_value = "cosine")]
-    pub schedule: String,
+    /// Learning-rate schedule.
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: ScheduleArg,
     /// For --schedule step: epochs between decays.
     #[arg(long, default_value_t = 3)]
     pub step_every: usize,
     /// For --schedule step: factor applied at each decay.
     #[arg(long, default_value_t = 0.1)]
     pub gamma: f32,
-    /// Initialise every layer this way: gaussian, he or xavier (default: the model's own).
-    #[arg(long)]
-    pub init: Option<Init>,
+    /// Initialise every layer this way [default: the model's own].
+    #[arg(long, value_enum)]
+    pub init: Option<InitArg>,
     /// Standard deviation of gaussian initialisation; alone, it implies --init gaussian.
     #[arg(long, allow_negative_numbers = true)]
     pub init_std: Option<f32>,
-    /// Seed for every random choice (initialisation, shuffling). Printed and saved.
+    /// Seed for every random choice (initialisation, shuffling, dropout, augmentation).
+    /// Printed and saved.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Worker threads; 0 = one per core. Results are identical for any value.
@@ -97,9 +198,9 @@ pub struct TrainFlags {
     /// Train on only the first N training images.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// sgd (with --momentum), adam or adamw (betas 0.9, 0.999).
-    #[arg(long, default_value = "sgd")]
-    pub optimizer: convnet::optim::OptimizerKind,
+    /// Optimiser.
+    #[arg(long, value_enum, default_value = "sgd")]
+    pub optimizer: OptimizerArg,
     /// Linear learning-rate warm-up over this many epochs (fractions allowed).
     #[arg(long, default_value_t = 0.0)]
     pub warmup_epochs: f32,
@@ -118,23 +219,20 @@ pub struct TrainFlags {
 }
 
 impl TrainFlags {
-    fn schedule(&self) -> Result<Schedule> {
-        Ok(match self.schedule.as_str() {
-            "constant" => Schedule::Constant,
-            "cosine" => Schedule::Cosine,
-            "onecycle" | "one-cycle" | "one_cycle" => Schedule::OneCycle,
-            "step" => Schedule::Step {
+    fn schedule(&self) -> Schedule {
+        match self.schedule {
+            ScheduleArg::Constant => Schedule::Constant,
+            ScheduleArg::Cosine => Schedule::Cosine,
+            ScheduleArg::Onecycle => Schedule::OneCycle,
+            ScheduleArg::Step => Schedule::Step {
                 every: self.step_every,
                 gamma: self.gamma,
             },
-            other => anyhow::bail!(convnet::Error::Config(format!(
-                "unknown --schedule `{other}`: expected constant, step, cosine or onecycle"
-            ))),
-        })
+        }
     }
 
     /// The run's config, validated.
-    pub fn config(&self, model: &ModelChoice, data: &DataChoice) -> Result<TrainConfig> {
+    pub fn config(&self, model: &SpecChoice, data: &DataChoice) -> Result<TrainConfig, Error> {
         let (spec, preset) = model.resolve()?;
         let mut cfg = TrainConfig::default_for(spec);
         cfg.preset = preset;
@@ -145,14 +243,22 @@ impl TrainFlags {
         cfg.momentum = self.momentum;
         cfg.weight_decay = self.weight_decay;
         cfg.decay_bias = !self.no_bias_decay;
-        cfg.schedule = self.schedule()?;
-        cfg.init = self.init;
+        cfg.schedule = self.schedule();
+        cfg.init = self.init.map(|i| match i {
+            InitArg::Gaussian => Init::Gaussian,
+            InitArg::He => Init::He,
+            InitArg::Xavier => Init::Xavier,
+        });
         cfg.init_std = self.init_std;
         cfg.seed = self.seed;
         cfg.threads = self.threads;
         cfg.val_size = self.val_size;
         cfg.train_limit = self.limit;
-        cfg.optimizer = self.optimizer;
+        cfg.optimizer = match self.optimizer {
+            OptimizerArg::Sgd => OptimizerKind::Sgd,
+            OptimizerArg::Adam => OptimizerKind::Adam,
+            OptimizerArg::Adamw => OptimizerKind::Adamw,
+        };
         cfg.warmup_epochs = self.warmup_epochs;
         cfg.label_smoothing = self.label_smoothing;
         cfg.augment_shift = self.augment_shift;
@@ -163,36 +269,14 @@ impl TrainFlags {
     }
 }
 
-/// `YYYYMMDD-HHMMSS` in UTC.
-pub fn timestamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = ((secs / 86400) as i64, secs % 86400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Ctrl-C presses so far: the first asks for a checkpoint after the current batch, the
-/// second exits at once (a checkpoint being written is a temporary file until renamed, so
-/// the previous one stays intact).
+/// Stop requests so far (Ctrl-C): the first asks for a checkpoint after the current batch,
+/// the second exits at once (a checkpoint being written is a temporary file until renamed,
+/// so the previous one stays intact).
 static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+/// The signal that asked to stop (2 = SIGINT).
+static SIGNAL: AtomicI32 = AtomicI32::new(2);
 
+/// Installs the Ctrl-C handler.
 pub fn install_ctrl_c() {
     let _ = ctrlc::set_handler(|| {
         if INTERRUPTS.fetch_add(1, Ordering::SeqCst) == 0 {
@@ -204,7 +288,15 @@ pub fn install_ctrl_c() {
     });
 }
 
-/// Has Ctrl-C been pressed?
+/// Has a stop been asked for?
 pub fn interrupted() -> bool {
     INTERRUPTS.load(Ordering::SeqCst) > 0
+}
+
+/// The error a command ends with when it was asked to stop.
+pub fn stopped(msg: String) -> Error {
+    Error::Interrupted {
+        signal: SIGNAL.load(Ordering::SeqCst),
+        msg,
+    }
 }

@@ -3,25 +3,33 @@
 //! given validation accuracies, best validation and final test accuracy — with validation
 //! accuracy drawn against wall-clock time.
 
-use super::common::{install_ctrl_c, interrupted, timestamp, DataChoice, TrainFlags};
+use super::common::{
+    install_ctrl_c, interrupted, stopped, DataChoice, Preset, SpecChoice, TrainFlags,
+};
 use super::sweep::run_trial;
-use anyhow::Result;
-use convnet::checkpoint::{load_model, write_atomic};
-use convnet::data::dataset::load_splits;
-use convnet::metrics::format_count;
-use convnet::network::group_digits;
-use convnet::sweep::{summarize_run, time_to_reach, Status};
-use convnet::train::{evaluate, TrainConfig};
-use convnet::{ModelSpec, Network};
+use crate::data::dataset::load_splits;
+use crate::fsutil::write_atomic;
+use crate::report::sweep::{summarize_run, time_to_reach, Status};
+use crate::report::table::group_digits;
+use crate::run::checkpoint::load_model;
+use crate::run::config::TrainConfig;
+use crate::run::metrics::format_count;
+use crate::run::run_dir::timestamp;
+use crate::run::trainer::{check_data_fits, evaluate};
+use crate::spec::ModelSpec;
+use crate::Error;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Built-in models to compare (repeat): seed-cnn, mlp.
-    #[arg(long = "preset")]
-    presets: Vec<String>,
-    /// Model specs to compare (repeat).
-    #[arg(long = "model", value_name = "FILE")]
+    /// Built-in models to compare (repeat).
+    #[arg(long = "preset", value_enum)]
+    presets: Vec<Preset>,
+    /// Model specs in TOML to compare (repeat).
+    #[arg(long = "spec", value_name = "FILE.toml")]
+    specs: Vec<PathBuf>,
+    /// The old spelling of --spec.
+    #[arg(long = "model", value_name = "FILE.toml", hide = true)]
     models: Vec<PathBuf>,
     #[command(flatten)]
     data: DataChoice,
@@ -29,34 +37,37 @@ pub struct Args {
     hyper: TrainFlags,
     /// Budget in training seconds per model: each stops at the first epoch end past it
     /// (--epochs stays the horizon of the learning-rate schedule).
-    #[arg(long)]
+    #[arg(long, value_name = "S")]
     seconds: Option<f64>,
     /// Validation accuracies (%) to time.
     #[arg(long, value_delimiter = ',', default_value = "97,98,99")]
     targets: Vec<f64>,
-    /// Comparison folder (default: runs/compare-<timestamp>).
-    #[arg(long)]
+    /// Comparison folder [default: runs/compare-<timestamp>].
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<(), Error> {
     let mut specs: Vec<(String, ModelSpec)> = Vec::new();
     for p in &args.presets {
-        specs.push((p.clone(), ModelSpec::preset(p)?));
+        specs.push((p.name().to_string(), p.spec()?));
     }
-    for m in &args.models {
+    if !args.models.is_empty() {
+        eprintln!("note: --model FILE.toml is read as --spec FILE.toml; --model now names a trained model");
+    }
+    for m in args.specs.iter().chain(&args.models) {
         let spec = ModelSpec::load(m)?;
         specs.push((spec.name.clone(), spec));
     }
-    anyhow::ensure!(
-        specs.len() >= 2,
-        convnet::Error::Config(
-            "give at least two models: --preset seed-cnn --preset mlp, or --model FILE".into()
-        )
-    );
+    if specs.len() < 2 {
+        return Err(Error::Config(
+            "give at least two models: --preset seed-cnn --preset mlp, or --spec FILE.toml".into(),
+        ));
+    }
     let template = args.hyper.config(
-        &super::common::ModelChoice {
-            preset: Some("mlp".into()),
+        &SpecChoice {
+            preset: Some(Preset::Mlp),
+            spec: None,
             model: None,
         },
         &args.data,
@@ -70,7 +81,7 @@ pub fn run(args: Args) -> Result<()> {
             c.validate().map(|_| (name, c))
         })
         .collect::<Result<_, _>>()?;
-    convnet::runtime::init_threads(template.threads);
+    crate::threads::init_threads(template.threads);
     let dir = args
         .out
         .clone()
@@ -81,9 +92,9 @@ pub fn run(args: Args) -> Result<()> {
         template.val_size,
     )?;
     for (_, cfg) in &configs {
-        convnet::train::check_data_fits(&cfg.model, &splits.train, cfg.dataset)?;
+        check_data_fits(&cfg.model, &splits)?;
     }
-    std::fs::create_dir_all(&dir).map_err(|e| convnet::Error::io(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let budget = match args.seconds {
         Some(s) => format!("{s} s of training each"),
         None => format!("{} epochs each", template.epochs),
@@ -103,17 +114,20 @@ pub fn run(args: Args) -> Result<()> {
         let run_dir = dir.join(name);
         let status = run_trial(Ok(cfg.clone()), &run_dir, &splits, args.seconds);
         if status.0 == Status::Invalid {
-            anyhow::bail!(convnet::Error::Config(format!("{name}: {}", status.1)));
+            return Err(Error::Config(format!("{name}: {}", status.1)));
         }
         if status.0 == Status::Interrupted || interrupted() {
-            eprintln!(
+            return Err(stopped(format!(
                 "interrupted: run the same command with --out {} to continue",
                 dir.display()
-            );
-            std::process::exit(130);
+            )));
         }
         let s = summarize_run(&run_dir)?;
-        let net = Network::build(&cfg.model)?;
+        let layers = cfg.model.resolve()?;
+        let (params, macs): (usize, usize) = (
+            layers.iter().map(|l| l.param_count()).sum(),
+            layers.iter().map(|l| l.macs()).sum(),
+        );
         let test = if status.0 == Status::Done {
             let (mut trained, _) = load_model(&run_dir)?;
             let t = evaluate(&mut trained, &splits.test, 1000, |_, _| {});
@@ -140,14 +154,14 @@ pub fn run(args: Args) -> Result<()> {
             s.epochs,
             100.0 * s.best_val_acc
         );
-        lines.push(convnet::plot::Line {
+        lines.push(crate::report::plot::Line {
             label: name.clone(),
             points: s.timeline.iter().map(|&(t, a)| (t, 100.0 * a)).collect(),
         });
         rows.push(vec![
             name.clone(),
-            group_digits(net.param_count()),
-            group_digits(net.macs()),
+            group_digits(params),
+            group_digits(macs),
             format!("{per_epoch:.2}"),
             reach.join(" | "),
             format!(
@@ -174,13 +188,13 @@ pub fn run(args: Args) -> Result<()> {
         template.dataset, template.batch_size, template.lr, template.momentum, template.weight_decay, template.seed
     ));
     write_atomic(&dir.join("compare.md"), md.as_bytes())?;
-    let axes = convnet::plot::Axes {
+    let axes = crate::report::plot::Axes {
         title: "Validation accuracy against training time",
         x: "training time (s)",
         y: "validation accuracy (%)",
         x_names: None,
     };
-    convnet::plot::draw_line_chart(&lines, &axes, &dir.join("compare"))?;
+    crate::report::plot::draw_line_chart(&lines, &axes, &dir.join("compare"))?;
     println!("\n{md}");
     println!("wrote {}", dir.display());
     Ok(())

@@ -3,12 +3,22 @@
 //! and heat map) and a gallery of the most confident mistakes.
 
 use super::common::DataChoice;
-use anyhow::Result;
-use convnet::checkpoint::load_model;
-use convnet::data::dataset::load_splits;
-use convnet::data::DatasetKind;
-use convnet::report::evaluate_report;
+use crate::data::dataset::load_splits;
+use crate::data::DatasetKind;
+use crate::report::report::evaluate_report;
+use crate::run::checkpoint::load_model;
+use crate::Error;
+use clap::ValueEnum;
 use std::path::PathBuf;
+
+/// Which split to evaluate on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Split {
+    /// The test file.
+    Test,
+    /// The validation split the model was trained with (the tail of the training file).
+    Val,
+}
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -17,14 +27,16 @@ pub struct Args {
     model: PathBuf,
     #[command(flatten)]
     data: DataChoice,
-    /// test, or val (the validation split the model was trained with).
-    #[arg(long, default_value = "test")]
-    split: String,
+    /// The split to evaluate on.
+    #[arg(long, value_enum, default_value = "test")]
+    split: Split,
     /// Validation images held out at training time [default: as saved with the model, else 5000].
     #[arg(long)]
     val_size: Option<usize>,
+    /// Images per evaluation pass.
     #[arg(long, default_value_t = 1000)]
     batch_size: usize,
+    /// Worker threads; 0 = one per core.
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// How many of the most confident mistakes to show.
@@ -41,8 +53,8 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(args: Args) -> Result<()> {
-    convnet::runtime::init_threads(args.threads);
+pub fn run(args: Args) -> Result<(), Error> {
+    crate::threads::init_threads(args.threads);
     let (mut net, file) = load_model(&args.model)?;
     let dataset = args
         .data
@@ -56,19 +68,14 @@ pub fn run(args: Args) -> Result<()> {
         })
         .unwrap_or(5000);
     let splits = load_splits(dataset, args.data.data.as_deref(), val_size)?;
-    let ds = match args.split.as_str() {
-        "test" => &splits.test,
-        "val" => &splits.val,
-        other => anyhow::bail!(convnet::Error::Config(format!(
-            "unknown --split `{other}`: expected test or val"
-        ))),
+    crate::run::trainer::check_data_fits(&net.spec, &splits)?;
+    let (ds, split) = match args.split {
+        Split::Test => (&splits.test, "test"),
+        Split::Val => (&splits.val, "val"),
     };
-    if net.input_shape() != [1, ds.rows, ds.cols] {
-        anyhow::bail!(convnet::Error::Config(format!(
-            "the model expects inputs of {:?}, the {dataset} images are 1x{}x{}",
-            net.input_shape(),
-            ds.rows,
-            ds.cols
+    if ds.is_empty() {
+        return Err(Error::Config(format!(
+            "the {split} split is empty (--val-size 0?)"
         )));
     }
     let report = evaluate_report(&mut net, ds, args.batch_size.max(1), args.mistakes);
@@ -80,42 +87,45 @@ pub fn run(args: Args) -> Result<()> {
                 .map(|p| p.to_path_buf())
                 .unwrap_or_default()
         });
-        std::fs::create_dir_all(&dir).map_err(|e| convnet::Error::io(&dir, e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let title = format!(
             "Confusion matrix, {dataset} {}: {}",
-            args.split,
+            split,
             report.summary()
         );
-        pictures.extend(convnet::viz::confusion_heatmap(
+        pictures.extend(crate::report::viz::confusion_heatmap(
             &report,
             &title,
-            &dir.join(format!("confusion-{}", args.split)),
+            &dir.join(format!("confusion-{}", split)),
         )?);
         if !report.most_confident_mistakes.is_empty() {
-            pictures.push(convnet::viz::mistakes_gallery(
+            pictures.push(crate::report::viz::mistakes_gallery(
                 &report,
                 ds,
-                &dir.join(format!("mistakes-{}.png", args.split)),
+                &dir.join(format!("mistakes-{}.png", split)),
             )?);
         }
     }
     if args.json {
-        let mut v = serde_json::to_value(&report)?;
+        let mut v = serde_json::to_value(&report).map_err(|e| Error::Internal(e.to_string()))?;
         v["model"] = file.path.display().to_string().into();
         v["dataset"] = dataset.to_string().into();
-        v["split"] = args.split.clone().into();
+        v["split"] = split.into();
         v["pictures"] = pictures
             .iter()
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .into();
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| Error::Internal(e.to_string()))?
+        );
         return Ok(());
     }
     println!(
         "{} on {dataset} {}: {}\n",
         file.path.display(),
-        args.split,
+        split,
         report.summary()
     );
     println!("{}", report.per_class_table());

@@ -12,11 +12,12 @@ mod sweep;
 mod train;
 mod viz;
 
+use crate::Error;
 use clap::{Parser, Subcommand};
 
 /// convnet — train and inspect convolutional networks, written from scratch in Rust.
 #[derive(Parser)]
-#[command(name = "convnet", version, about, long_about = None)]
+#[command(name = "convnet", version, about, long_about = None, after_help = crate::EXIT_CODES)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -25,26 +26,35 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Train a network (default: the seed CNN on MNIST for 10 epochs).
+    #[command(after_help = crate::EXIT_CODES)]
     Train(train::Args),
     /// Evaluate a saved model on the test (or validation) set.
+    #[command(after_help = crate::EXIT_CODES)]
     Eval(eval::Args),
     /// Classify your own images (PNG or JPEG), prepared the way MNIST was made.
+    #[command(after_help = crate::EXIT_CODES)]
     Predict(predict::Args),
     /// Pictures of a trained network: its kernels, or the feature maps of one input.
+    #[command(after_help = crate::EXIT_CODES)]
     Viz(viz::Args),
     /// Draw loss and accuracy curves of one or more runs (PNG and SVG).
+    #[command(after_help = crate::EXIT_CODES)]
     Plot(plot::Args),
     /// Train several models with the same data and budget and compare them side by side.
+    #[command(after_help = crate::EXIT_CODES)]
     Compare(compare::Args),
     /// Train every combination of a grid of settings and compare them.
+    #[command(after_help = crate::EXIT_CODES)]
     Sweep(sweep::Args),
     /// Print a model's layer table: output shapes, kernels, parameters, multiply-adds.
+    #[command(after_help = crate::EXIT_CODES)]
     Show(show::Args),
     /// Measure training and evaluation speed on synthetic batches.
+    #[command(after_help = crate::EXIT_CODES)]
     Bench(bench::Args),
 }
 
-/// Runs the command line and returns the process exit code.
+/// Runs the command line and returns the process exit code (see `convnet --help`).
 pub fn run() -> i32 {
     // Die quietly on a closed pipe (`convnet show | head`) instead of panicking.
     // SAFETY: restoring the default SIGPIPE action at start-up, before any thread exists.
@@ -66,11 +76,16 @@ pub fn run() -> i32 {
     };
     match result {
         Ok(()) => 0,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            e.downcast_ref::<convnet::Error>()
-                .map(|e| e.exit_code())
-                .unwrap_or(1)
-        }
+        Err(e) => report(&e),
     }
+}
+
+/// Prints an error the way every command ends with one, and returns its exit code.
+pub fn report(e: &Error) -> i32 {
+    match e {
+        // Stopped on request: the command has already said where and how to resume.
+        Error::Interrupted { msg, .. } => eprintln!("{msg}"),
+        e => eprintln!("error: {e}"),
+    }
+    e.exit_code()
 }

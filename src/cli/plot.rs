@@ -1,13 +1,13 @@
 //! `convnet plot`: loss and accuracy curves of one or more runs, from their logs.
 
-use anyhow::Result;
-use convnet::plot::{draw_curves, load_run};
+use crate::report::plot::{draw_curves, load_run};
+use crate::Error;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Run directories; several overlay in one figure.
-    #[arg(required = true)]
+    #[arg(required = true, value_name = "RUN_DIR")]
     runs: Vec<PathBuf>,
     /// Output path without extension; .png and .svg are written
     /// [default: RUN_DIR/curves for one run, ./curves for several].
@@ -21,7 +21,7 @@ pub struct Args {
     title: String,
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<(), Error> {
     let runs = args
         .runs
         .iter()

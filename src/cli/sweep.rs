@@ -2,15 +2,17 @@
 //! directory; summarise in sweep.csv, sweep.md and pictures. Re-running the same command
 //! skips finished trials and resumes an interrupted one.
 
-use super::common::{install_ctrl_c, interrupted, timestamp, DataChoice, ModelChoice, TrainFlags};
-use anyhow::Result;
-use convnet::checkpoint::write_atomic;
-use convnet::data::dataset::{load_splits, Splits};
-use convnet::metrics::format_count;
-use convnet::sweep::{
-    apply, combinations, parse_axis, summarize_run, trial_name, Axis, Status, Summary,
+use super::common::{install_ctrl_c, interrupted, stopped, DataChoice, SpecChoice, TrainFlags};
+use crate::data::dataset::{load_splits, Splits};
+use crate::fsutil::write_atomic;
+use crate::report::sweep::{
+    apply, check_key, combinations, parse_axis, summarize_run, trial_name, Axis, Status, Summary,
 };
-use convnet::train::{evaluate, TrainConfig, Trainer};
+use crate::run::config::TrainConfig;
+use crate::run::metrics::format_count;
+use crate::run::run_dir::{timestamp, BEST, DIVERGED, MODEL};
+use crate::run::trainer::{check_data_fits, evaluate, Training};
+use crate::Error;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -19,7 +21,7 @@ use std::time::Instant;
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    model: ModelChoice,
+    model: SpecChoice,
     #[command(flatten)]
     data: DataChoice,
     #[command(flatten)]
@@ -31,27 +33,30 @@ pub struct Args {
     /// Trials trained at once; the threads are divided between them.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
-    /// Sweep folder (default: runs/sweep-<timestamp>). Re-use it to continue a sweep.
-    #[arg(long)]
+    /// Sweep folder [default: runs/sweep-<timestamp>]. Re-use it to continue a sweep.
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
 }
 
 /// One trial's outcome.
 #[derive(Clone, Debug)]
 pub struct Trial {
+    /// The value of each axis.
     pub values: Vec<String>,
+    /// The trial's folder name.
     pub name: String,
+    /// How it ended.
     pub status: Status,
+    /// Why, when it did not finish.
     pub reason: String,
+    /// What its metrics say.
     pub summary: Summary,
 }
-
-const DIVERGED_MARK: &str = "DIVERGED";
 
 /// Trains one trial to the end, or to the first epoch end past `time_budget` training
 /// seconds (or reports why it cannot), quietly. Used by sweeps and comparisons alike.
 pub fn run_trial(
-    cfg: Result<TrainConfig, convnet::Error>,
+    cfg: Result<TrainConfig, Error>,
     dir: &Path,
     splits: &Splits,
     time_budget: Option<f64>,
@@ -60,13 +65,13 @@ pub fn run_trial(
         Ok(c) => c,
         Err(e) => return (Status::Invalid, e.to_string()),
     };
-    if dir.join(convnet::train::MODEL).exists() {
+    if dir.join(MODEL).exists() {
         return (Status::Done, String::new());
     }
-    if let Ok(reason) = std::fs::read_to_string(dir.join(DIVERGED_MARK)) {
+    if let Ok(reason) = std::fs::read_to_string(dir.join(DIVERGED)) {
         return (Status::Diverged, reason);
     }
-    let mut trainer = match Trainer::resume_or_start(&cfg, dir) {
+    let mut trainer = match Training::resume_or_start(&cfg, dir) {
         Ok(t) => t,
         Err(e) => return (Status::Invalid, e.to_string()),
     };
@@ -74,11 +79,11 @@ pub fn run_trial(
     trainer.time_budget = time_budget;
     match trainer.run(splits, &mut |_| {}, &interrupted) {
         Ok(_) => (Status::Done, String::new()),
-        Err(e @ convnet::Error::Diverged(_)) => {
-            let _ = write_atomic(&dir.join(DIVERGED_MARK), e.to_string().as_bytes());
+        Err(e @ Error::Diverged(_)) => {
+            let _ = write_atomic(&dir.join(DIVERGED), e.to_string().as_bytes());
             (Status::Diverged, e.to_string())
         }
-        Err(e @ convnet::Error::Interrupted(_)) => (Status::Interrupted, e.to_string()),
+        Err(e @ Error::Interrupted { .. }) => (Status::Interrupted, e.to_string()),
         Err(e) => (Status::Invalid, e.to_string()),
     }
 }
@@ -98,7 +103,7 @@ pub fn run_parallel(n: usize, jobs: usize, threads: usize, work: &(dyn Fn(usize)
             s.spawn(|| {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(per_job)
-                    .start_handler(|_| convnet::runtime::flush_denormals())
+                    .start_handler(|_| crate::threads::flush_denormals())
                     .build()
                     .expect("a thread pool");
                 loop {
@@ -117,7 +122,7 @@ fn pct(v: f64) -> String {
     format!("{:.2}%", 100.0 * v)
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<(), Error> {
     let base = args.hyper.config(&args.model, &args.data)?;
     let axes: Vec<Axis> = args
         .grids
@@ -125,17 +130,17 @@ pub fn run(args: Args) -> Result<()> {
         .map(|g| parse_axis(g))
         .collect::<Result<_, _>>()?;
     for a in &axes {
-        convnet::sweep::check_key(&base, &a.key)?;
+        check_key(&base, &a.key)?;
     }
     let combos = combinations(&axes);
-    let threads = convnet::runtime::init_threads(base.threads);
+    let threads = crate::threads::init_threads(base.threads);
     let dir = args
         .out
         .clone()
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("sweep-{}", timestamp())));
     let splits = load_splits(base.dataset, args.data.data.as_deref(), base.val_size)?;
-    convnet::train::check_data_fits(&base.model, &splits.train, base.dataset)?;
-    std::fs::create_dir_all(&dir).map_err(|e| convnet::Error::io(&dir, e))?;
+    check_data_fits(&base.model, &splits)?;
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     println!(
         "convnet sweep: {} trials of {} ({} epochs each) on {} · {} job(s) · seed {} · {}",
         combos.len(),
@@ -202,8 +207,7 @@ pub fn run(args: Args) -> Result<()> {
         });
     let mut best_line = String::new();
     if let (Some(b), false) = (best, interrupted_now) {
-        let (mut net, _) =
-            convnet::checkpoint::load_model(&dir.join(&b.name).join(convnet::train::BEST))?;
+        let (mut net, _) = crate::run::checkpoint::load_model(&dir.join(&b.name).join(BEST))?;
         let test = evaluate(&mut net, &splits.test, 1000, |_, _| {});
         best_line = format!(
             "Best trial by validation accuracy: {} ({} at epoch {}). Its test accuracy, measured once after the \
@@ -225,17 +229,21 @@ pub fn run(args: Args) -> Result<()> {
         dir.display()
     );
     if interrupted_now {
-        eprintln!(
+        return Err(stopped(format!(
             "interrupted: finished trials are kept; run the same command with --out {} to continue",
             dir.display()
-        );
-        std::process::exit(130);
+        )));
     }
     Ok(())
 }
 
 /// sweep.csv, sweep.md and the pictures.
-fn write_reports(dir: &Path, axes: &[Axis], trials: &[Trial], best_line: &str) -> Result<()> {
+fn write_reports(
+    dir: &Path,
+    axes: &[Axis],
+    trials: &[Trial],
+    best_line: &str,
+) -> Result<(), Error> {
     let keys: Vec<&str> = axes.iter().map(|a| a.key.as_str()).collect();
     let mut csv = format!(
         "trial,{},status,epochs,train_loss,train_acc,val_loss,val_acc,best_val_acc,best_epoch,seconds,reason\n",
@@ -304,8 +312,8 @@ fn write_reports(dir: &Path, axes: &[Axis], trials: &[Trial], best_line: &str) -
         }
         if trials.len() == ra.values.len() * ca.values.len() {
             let title = "Best validation accuracy";
-            convnet::viz::grid_heatmap(
-                &convnet::viz::GridCells {
+            crate::report::viz::grid_heatmap(
+                &crate::report::viz::GridCells {
                     title,
                     row_key: &ra.key,
                     rows: &ra.values,
@@ -341,32 +349,32 @@ fn write_reports(dir: &Path, axes: &[Axis], trials: &[Trial], best_line: &str) -
                 .filter(|(_, t)| t.status == Status::Done)
                 .map(|(i, t)| (i as f64, 100.0 * t.summary.best_val_acc))
                 .collect();
-            let line = convnet::plot::Line {
+            let line = crate::report::plot::Line {
                 label: "best validation accuracy".into(),
                 points,
             };
             let title = format!("Best validation accuracy against {}", a.key);
-            let axes_desc = convnet::plot::Axes {
+            let axes_desc = crate::report::plot::Axes {
                 title: &title,
                 x: &a.key,
                 y: "accuracy (%)",
                 x_names: Some(&a.values),
             };
-            convnet::plot::draw_line_chart(&[line], &axes_desc, &dir.join("sweep-line"))?;
+            crate::report::plot::draw_line_chart(&[line], &axes_desc, &dir.join("sweep-line"))?;
             md.push_str("\n![line plot](sweep-line.png)\n");
         }
     }
-    let runs: Vec<convnet::plot::RunCurves> = trials
+    let runs: Vec<crate::report::plot::RunCurves> = trials
         .iter()
         .filter(|t| t.status != Status::Invalid)
-        .filter_map(|t| convnet::plot::load_run(&dir.join(&t.name)).ok())
+        .filter_map(|t| crate::report::plot::load_run(&dir.join(&t.name)).ok())
         .map(|mut r| {
             r.label = r.label.split(" (").next().unwrap_or("").to_string();
             r
         })
         .collect();
     if !runs.is_empty() {
-        convnet::plot::draw_curves(&runs, "All trials", false, &dir.join("sweep-curves"))?;
+        crate::report::plot::draw_curves(&runs, "All trials", false, &dir.join("sweep-curves"))?;
         md.push_str("![curves of all trials](sweep-curves.png)\n");
     }
     if !best_line.is_empty() {

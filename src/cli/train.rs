@@ -1,10 +1,12 @@
 //! `convnet train`: train a network and write a run directory.
 
-use super::common::{install_ctrl_c, interrupted, timestamp, DataChoice, ModelChoice, TrainFlags};
-use anyhow::{Context, Result};
-use convnet::data::dataset::load_splits;
-use convnet::metrics::format_count;
-use convnet::train::{Event, Trainer};
+use super::common::{install_ctrl_c, interrupted, stopped, DataChoice, SpecChoice, TrainFlags};
+use crate::data::dataset::load_splits;
+use crate::report::table::group_digits;
+use crate::run::metrics::{format_count, EpochMetrics};
+use crate::run::run_dir::{create_run_dir, BEST, MODEL};
+use crate::run::trainer::{check_data_fits, Event, Training};
+use crate::Error;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -13,13 +15,13 @@ use std::time::Instant;
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    model: ModelChoice,
+    model: SpecChoice,
     #[command(flatten)]
     data: DataChoice,
     #[command(flatten)]
     hyper: TrainFlags,
-    /// Run directory (default: runs/<timestamp>-<model>).
-    #[arg(long)]
+    /// Run directory [default: runs/<timestamp>-<model>].
+    #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// Continue the run in this directory from its last checkpoint, with its saved
     /// settings (only --data and --threads are taken from the command line).
@@ -33,41 +35,13 @@ pub struct Args {
     no_plot: bool,
 }
 
-/// A fresh run directory: `out` when given (must not hold a run yet), else a new one under runs/.
-fn make_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf> {
-    let dir = match out {
-        Some(d) => {
-            if d.join("metrics.csv").exists() {
-                anyhow::bail!(convnet::Error::Config(format!(
-                    "{} already holds a run; choose another --out",
-                    d.display()
-                )));
-            }
-            d.to_path_buf()
-        }
-        None => {
-            let base = PathBuf::from("runs").join(format!("{}-{name}", timestamp()));
-            let mut dir = base.clone();
-            let mut k = 2;
-            while dir.exists() {
-                dir = PathBuf::from(format!("{}-{k}", base.display()));
-                k += 1;
-            }
-            dir
-        }
-    };
-    std::fs::create_dir_all(&dir)
-        .with_context(|| format!("cannot create run directory {}", dir.display()))?;
-    Ok(dir)
-}
-
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<(), Error> {
     // A new run checks its data before it creates anything on disk.
-    let (mut trainer, splits) = match &args.resume {
+    let (mut training, splits) = match &args.resume {
         Some(dir) => {
-            let t = Trainer::resume(dir)?;
-            if t.state.epochs_done >= t.cfg.epochs && dir.join(convnet::train::MODEL).exists() {
-                anyhow::bail!(convnet::Error::Config(format!(
+            let t = Training::resume(dir)?;
+            if t.state.epochs_done >= t.cfg.epochs && dir.join(MODEL).exists() {
+                return Err(Error::Config(format!(
                     "{} has finished all {} epochs; nothing to resume",
                     dir.display(),
                     t.cfg.epochs
@@ -79,20 +53,20 @@ pub fn run(args: Args) -> Result<()> {
         None => {
             let cfg = args.hyper.config(&args.model, &args.data)?;
             let splits = load_splits(cfg.dataset, args.data.data.as_deref(), cfg.val_size)?;
-            convnet::train::check_data_fits(&cfg.model, &splits.train, cfg.dataset)?;
-            let dir = make_run_dir(args.out.as_deref(), &cfg.model.name)?;
-            (Trainer::new(&cfg, &dir)?, splits)
+            check_data_fits(&cfg.model, &splits)?;
+            let dir = create_run_dir(args.out.as_deref(), &cfg.model.name)?;
+            (Training::new(&cfg, &dir)?, splits)
         }
     };
-    trainer.checkpoint_every = args.checkpoint_every;
+    training.checkpoint_every = args.checkpoint_every;
     let threads_wanted = if args.resume.is_some() {
         args.hyper.threads
     } else {
-        trainer.cfg.threads
+        training.cfg.threads
     };
-    let threads = convnet::runtime::init_threads(threads_wanted);
-    let cfg = trainer.cfg.clone();
-    let run_dir = trainer.run_dir.clone();
+    let threads = crate::threads::init_threads(threads_wanted);
+    let cfg = training.cfg.clone();
+    let run_dir = training.run_dir.clone();
     let n_train = cfg
         .train_limit
         .unwrap_or(splits.train.len())
@@ -100,7 +74,7 @@ pub fn run(args: Args) -> Result<()> {
     println!(
         "convnet train: model {} ({} parameters), {} — {} train / {} val / {} test images",
         cfg.model.name,
-        convnet::network::group_digits(trainer.net.param_count()),
+        group_digits(training.net.param_count()),
         cfg.dataset,
         n_train,
         splits.val.len(),
@@ -114,10 +88,10 @@ pub fn run(args: Args) -> Result<()> {
     if args.resume.is_some() {
         println!(
             "resuming after epoch {} batch {} (iteration {})",
-            trainer.state.epochs_done, trainer.state.batch_in_epoch, trainer.state.iteration
+            training.state.epochs_done, training.state.batch_in_epoch, training.state.iteration
         );
-        for row in &trainer.state.metrics {
-            if let Some(m) = convnet::metrics::EpochMetrics::from_csv(row) {
+        for row in &training.state.metrics {
+            if let Some(m) = EpochMetrics::from_csv(row) {
                 println!("{}", epoch_line(&m, cfg.epochs));
             }
         }
@@ -126,27 +100,26 @@ pub fn run(args: Args) -> Result<()> {
     install_ctrl_c();
     let started = Instant::now();
     let mut progress = Progress::new(cfg.epochs);
-    let result = trainer.run(&splits, &mut |e| progress.event(e), &interrupted);
+    let result = training.run(&splits, &mut |e| progress.event(e), &interrupted);
     progress.finish();
     if !args.no_plot {
         draw_run_curves(&run_dir);
     }
     let test = match result {
-        Ok(t) => t.expect("the test set is evaluated"),
-        Err(e @ convnet::Error::Interrupted(_)) => {
+        Ok(t) => t.ok_or_else(|| Error::Internal("the test set was not evaluated".into()))?,
+        Err(Error::Interrupted { msg, .. }) => {
             let data = args
                 .data
                 .data
                 .as_ref()
                 .map(|d| format!(" --data {}", d.display()))
                 .unwrap_or_default();
-            eprintln!(
-                "{e}\nresume with:\n  convnet train --resume {}{data}",
+            return Err(stopped(format!(
+                "{msg}\nresume with:\n  convnet train --resume {}{data}",
                 run_dir.display()
-            );
-            std::process::exit(e.exit_code());
+            )));
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     };
     println!(
         "test: loss {:.4}, accuracy {} — {:.1}s in all",
@@ -156,17 +129,17 @@ pub fn run(args: Args) -> Result<()> {
     );
     println!(
         "saved {} (best validation: epoch {}, {})",
-        run_dir.join(convnet::train::MODEL).display(),
-        trainer.state.best_epoch,
-        run_dir.join(convnet::train::BEST).display()
+        run_dir.join(MODEL).display(),
+        training.state.best_epoch,
+        run_dir.join(BEST).display()
     );
     Ok(())
 }
 
 /// Draws the run's curves next to its logs; a failure to draw does not fail the run.
 fn draw_run_curves(run_dir: &Path) {
-    let drawn = convnet::plot::load_run(run_dir).and_then(|r| {
-        convnet::plot::draw_curves(&[r], "Training curves", true, &run_dir.join("curves"))
+    let drawn = crate::report::plot::load_run(run_dir).and_then(|r| {
+        crate::report::plot::draw_curves(&[r], "Training curves", true, &run_dir.join("curves"))
     });
     match drawn {
         Ok(paths) => println!("curves: {}", paths[0].display()),
@@ -174,7 +147,7 @@ fn draw_run_curves(run_dir: &Path) {
     }
 }
 
-fn epoch_line(m: &convnet::metrics::EpochMetrics, epochs: usize) -> String {
+fn epoch_line(m: &EpochMetrics, epochs: usize) -> String {
     format!(
         "epoch {:>2}/{} train loss {:.4} acc {} | val loss {:.4} acc {} | {:.1}s {:.0} img/s",
         m.epoch,
@@ -187,7 +160,6 @@ fn epoch_line(m: &convnet::metrics::EpochMetrics, epochs: usize) -> String {
         m.images_per_sec
     )
 }
-
 /// An indicatif bar on a terminal; a few plain lines per epoch otherwise.
 struct Progress {
     epochs: usize,
@@ -258,7 +230,6 @@ impl Progress {
                 }
                 println!("{}", epoch_line(m, self.epochs));
             }
-            Event::Checkpoint { .. } => {}
         }
     }
 }

@@ -2,14 +2,14 @@
 //! of every layer for one input.
 
 use super::common::DataChoice;
-use anyhow::Result;
-use convnet::checkpoint::{load_model, TensorFile};
-use convnet::data::dataset::{load_splits, PixelLut};
-use convnet::data::preprocess::preprocess_file;
-use convnet::data::DatasetKind;
-use convnet::loss::softmax;
-use convnet::viz::FeatureMaps;
-use convnet::Network;
+use crate::data::dataset::{load_splits, PixelLut};
+use crate::data::DatasetKind;
+use crate::engine::Network;
+use crate::model::Model;
+use crate::nn::loss::softmax;
+use crate::nn::Mode;
+use crate::report::viz::FeatureMaps;
+use crate::Error;
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args)]
@@ -23,7 +23,7 @@ enum What {
     /// Draw every conv layer's kernels (filters-<layer>.png/.svg).
     Filters {
         /// A model.safetensors, or the run directory holding it.
-        #[arg(long)]
+        #[arg(long, value_name = "RUN|FILE")]
         model: PathBuf,
         /// Output folder [default: the model's folder].
         #[arg(long)]
@@ -32,7 +32,8 @@ enum What {
     /// Draw the feature maps of every conv / ReLU / pool layer for one input, with the
     /// output probabilities.
     Activations {
-        #[arg(long)]
+        /// A model.safetensors, or the run directory holding it.
+        #[arg(long, value_name = "RUN|FILE")]
         model: PathBuf,
         /// An image file (prepared as `convnet predict` does), or a test-set index.
         input: String,
@@ -44,20 +45,21 @@ enum What {
     },
 }
 
-fn model_dir(file: &TensorFile) -> PathBuf {
-    file.path
-        .parent()
+fn model_dir(model: &Model) -> PathBuf {
+    model
+        .path()
+        .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default()
 }
 
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<(), Error> {
     match args.what {
         What::Filters { model, out } => {
-            let (net, file) = load_model(&model)?;
-            let dir = out.unwrap_or_else(|| model_dir(&file));
-            std::fs::create_dir_all(&dir).map_err(|e| convnet::Error::io(&dir, e))?;
-            for p in convnet::viz::filters(net.layers(), &dir)? {
+            let model = Model::load(&model)?;
+            let dir = out.unwrap_or_else(|| model_dir(&model));
+            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            for p in crate::report::viz::filters(model.network().layers(), &dir)? {
                 println!("wrote {}", p.display());
             }
             Ok(())
@@ -68,24 +70,21 @@ pub fn run(args: Args) -> Result<()> {
             data,
             out,
         } => {
-            convnet::runtime::init_threads(0);
-            let (mut net, file) = load_model(&model)?;
-            let [c, h, w] = [
-                net.input_shape()[0],
-                net.input_shape()[1],
-                net.input_shape()[2],
-            ];
+            crate::threads::init_threads(0);
+            let mut model = Model::load(&model)?;
+            let shape = model.network().input_shape().to_vec();
+            let [c, h, w] = [shape[0], shape[1], shape[2]];
             let (pixels, heading, stem): (Vec<u8>, String, String) = match input.parse::<usize>() {
                 Ok(index) => {
-                    let kind = data.kind_or(file.dataset().unwrap_or(DatasetKind::Mnist));
+                    let kind = data.kind_or(model.dataset().unwrap_or(DatasetKind::Mnist));
                     let splits = load_splits(kind, data.data.as_deref(), 1)?;
-                    anyhow::ensure!(
-                        index < splits.test.len(),
-                        convnet::Error::Config(format!(
+                    crate::run::trainer::check_data_fits(model.spec(), &splits)?;
+                    if index >= splits.test.len() {
+                        return Err(Error::Config(format!(
                             "test index {index} is out of range (0..{})",
                             splits.test.len()
-                        ))
-                    );
+                        )));
+                    }
                     let label = &splits.test.class_names[splits.test.labels[index] as usize];
                     (
                         splits.test.image(index).to_vec(),
@@ -95,11 +94,7 @@ pub fn run(args: Args) -> Result<()> {
                 }
                 Err(_) => {
                     let path = Path::new(&input);
-                    anyhow::ensure!(
-                        c == 1 && h == w,
-                        convnet::Error::Config("image input needs a 1xNxN model".into())
-                    );
-                    let p = preprocess_file(path, h)?;
+                    let p = model.prepare(path)?;
                     let stem = path
                         .file_stem()
                         .map(|s| s.to_string_lossy().into_owned())
@@ -111,21 +106,21 @@ pub fn run(args: Args) -> Result<()> {
                     )
                 }
             };
-            anyhow::ensure!(
-                pixels.len() == c * h * w,
-                convnet::Error::Config(format!(
+            if pixels.len() != c * h * w {
+                return Err(Error::Config(format!(
                     "the input has {} values, the model wants {c}x{h}x{w}",
                     pixels.len()
-                ))
-            );
-            let maps = feature_maps(&mut net, &pixels);
-            let classes = file.class_names(net.classes());
+                )));
+            }
+            let classes = model.class_names().to_vec();
+            let base = out.unwrap_or_else(|| model_dir(&model).join(format!("activations-{stem}")));
+            let net = model.network_mut();
+            let maps = feature_maps(net, &pixels);
             let probs: Vec<(String, f32)> = classes
                 .into_iter()
                 .zip(softmax(net.output().sample(0)))
                 .collect();
-            let base = out.unwrap_or_else(|| model_dir(&file).join(format!("activations-{stem}")));
-            for p in convnet::viz::activations(&maps, &probs, &heading, &base)? {
+            for p in crate::report::viz::activations(&maps, &probs, &heading, &base)? {
                 println!("wrote {}", p.display());
             }
             let best = probs
@@ -146,14 +141,14 @@ fn feature_maps(net: &mut Network, pixels: &[u8]) -> Vec<FeatureMaps> {
         *d = lut.0[p as usize];
     }
     net.keep_every_output = true;
-    net.forward(false);
+    net.forward(Mode::Eval);
     let s = net.input_shape();
     let mut maps = vec![FeatureMaps {
         title: format!("input {}x{}x{}", s[0], s[1], s[2]),
         shape: [s[0], s[1], s[2]],
         values: pixels.iter().map(|&p| p as f32 / 255.0).collect(),
     }];
-    for (i, l) in net.layers().iter().enumerate() {
+    for (i, l) in net.layers().enumerate() {
         if let [c, h, w] = *l.output_shape() {
             maps.push(FeatureMaps {
                 title: format!("{} ({}) {c}x{h}x{w}", l.name(), l.kind()),

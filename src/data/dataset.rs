@@ -2,6 +2,7 @@
 
 use super::fetch;
 use super::idx::{parse_images, parse_labels, read_maybe_gzip};
+use crate::seed::{derive_seed, STREAM_AUGMENT};
 use crate::spec::Normalize;
 use crate::Error;
 use std::path::Path;
@@ -10,7 +11,9 @@ use std::path::Path;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
+    /// Handwritten digits 0-9 (LeCun et al.).
     Mnist,
+    /// Zalando's clothing images, ten classes.
     FashionMnist,
 }
 
@@ -42,6 +45,7 @@ impl DatasetKind {
         }
     }
 
+    /// The class names, by label.
     pub fn class_names(self) -> Vec<String> {
         match self {
             DatasetKind::Mnist => (0..10).map(|d| d.to_string()).collect(),
@@ -64,20 +68,49 @@ impl DatasetKind {
     }
 }
 
+/// A data set in memory: grey images, one byte per pixel (0 the background), and labels.
 #[derive(Clone, Debug)]
 pub struct Dataset {
+    /// Image height.
     pub rows: usize,
+    /// Image width.
     pub cols: usize,
+    /// Every image's pixels, one after another.
     pub images: Vec<u8>,
+    /// One label per image.
     pub labels: Vec<u8>,
+    /// The class names, by label.
     pub class_names: Vec<String>,
 }
 
 /// Training, validation and test sets. Validation is the tail of the training file.
 pub struct Splits {
+    /// The data set they come from.
+    pub kind: DatasetKind,
+    /// The training images.
     pub train: Dataset,
+    /// The last `val_size` images of the training file.
     pub val: Dataset,
+    /// The test file.
     pub test: Dataset,
+}
+
+impl Splits {
+    /// Finds (or downloads) a data set and splits off the last 5,000 training images for
+    /// validation: `$CONVNET_DATA`, then the cache folder, then a verified download.
+    pub fn load(kind: DatasetKind) -> Result<Splits, Error> {
+        load_splits(kind, None, 5000)
+    }
+
+    /// `load` from the folder `data_dir` first (`DIR/<dataset>/` or `DIR/`), with
+    /// `val_size` validation images.
+    pub fn load_from(
+        kind: DatasetKind,
+        data_dir: Option<&Path>,
+        val_size: usize,
+    ) -> Result<Splits, Error> {
+        load_splits(kind, data_dir, val_size)
+    }
 }
 
 impl Dataset {
@@ -109,18 +142,22 @@ impl Dataset {
         })
     }
 
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
+    /// Whether there are no images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
 
+    /// Pixels per image.
     pub fn pixels_per_image(&self) -> usize {
         self.rows * self.cols
     }
 
+    /// The pixels of image `i`.
     pub fn image(&self, i: usize) -> &[u8] {
         let n = self.pixels_per_image();
         &self.images[i * n..(i + 1) * n]
@@ -205,7 +242,7 @@ impl Dataset {
             .enumerate()
             .for_each(|(j, (dst, &i))| {
                 let mut rng =
-                    rand_pcg::Pcg64Mcg::seed_from_u64(crate::train::derive_seed(seed, 7, j as u64));
+                    rand_pcg::Pcg64Mcg::seed_from_u64(derive_seed(seed, STREAM_AUGMENT, j as u64));
                 let angle = (rng.gen_range(-1.0f32..=1.0) * aug.rotate).to_radians();
                 let (tx, ty) = (
                     rng.gen_range(-1.0f32..=1.0) * aug.shift,
@@ -274,5 +311,10 @@ pub fn load_splits(
         )));
     }
     let val = train.split_off_tail(val_size);
-    Ok(Splits { train, val, test })
+    Ok(Splits {
+        kind,
+        train,
+        val,
+        test,
+    })
 }

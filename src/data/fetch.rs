@@ -19,7 +19,9 @@ use std::time::Duration;
 /// A file of a data set and the SHA-256 of its decompressed content.
 #[derive(Clone, Copy, Debug)]
 pub struct RemoteFile {
+    /// The file name without `.gz`.
     pub name: &'static str,
+    /// The SHA-256 of its decompressed content, in hex.
     pub sha256: &'static str,
 }
 
@@ -31,7 +33,7 @@ pub const FILE_NAMES: [&str; 4] = [
 ];
 
 impl DatasetKind {
-    pub fn files(self) -> [RemoteFile; 4] {
+    pub(crate) fn files(self) -> [RemoteFile; 4] {
         let sums = match self {
             DatasetKind::Mnist => [
                 "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
@@ -53,7 +55,7 @@ impl DatasetKind {
     }
 
     /// Base URLs that serve `<name>.gz`, tried in turn.
-    pub fn mirrors(self) -> Vec<String> {
+    pub(crate) fn mirrors(self) -> Vec<String> {
         if let Ok(list) = std::env::var("CONVNET_MIRRORS") {
             return list
                 .split(',')
@@ -227,7 +229,7 @@ pub fn download(dest: &Path, files: &[RemoteFile], mirrors: &[String]) -> Result
                     } else {
                         f.name.to_string()
                     });
-                    crate::checkpoint::write_atomic(&path, &body).map_err(|e| e.to_string())?;
+                    crate::fsutil::write_atomic(&path, &body).map_err(|e| e.to_string())?;
                     eprintln!("  {url} -> {} (sha256 ok)", path.display());
                     done = true;
                     break;

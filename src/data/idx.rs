@@ -145,7 +145,8 @@ pub fn parse_labels(bytes: &[u8], path: &Path, classes: usize) -> Result<Vec<u8>
     Ok(labels)
 }
 
-/// Writes an images file (used by tests to make fixtures, and by tools that export data).
+/// Writes an images file (tests make fixtures with it).
+#[cfg(test)]
 pub fn encode_images(rows: usize, cols: usize, pixels: &[u8]) -> Vec<u8> {
     let count = pixels.len() / (rows * cols);
     let mut out = Vec::with_capacity(16 + pixels.len());
@@ -156,6 +157,7 @@ pub fn encode_images(rows: usize, cols: usize, pixels: &[u8]) -> Vec<u8> {
     out
 }
 
+#[cfg(test)]
 pub fn encode_labels(labels: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + labels.len());
     out.extend_from_slice(&LABELS_MAGIC.to_be_bytes());

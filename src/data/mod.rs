@@ -1,8 +1,10 @@
-//! Data: IDX parsing, locating and downloading the data sets, batches, user images.
+//! Data: the IDX files (`idx.rs`), finding and downloading them (`fetch.rs`), data sets and
+//! batches in memory (`dataset.rs`), and a user's own images prepared the way MNIST was
+//! made (`preprocess.rs`).
 
-pub mod dataset;
-pub mod fetch;
-pub mod idx;
+pub(crate) mod dataset;
+pub(crate) mod fetch;
+pub(crate) mod idx;
 pub mod preprocess;
 
 pub use dataset::{Dataset, DatasetKind, Splits};

@@ -44,6 +44,7 @@ pub const MAX_SIDE: u32 = 12_000;
 pub struct Preprocessed {
     /// `side * side` bytes, 0 = background, 255 = ink (MNIST's convention).
     pub pixels: Vec<u8>,
+    /// The side of the square image.
     pub side: usize,
     /// The input had a light background and was inverted.
     pub inverted: bool,

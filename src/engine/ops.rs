@@ -1,0 +1,393 @@
+//! How the engine runs each layer: a small adapter per layer type that keeps the readable
+//! layer (its parameters and shapes) and calls the fast kernels on chunks of the batch.
+//! Layers without a fast kernel of their own run their readable code on chunks.
+
+use crate::kernels::batchnorm::FastBatchNorm;
+use crate::kernels::conv::FastConv;
+use crate::kernels::linear::FastLinear;
+use crate::kernels::{pool, sum_chunk_grads, Scratch};
+use crate::nn::dropout::GROUP;
+use crate::nn::{
+    Activation, ActivationKind, BatchNorm, Conv2d, Dropout, Flatten, Layer, Linear, Mode, Pool2d,
+    PoolKind,
+};
+use crate::spec::{LayerOp, ResolvedLayer};
+use crate::tensor::Tensor;
+
+/// What a fused pass may skip a layer for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Absorb {
+    /// A ReLU the layer before it applies itself.
+    Relu,
+    /// A 2x2, stride-2 max pool the conv before it applies itself.
+    MaxPool2x2,
+    /// A layer that leaves the data as it is (flatten): the next layer reads its input.
+    Identity,
+}
+
+/// One layer as the engine runs it. Per-chunk layers work on chunks of `CHUNK` samples
+/// (`forward_chunk` reads `x` and writes `y`; `backward_chunk` reads `x`, `y` and `dy` and
+/// writes `dx` when asked); whole-batch layers (batch norm) run `forward_batch` and
+/// `backward_batch`.
+pub(crate) trait Op: Send + Sync {
+    /// The readable layer: shapes, parameters, buffers.
+    fn layer(&self) -> &dyn Layer;
+    /// The same, to change.
+    fn layer_mut(&mut self) -> &mut dyn Layer;
+    /// Whether the layer runs chunk by chunk (else on whole batches).
+    fn per_chunk(&self) -> bool {
+        true
+    }
+    /// What a fused pass may skip this layer for, if anything.
+    fn absorb(&self) -> Option<Absorb> {
+        None
+    }
+    /// Asks the layer to apply `what` to its own output while `on` (and its backward to
+    /// its output gradient), so the engine can skip the layer after it. Returns whether
+    /// it can.
+    fn fuse(&mut self, what: Absorb, on: bool) -> bool {
+        let _ = (what, on);
+        false
+    }
+    /// Called once before a batch's chunks run forward, with the parameters as they are.
+    fn prepare(&mut self) {}
+    /// Forward pass of chunk `c`: `x` and `y` hold its samples only.
+    fn forward_chunk(&self, c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, mode: Mode) {
+        let _ = (c, x, y, s, mode);
+        unreachable!("{} runs on whole batches", self.layer().name())
+    }
+    /// Backward pass of one chunk: writes `dx` (when wanted) and the chunk's share of the
+    /// parameter gradients into `s.grad`.
+    fn backward_chunk(
+        &self,
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        s: &mut Scratch,
+    ) {
+        let _ = (x, y, dy, dx, s);
+        unreachable!("{} runs on whole batches", self.layer().name())
+    }
+    /// After every chunk's backward pass: the parameter gradients of the whole batch,
+    /// from the first `chunks` scratches' parts or, where one product over the batch is
+    /// faster (a linear layer's weight gradient), from `x` and `dy` directly.
+    fn finish_backward(&mut self, x: &Tensor, dy: &Tensor, scratch: &[Scratch], chunks: usize) {
+        let _ = (x, dy, scratch, chunks);
+    }
+    /// Forward pass of a whole batch (whole-batch layers only).
+    fn forward_batch(&mut self, x: &Tensor, y: &mut Tensor, mode: Mode) {
+        let _ = (x, y, mode);
+        unreachable!("{} runs chunk by chunk", self.layer().name())
+    }
+    /// Backward pass of a whole batch (whole-batch layers only).
+    fn backward_batch(&mut self, x: &Tensor, y: &Tensor, dy: &Tensor, dx: Option<&mut Tensor>) {
+        let _ = (x, y, dy, dx);
+        unreachable!("{} runs chunk by chunk", self.layer().name())
+    }
+}
+
+/// The op that runs a layer of a resolved spec: the readable layer in its adapter.
+pub(crate) fn build_op(l: &ResolvedLayer) -> Box<dyn Op> {
+    let name = l.name.as_str();
+    match l.op {
+        LayerOp::Conv2d { shape, .. } => Box::new(ConvOp::new(Conv2d::new(name, shape))),
+        LayerOp::Pool2d { kind, shape } => Box::new(PoolOp {
+            layer: Pool2d::new(name, kind, shape),
+        }),
+        LayerOp::Activation(kind) => Box::new(ActivationOp {
+            layer: Activation::new(name, kind, &l.input),
+        }),
+        LayerOp::Flatten => Box::new(FlattenOp {
+            layer: Flatten::new(name, &l.input),
+        }),
+        LayerOp::Linear {
+            in_features,
+            out_features,
+            ..
+        } => Box::new(LinearOp::new(Linear::new(name, in_features, out_features))),
+        LayerOp::Dropout { p } => Box::new(DropoutOp {
+            layer: Dropout::new(name, p, &l.input),
+        }),
+        LayerOp::BatchNorm { eps, momentum } => Box::new(BatchNormOp {
+            layer: BatchNorm::new(name, &l.input, eps, momentum),
+            fast: FastBatchNorm::default(),
+        }),
+    }
+}
+
+/// A convolution: `kernels/conv.rs`, which can also apply the ReLU and the 2x2 max pool
+/// after it.
+struct ConvOp {
+    layer: Conv2d,
+    fast: FastConv,
+}
+
+impl ConvOp {
+    fn new(layer: Conv2d) -> ConvOp {
+        let fast = FastConv::new(layer.shape);
+        ConvOp { layer, fast }
+    }
+}
+
+impl Op for ConvOp {
+    fn layer(&self) -> &dyn Layer {
+        &self.layer
+    }
+    fn layer_mut(&mut self) -> &mut dyn Layer {
+        &mut self.layer
+    }
+    fn fuse(&mut self, what: Absorb, on: bool) -> bool {
+        match what {
+            Absorb::Relu => self.fast.set_relu(on),
+            Absorb::MaxPool2x2 => self.fast.set_max_pool(on),
+            Absorb::Identity => return false,
+        }
+        true
+    }
+    fn prepare(&mut self) {
+        self.fast.prepare(&self.layer.weight.value);
+    }
+    fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, mode: Mode) {
+        let params = (&self.layer.weight.value[..], &self.layer.bias.value[..]);
+        self.fast.forward_chunk(params, x, y, s, mode);
+    }
+    fn backward_chunk(
+        &self,
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        s: &mut Scratch,
+    ) {
+        let params = (&self.layer.weight.value[..], &self.layer.bias.value[..]);
+        self.fast.backward_chunk(params, x, y, dy, dx, s);
+    }
+    fn finish_backward(&mut self, _x: &Tensor, _dy: &Tensor, scratch: &[Scratch], chunks: usize) {
+        let l = &mut self.layer;
+        let mut out = [&mut l.weight.grad[..], &mut l.bias.grad[..]];
+        sum_chunk_grads(scratch, chunks, &mut out);
+    }
+}
+
+/// A fully connected layer: `kernels/linear.rs`.
+struct LinearOp {
+    layer: Linear,
+    fast: FastLinear,
+}
+
+impl LinearOp {
+    fn new(layer: Linear) -> LinearOp {
+        let fast = FastLinear::new(layer.in_features, layer.out_features);
+        LinearOp { layer, fast }
+    }
+}
+
+impl Op for LinearOp {
+    fn layer(&self) -> &dyn Layer {
+        &self.layer
+    }
+    fn layer_mut(&mut self) -> &mut dyn Layer {
+        &mut self.layer
+    }
+    fn prepare(&mut self) {
+        self.fast.prepare(&self.layer.weight.value);
+    }
+    fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], _s: &mut Scratch, _mode: Mode) {
+        self.fast.forward_chunk(&self.layer.bias.value, x, y);
+    }
+    fn backward_chunk(
+        &self,
+        _x: &[f32],
+        _y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        _s: &mut Scratch,
+    ) {
+        if let Some(dx) = dx {
+            self.fast.input_gradient(&self.layer.weight.value, dy, dx);
+        }
+    }
+    fn finish_backward(&mut self, x: &Tensor, dy: &Tensor, _scratch: &[Scratch], _chunks: usize) {
+        let l = &mut self.layer;
+        let n = x.batch();
+        self.fast
+            .weight_gradient(n, &x.data, &dy.data, &mut l.weight.grad, &mut l.bias.grad);
+    }
+}
+
+/// Max or average pooling: `kernels/pool.rs`.
+struct PoolOp {
+    layer: Pool2d,
+}
+
+impl Op for PoolOp {
+    fn layer(&self) -> &dyn Layer {
+        &self.layer
+    }
+    fn layer_mut(&mut self) -> &mut dyn Layer {
+        &mut self.layer
+    }
+    fn absorb(&self) -> Option<Absorb> {
+        (self.layer.kind == PoolKind::Max && self.layer.shape.is_2x2())
+            .then_some(Absorb::MaxPool2x2)
+    }
+    fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, _mode: Mode) {
+        pool::forward_chunk(self.layer.kind, &self.layer.shape, x, y, s);
+    }
+    fn backward_chunk(
+        &self,
+        _x: &[f32],
+        _y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        s: &mut Scratch,
+    ) {
+        if let Some(dx) = dx {
+            pool::backward_chunk(self.layer.kind, &self.layer.shape, dy, dx, s);
+        }
+    }
+}
+
+/// ReLU, sigmoid or tanh, value by value as `nn::Activation` computes them.
+struct ActivationOp {
+    layer: Activation,
+}
+
+impl Op for ActivationOp {
+    fn layer(&self) -> &dyn Layer {
+        &self.layer
+    }
+    fn layer_mut(&mut self) -> &mut dyn Layer {
+        &mut self.layer
+    }
+    fn absorb(&self) -> Option<Absorb> {
+        (self.layer.kind == ActivationKind::Relu).then_some(Absorb::Relu)
+    }
+    fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], _s: &mut Scratch, _mode: Mode) {
+        let f = self.layer.kind;
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = f.apply(x);
+        }
+    }
+    fn backward_chunk(
+        &self,
+        _x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        _s: &mut Scratch,
+    ) {
+        let Some(dx) = dx else { return };
+        let f = self.layer.kind;
+        for (dx, (&y, &dy)) in dx.iter_mut().zip(y.iter().zip(dy)) {
+            *dx = f.gradient(y, dy);
+        }
+    }
+}
+
+/// Flatten: a copy when it runs, skipped in fused passes.
+struct FlattenOp {
+    layer: Flatten,
+}
+
+impl Op for FlattenOp {
+    fn layer(&self) -> &dyn Layer {
+        &self.layer
+    }
+    fn layer_mut(&mut self) -> &mut dyn Layer {
+        &mut self.layer
+    }
+    fn absorb(&self) -> Option<Absorb> {
+        Some(Absorb::Identity)
+    }
+    fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], _s: &mut Scratch, _mode: Mode) {
+        y.copy_from_slice(x);
+    }
+    fn backward_chunk(
+        &self,
+        _x: &[f32],
+        _y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        _s: &mut Scratch,
+    ) {
+        if let Some(dx) = dx {
+            dx.copy_from_slice(dy);
+        }
+    }
+}
+
+/// Dropout: chunk `c`'s mask is group `c`'s of `nn::Dropout` (a chunk is one group).
+struct DropoutOp {
+    layer: Dropout,
+}
+
+impl Op for DropoutOp {
+    fn layer(&self) -> &dyn Layer {
+        &self.layer
+    }
+    fn layer_mut(&mut self) -> &mut dyn Layer {
+        &mut self.layer
+    }
+    fn forward_chunk(&self, c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, mode: Mode) {
+        // `saved`: the scale each value was multiplied by (0 or 1/(1-p)).
+        let p = self.layer.p;
+        s.ready = mode == Mode::Train && p > 0.0;
+        if !s.ready {
+            y.copy_from_slice(x);
+            return;
+        }
+        s.saved.resize(x.len(), 0.0);
+        Dropout::group_mask(p, self.layer.seed(), c, &mut s.saved);
+        for ((y, &x), &m) in y.iter_mut().zip(x).zip(&s.saved) {
+            *y = x * m;
+        }
+    }
+    fn backward_chunk(
+        &self,
+        _x: &[f32],
+        _y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        s: &mut Scratch,
+    ) {
+        let Some(dx) = dx else { return };
+        if !s.ready {
+            dx.copy_from_slice(dy);
+            return;
+        }
+        for ((d, &g), &m) in dx.iter_mut().zip(dy).zip(&s.saved) {
+            *d = g * m;
+        }
+    }
+}
+
+/// Batch norm: `kernels/batchnorm.rs`, on whole batches (its statistics span the batch).
+struct BatchNormOp {
+    layer: BatchNorm,
+    fast: FastBatchNorm,
+}
+
+impl Op for BatchNormOp {
+    fn layer(&self) -> &dyn Layer {
+        &self.layer
+    }
+    fn layer_mut(&mut self) -> &mut dyn Layer {
+        &mut self.layer
+    }
+    fn per_chunk(&self) -> bool {
+        false
+    }
+    fn forward_batch(&mut self, x: &Tensor, y: &mut Tensor, mode: Mode) {
+        self.fast
+            .forward(&mut self.layer, x, y, mode == Mode::Train);
+    }
+    fn backward_batch(&mut self, x: &Tensor, _y: &Tensor, dy: &Tensor, dx: Option<&mut Tensor>) {
+        self.fast.backward(&mut self.layer, x, dy, dx);
+    }
+}
+
+/// Chunks must be whole groups of dropout masks for the fast and readable passes to draw
+/// the same masks.
+const _: () = assert!(super::pipeline::CHUNK == GROUP);

@@ -1,0 +1,634 @@
+//! How a batch runs fast: in chunks, in stages, with fusions, and timed when asked.
+//!
+//! The batch is cut into fixed chunks of `CHUNK` samples (`EVAL_CHUNK` in evaluation
+//! passes, which keep nothing for a backward pass), and each chunk goes through a whole run
+//! of layers (a stage) on one thread, the chunks in parallel. What one layer writes, the
+//! next reads while it is still in that core's cache, and threads meet once per stage
+//! instead of once per layer. A layer that needs the whole batch (batch norm) is a stage
+//! of its own. Because chunks are fixed and their gradient parts are added in chunk
+//! order, results do not depend on the number of threads.
+//!
+//! Fusion: inside a stage, a ReLU after a conv, a 2x2 max pool after a conv (and its ReLU),
+//! and a flatten are skipped: the conv applies the ReLU and the pool to its own output rows
+//! (`kernels/conv.rs`), and the layer after a flatten reads the flatten's input, whose
+//! data is already in order. The layer before a run of skipped layers writes straight into
+//! the last one's output tensor and reads its gradient.
+
+use super::ops::{Absorb, Op};
+use crate::kernels::Scratch;
+use crate::nn::loss::{BatchStats, Loss};
+use crate::nn::Mode;
+use crate::tensor::Tensor;
+use rayon::prelude::*;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Samples per chunk in training passes. Fixed, so the order in which partial gradients
+/// are summed, and hence every bit of the result, does not depend on the thread count.
+pub const CHUNK: usize = 8;
+
+/// Samples per chunk in evaluation passes. Nothing is kept between passes then, so the
+/// chunk can be larger: 24 rows make whole 6-column blocks of the GEMM crate's AVX-512
+/// kernel in the linear layers (8 rows leave a 2-column edge), and every sample's result is
+/// computed the same way whatever the chunk.
+pub const EVAL_CHUNK: usize = 24;
+
+/// Per-layer times are collected for at most this many layers of a stage (the rest are
+/// added to the last slot).
+const MAX_TIMED: usize = 64;
+
+/// Per-layer (forward, backward) time.
+pub type Times = Vec<(Duration, Duration)>;
+
+/// The stages of a network, its fusions and each layer's per-chunk working memory.
+pub(crate) struct Pipeline {
+    /// Runs of layers `[start, end)` executed together, chunk by chunk: maximal runs of
+    /// per-chunk layers, and each whole-batch layer alone.
+    stages: Vec<(usize, usize)>,
+    /// What a fused pass skips layer `i` for, if it does.
+    absorbed: Vec<Option<Absorb>>,
+    /// The last forward pass ran with the fusions in effect.
+    fused_now: bool,
+    /// Per layer, one `Scratch` per chunk; never shrinks.
+    scratch: Vec<Vec<Scratch>>,
+    /// Per-layer time, accumulated while `Some`. Layers that run chunk by chunk on several
+    /// threads at once count their summed thread time divided by the threads in use.
+    pub timing: Option<Times>,
+}
+
+/// Splits the layers into runs `[start, end)`: consecutive per-chunk layers together, every
+/// whole-batch layer on its own.
+fn stages(ops: &[Box<dyn Op>]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        match out.last_mut() {
+            Some((start, end)) if op.per_chunk() && ops[*start].per_chunk() => *end = i + 1,
+            _ => out.push((i, i + 1)),
+        }
+    }
+    out
+}
+
+impl Pipeline {
+    /// Finds the stages and which layers fused passes skip: each ReLU the layer before it
+    /// can apply, each 2x2 max pool likewise (after the ReLU when there is one), each
+    /// flatten; only inside a stage and not its last layer.
+    pub fn new(ops: &mut [Box<dyn Op>]) -> Pipeline {
+        let stages = stages(ops);
+        let mut absorbed: Vec<Option<Absorb>> = vec![None; ops.len()];
+        for &(start, end) in &stages {
+            for i in start + 1..end.saturating_sub(1) {
+                let Some(what) = ops[i].absorb() else {
+                    continue;
+                };
+                let host = match what {
+                    Absorb::Identity => {
+                        absorbed[i] = Some(what);
+                        continue;
+                    }
+                    Absorb::Relu => i - 1,
+                    Absorb::MaxPool2x2 if absorbed[i - 1].is_some() => i - 2,
+                    Absorb::MaxPool2x2 => i - 1,
+                };
+                if ops[host].fuse(what, false) {
+                    absorbed[i] = Some(what);
+                }
+            }
+        }
+        Pipeline {
+            stages,
+            scratch: (0..ops.len()).map(|_| Vec::new()).collect(),
+            absorbed,
+            fused_now: false,
+            timing: None,
+        }
+    }
+
+    /// The host layer that applies absorbed layer `i` in fused passes.
+    fn host(&self, i: usize) -> usize {
+        if self.absorbed[i - 1].is_some() {
+            i - 2
+        } else {
+            i - 1
+        }
+    }
+
+    /// Turns the fusions on or off for the next passes.
+    fn set_fusion(&mut self, ops: &mut [Box<dyn Op>], fuse: bool) {
+        for i in 1..ops.len() {
+            match self.absorbed[i] {
+                Some(Absorb::Relu) => {
+                    ops[i - 1].fuse(Absorb::Relu, fuse);
+                }
+                Some(Absorb::MaxPool2x2) => {
+                    let host = self.host(i);
+                    ops[host].fuse(Absorb::MaxPool2x2, fuse);
+                }
+                Some(Absorb::Identity) | None => {}
+            }
+        }
+        self.fused_now = fuse;
+    }
+
+    /// The layer that applied layer `i` itself in the last pass (a fused ReLU or max pool;
+    /// a skipped flatten gives the layer before it), or `None` if layer `i` ran.
+    pub fn applied_by(&self, i: usize) -> Option<usize> {
+        if !(self.fused_now && self.absorbed[i].is_some()) {
+            return None;
+        }
+        (0..i).rev().find(|&j| self.absorbed[j].is_none())
+    }
+
+    /// The forward pass over `acts[0]`, every layer's output into `acts[i + 1]` (only the
+    /// last of a run of skipped layers' when `fuse`).
+    pub fn forward(
+        &mut self,
+        ops: &mut [Box<dyn Op>],
+        acts: &mut [Tensor],
+        mode: Mode,
+        fuse: bool,
+    ) {
+        let n = acts[0].batch();
+        self.set_fusion(ops, fuse);
+        for k in 0..self.stages.len() {
+            let (start, end) = self.stages[k];
+            if ops[start].per_chunk() {
+                self.forward_stage(ops, acts, start, end, n, mode);
+            } else {
+                let begin = Instant::now();
+                let (before, after) = acts.split_at_mut(start + 1);
+                ops[start].forward_batch(&before[start], &mut after[0], mode);
+                if let Some(t) = self.timing.as_mut() {
+                    t[start].0 += begin.elapsed();
+                }
+            }
+        }
+    }
+
+    /// Layers `start..end`, all per-chunk: each chunk of the batch goes through all of them
+    /// on one thread, so what one layer writes the next reads from the same core's cache.
+    /// Evaluation passes keep nothing per chunk, so they may cut larger chunks.
+    fn forward_stage(
+        &mut self,
+        ops: &mut [Box<dyn Op>],
+        acts: &mut [Tensor],
+        start: usize,
+        end: usize,
+        n: usize,
+        mode: Mode,
+    ) {
+        let size = if mode == Mode::Train {
+            CHUNK
+        } else {
+            EVAL_CHUNK
+        };
+        let chunks = n.div_ceil(size);
+        prepare_outputs(&mut ops[start..end], &mut acts[start..=end], n);
+        grow_scratch(&mut self.scratch[start..end], n);
+        let views = chunk_views(
+            &mut acts[start..=end],
+            None,
+            &mut self.scratch[start..end],
+            (chunks, size),
+            false,
+        );
+        let run = Run::new(
+            &ops[start..end],
+            &self.absorbed[start..end],
+            self.fused_now,
+            self.timing.is_some(),
+        );
+        let times = run.new_times();
+        views.into_par_iter().enumerate().for_each(|(c, mut v)| {
+            let mut t = [(Duration::ZERO, Duration::ZERO); MAX_TIMED];
+            run.forward(c, &mut v, mode, &mut t);
+            add_times(&times, &t);
+        });
+        self.record_times(start, times, chunks);
+    }
+
+    /// The backward pass from `grads[last]` (dLoss/dlogits), every input gradient into
+    /// `grads[i]` except the network input's, every parameter gradient in place.
+    pub fn backward(&mut self, ops: &mut [Box<dyn Op>], acts: &mut [Tensor], grads: &mut [Tensor]) {
+        let batch = acts[0].batch();
+        for k in (0..self.stages.len()).rev() {
+            let (start, end) = self.stages[k];
+            if ops[start].per_chunk() {
+                self.backward_stage(ops, acts, grads, start, end, batch);
+            } else {
+                let begin = Instant::now();
+                let (gb, ga) = grads.split_at_mut(start + 1);
+                // The input gradient of the first layer is never needed.
+                let dx = if start > 0 {
+                    Some(&mut gb[start])
+                } else {
+                    None
+                };
+                ops[start].backward_batch(&acts[start], &acts[start + 1], &ga[0], dx);
+                if let Some(t) = self.timing.as_mut() {
+                    t[start].1 += begin.elapsed();
+                }
+            }
+        }
+    }
+
+    /// The backward pass of layers `start..end`, chunk by chunk as in `forward_stage`, then
+    /// each layer's parameter gradients over the whole batch.
+    fn backward_stage(
+        &mut self,
+        ops: &mut [Box<dyn Op>],
+        acts: &mut [Tensor],
+        grads: &mut [Tensor],
+        start: usize,
+        end: usize,
+        n: usize,
+    ) {
+        let chunks = n.div_ceil(CHUNK);
+        prepare_input_grads(&ops[start..end], &mut grads[start..end], start, n);
+        grow_scratch(&mut self.scratch[start..end], n);
+        let views = chunk_views(
+            &mut acts[start..=end],
+            Some(&mut grads[start..=end]),
+            &mut self.scratch[start..end],
+            (chunks, CHUNK),
+            start == 0,
+        );
+        let run = Run::new(
+            &ops[start..end],
+            &self.absorbed[start..end],
+            self.fused_now,
+            self.timing.is_some(),
+        );
+        let times = run.new_times();
+        views.into_par_iter().for_each(|mut v| {
+            let mut t = [(Duration::ZERO, Duration::ZERO); MAX_TIMED];
+            run.backward(&mut v, &mut t);
+            add_times(&times, &t);
+        });
+        self.finish_stage(ops, acts, grads, start, end, chunks);
+        self.record_times(start, times, chunks);
+    }
+
+    /// Each layer's `finish_backward` over the whole batch, its time added to the layer's
+    /// backward time.
+    fn finish_stage(
+        &mut self,
+        ops: &mut [Box<dyn Op>],
+        acts: &[Tensor],
+        grads: &[Tensor],
+        start: usize,
+        end: usize,
+        chunks: usize,
+    ) {
+        let skips = Skips {
+            absorbed: &self.absorbed[start..end],
+            fused: self.fused_now,
+        };
+        let (acts, grads) = (&acts[start..=end], &grads[start..=end]);
+        for (j, op) in ops[start..end].iter_mut().enumerate() {
+            if skips.skip(j) {
+                continue;
+            }
+            let begin = Instant::now();
+            op.finish_backward(
+                &acts[j],
+                &grads[skips.out(j)],
+                &self.scratch[start + j],
+                chunks,
+            );
+            if let Some(t) = self.timing.as_mut() {
+                t[start + j].1 += begin.elapsed();
+            }
+        }
+    }
+
+    /// One training step's passes: forward, the loss against `labels`, backward, leaving
+    /// every parameter's gradient in place; the same result as `forward` then the loss then
+    /// `backward`. When the whole network is one stage, each chunk goes forward, through
+    /// the loss and backward on one thread without waiting for the others, while its
+    /// activations are still in that core's cache.
+    pub fn train_step(
+        &mut self,
+        ops: &mut [Box<dyn Op>],
+        acts: &mut [Tensor],
+        grads: &mut [Tensor],
+        (loss, smoothing): (Loss, f32),
+        labels: &[u8],
+    ) -> BatchStats {
+        let end = ops.len();
+        if self.stages.len() != 1 || !ops[0].per_chunk() {
+            self.forward(ops, acts, Mode::Train, true);
+            let stats = loss.forward_backward(&acts[end], labels, &mut grads[end], smoothing);
+            self.backward(ops, acts, grads);
+            return stats;
+        }
+        let n = acts[0].batch();
+        assert_eq!(labels.len(), n, "one label per sample");
+        let chunks = n.div_ceil(CHUNK);
+        self.set_fusion(ops, true);
+        prepare_outputs(ops, &mut acts[..=end], n);
+        prepare_input_grads(ops, &mut grads[..end], 0, n);
+        let classes = ops[end - 1].layer().output_shape()[0];
+        grads[end].resize_batch(n, &[classes]);
+        grow_scratch(&mut self.scratch, n);
+        let views = chunk_views(acts, Some(grads), &mut self.scratch, (chunks, CHUNK), true);
+        let run = Run::new(ops, &self.absorbed, self.fused_now, self.timing.is_some());
+        let times = run.new_times();
+        let parts: Vec<BatchStats> = views
+            .into_par_iter()
+            .enumerate()
+            .map(|(c, mut v)| {
+                let mut t = [(Duration::ZERO, Duration::ZERO); MAX_TIMED];
+                run.forward(c, &mut v, Mode::Train, &mut t);
+                let labels = &labels[c * CHUNK..(c * CHUNK + CHUNK).min(n)];
+                let dz = v.grads[end].as_deref_mut().expect("logit gradients exist");
+                let stats = loss.chunk_forward_backward(&v.acts[end][..], labels, dz, smoothing, n);
+                run.backward(&mut v, &mut t);
+                add_times(&times, &t);
+                stats
+            })
+            .collect();
+        self.finish_stage(ops, acts, grads, 0, end, chunks);
+        self.record_times(0, times, chunks);
+        let mut stats = BatchStats::default();
+        for p in parts {
+            stats.add(p);
+        }
+        stats
+    }
+
+    /// Adds a stage's per-chunk thread times, divided by the threads in use, to the
+    /// per-layer timing.
+    fn record_times(&mut self, start: usize, times: Option<Mutex<Times>>, chunks: usize) {
+        let (Some(t), Some(times)) = (self.timing.as_mut(), times) else {
+            return;
+        };
+        let threads = rayon::current_num_threads().min(chunks).max(1) as u32;
+        let times = times.into_inner().expect("timing lock");
+        for (j, (f, b)) in times.into_iter().enumerate() {
+            t[start + j].0 += f / threads;
+            t[start + j].1 += b / threads;
+        }
+    }
+}
+
+/// Resizes the outputs of `ops` for `n` samples and lets each layer prepare its forward
+/// pass.
+fn prepare_outputs(ops: &mut [Box<dyn Op>], outputs_from_input: &mut [Tensor], n: usize) {
+    for (op, y) in ops.iter_mut().zip(&mut outputs_from_input[1..]) {
+        y.resize_batch(n, op.layer().output_shape());
+        op.prepare();
+    }
+}
+
+/// Resizes the input gradients of `ops` (the first is layer `first` of the network; the
+/// network input's gradient is never made).
+fn prepare_input_grads(ops: &[Box<dyn Op>], dxs: &mut [Tensor], first: usize, n: usize) {
+    for (j, (op, dx)) in ops.iter().zip(dxs).enumerate() {
+        if first + j > 0 {
+            dx.resize_batch(n, op.layer().input_shape());
+        }
+    }
+}
+
+/// Makes sure there is a `Scratch` for every chunk of an `n`-sample batch in every layer.
+/// Never shrinks, so alternating batch sizes (training, then a larger evaluation batch) do
+/// not reallocate.
+fn grow_scratch(scratch: &mut [Vec<Scratch>], n: usize) {
+    let chunks = n.div_ceil(CHUNK);
+    for s in scratch {
+        if s.len() < chunks {
+            s.resize_with(chunks, Scratch::default);
+        }
+    }
+}
+
+/// One chunk's slices of a stage's activations, their gradients (`None` where not wanted)
+/// and its layers' scratch.
+#[derive(Default)]
+struct ChunkViews<'a> {
+    acts: Vec<&'a mut [f32]>,
+    grads: Vec<Option<&'a mut [f32]>>,
+    scratch: Vec<&'a mut Scratch>,
+}
+
+/// Cuts every tensor (and gradient, when given) into its chunks' slices and hands each
+/// chunk its own: the views for one pass over a stage. These short lists of borrowed
+/// slices are the one thing a pass allocates. `starts_at_input`: the stage begins with
+/// the network's first layer, whose input gradient is never wanted.
+fn chunk_views<'a>(
+    acts: &'a mut [Tensor],
+    grads: Option<&'a mut [Tensor]>,
+    scratch: &'a mut [Vec<Scratch>],
+    (chunks, size): (usize, usize),
+    starts_at_input: bool,
+) -> Vec<ChunkViews<'a>> {
+    let mut views: Vec<ChunkViews> = (0..chunks).map(|_| ChunkViews::default()).collect();
+    for t in acts.iter_mut() {
+        let per = size * t.sample_len();
+        for (v, piece) in views.iter_mut().zip(t.data.chunks_mut(per)) {
+            v.acts.push(piece);
+        }
+    }
+    if let Some(grads) = grads {
+        add_grad_views(&mut views, grads, size, starts_at_input);
+    }
+    add_scratch_views(&mut views, scratch);
+    views
+}
+
+fn add_grad_views<'a>(
+    views: &mut [ChunkViews<'a>],
+    grads: &'a mut [Tensor],
+    size: usize,
+    starts_at_input: bool,
+) {
+    for (i, t) in grads.iter_mut().enumerate() {
+        if i == 0 && starts_at_input {
+            views.iter_mut().for_each(|v| v.grads.push(None));
+            continue;
+        }
+        let per = size * t.sample_len();
+        for (v, piece) in views.iter_mut().zip(t.data.chunks_mut(per)) {
+            v.grads.push(Some(piece));
+        }
+    }
+}
+
+fn add_scratch_views<'a>(views: &mut [ChunkViews<'a>], scratch: &'a mut [Vec<Scratch>]) {
+    for s in scratch.iter_mut() {
+        for (v, s) in views.iter_mut().zip(s.iter_mut()) {
+            v.scratch.push(s);
+        }
+    }
+}
+
+/// Which layers of a stage are skipped, and where the others then find their input and
+/// output gradient.
+#[derive(Clone, Copy)]
+struct Skips<'a> {
+    absorbed: &'a [Option<Absorb>],
+    fused: bool,
+}
+
+impl Skips<'_> {
+    fn skip(&self, j: usize) -> bool {
+        self.fused && self.absorbed[j].is_some()
+    }
+    /// Where layer `j` writes its output and reads its output gradient: the slot of the
+    /// last of the skipped layers right after it (which it applies), else its own, `j + 1`.
+    fn out(&self, j: usize) -> usize {
+        let mut i = j + 1;
+        while i < self.absorbed.len() && self.skip(i) {
+            i += 1;
+        }
+        i
+    }
+}
+
+/// A stage, as one chunk's thread sees it.
+struct Run<'a> {
+    ops: &'a [Box<dyn Op>],
+    skips: Skips<'a>,
+    timed: bool,
+}
+
+impl<'a> Run<'a> {
+    fn new(
+        ops: &'a [Box<dyn Op>],
+        absorbed: &'a [Option<Absorb>],
+        fused: bool,
+        timed: bool,
+    ) -> Self {
+        Run {
+            ops,
+            skips: Skips { absorbed, fused },
+            timed,
+        }
+    }
+
+    fn new_times(&self) -> Option<Mutex<Times>> {
+        self.timed
+            .then(|| Mutex::new(vec![(Duration::ZERO, Duration::ZERO); self.ops.len()]))
+    }
+
+    /// Chunk `c` forward through every layer of the stage.
+    fn forward(&self, c: usize, v: &mut ChunkViews, mode: Mode, t: &mut [(Duration, Duration)]) {
+        for (j, op) in self.ops.iter().enumerate() {
+            if self.skips.skip(j) {
+                continue;
+            }
+            let begin = self.timed.then(Instant::now);
+            let (x, y) = v.acts.split_at_mut(self.skips.out(j));
+            op.forward_chunk(c, x[j], y[0], v.scratch[j], mode);
+            if let Some(b) = begin {
+                t[j.min(MAX_TIMED - 1)].0 += b.elapsed();
+            }
+        }
+    }
+
+    /// One chunk backward through every layer of the stage, last first.
+    fn backward(&self, v: &mut ChunkViews, t: &mut [(Duration, Duration)]) {
+        for (j, op) in self.ops.iter().enumerate().rev() {
+            if self.skips.skip(j) {
+                continue;
+            }
+            let begin = self.timed.then(Instant::now);
+            let out = self.skips.out(j);
+            let (dx, dy) = v.grads.split_at_mut(j + 1);
+            let dy = dy[out - j - 1].as_deref().expect("output gradients exist");
+            op.backward_chunk(
+                v.acts[j],
+                v.acts[out],
+                dy,
+                dx[j].as_deref_mut(),
+                v.scratch[j],
+            );
+            if let Some(b) = begin {
+                t[j.min(MAX_TIMED - 1)].1 += b.elapsed();
+            }
+        }
+    }
+}
+
+fn add_times(total: &Option<Mutex<Times>>, local: &[(Duration, Duration)]) {
+    let Some(total) = total else { return };
+    let mut t = total.lock().expect("timing lock");
+    for (t, l) in t.iter_mut().zip(local) {
+        t.0 += l.0;
+        t.1 += l.1;
+    }
+}
+
+/// One layer run by itself over a whole batch on the fast engine, chunk by chunk, no
+/// fusion: what the tests compare the pipeline and the readable layers with.
+#[cfg(test)]
+pub(crate) struct Alone {
+    pub op: Box<dyn Op>,
+    scratch: Vec<Scratch>,
+}
+
+#[cfg(test)]
+impl Alone {
+    pub fn new(l: &crate::spec::ResolvedLayer) -> Alone {
+        Alone {
+            op: super::ops::build_op(l),
+            scratch: Vec::new(),
+        }
+    }
+
+    fn grow(&mut self, n: usize) {
+        let chunks = n.div_ceil(CHUNK);
+        if self.scratch.len() < chunks {
+            self.scratch.resize_with(chunks, Scratch::default);
+        }
+    }
+
+    pub fn forward(&mut self, x: &Tensor, mode: Mode) -> Tensor {
+        let n = x.batch();
+        let mut y = Tensor::default();
+        if !self.op.per_chunk() {
+            self.op.forward_batch(x, &mut y, mode);
+            return y;
+        }
+        y.resize_batch(n, self.op.layer().output_shape());
+        self.op.prepare();
+        self.grow(n);
+        let (xl, yl) = (x.sample_len(), y.sample_len());
+        let op = &*self.op;
+        y.data
+            .par_chunks_mut(CHUNK * yl)
+            .zip(x.data.par_chunks(CHUNK * xl))
+            .zip(self.scratch.par_iter_mut())
+            .enumerate()
+            .for_each(|(c, ((y, x), s))| op.forward_chunk(c, x, y, s, mode));
+        y
+    }
+
+    /// Sets the parameter gradients and returns dx.
+    pub fn backward(&mut self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Tensor {
+        let n = x.batch();
+        let mut dx = Tensor::default();
+        if !self.op.per_chunk() {
+            self.op.backward_batch(x, y, dy, Some(&mut dx));
+            return dx;
+        }
+        dx.resize_batch(n, self.op.layer().input_shape());
+        self.grow(n);
+        let (xl, yl) = (x.sample_len(), y.sample_len());
+        let op = &*self.op;
+        dx.data
+            .par_chunks_mut(CHUNK * xl)
+            .zip(x.data.par_chunks(CHUNK * xl))
+            .zip(
+                y.data
+                    .par_chunks(CHUNK * yl)
+                    .zip(dy.data.par_chunks(CHUNK * yl)),
+            )
+            .zip(self.scratch.par_iter_mut())
+            .for_each(|(((dx, x), (y, dy)), s)| op.backward_chunk(x, y, dy, Some(dx), s));
+        let chunks = n.div_ceil(CHUNK);
+        self.op.finish_backward(x, dy, &self.scratch, chunks);
+        dx
+    }
+}

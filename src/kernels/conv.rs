@@ -1,0 +1,449 @@
+//! The fast convolution: what `nn::Conv2d` computes, for one chunk of images at a time,
+//! with the ReLU and the 2x2 max pool that follow it applied on the output rows when the
+//! engine asks (`set_relu`, `set_max_pool`), so that those layers are skipped.
+//!
+//! Two paths. Stride 1 on a CPU with AVX-512 or AVX2 takes the direct path: the vector
+//! kernels of `conv_direct.rs` read the padded input in place, for the forward pass, the
+//! input gradient (the same shifted sum with the weights transposed and the offsets
+//! negated) and the weight gradient (shifted dots). Otherwise im2col + GEMM
+//! (`im2col.rs`): within a chunk the images' columns sit side by side, (CKK,
+//! images*cols), so each product is one GEMM per chunk. Each chunk sums its own weight
+//! gradient and the engine adds the chunks in order, so the result is the same for any
+//! thread count. `tests` compares every path with `nn::Conv2d`, forward and backward, and
+//! the fused output with the separate ReLU and pooling layers, bit for bit.
+
+use super::conv_direct::{shifted_dots, shifted_sum, unwiden, widen, Planes};
+use super::gemm::sgemm;
+use super::im2col::{col2im, pad_whole, unfold_chunk, unpad_from, wide_col2im, ConvLayout};
+use super::pool::max_pool_2x2;
+use super::simd::{self, round_up, Isa, MAX_LANES};
+use super::{grow, sum, Scratch};
+use crate::nn::{ConvShape, Mode};
+use std::cell::RefCell;
+
+thread_local! {
+    /// Each worker thread's working memory for evaluation passes (`forward_chunk`).
+    static EVAL_SCRATCH: RefCell<Scratch> = RefCell::new(Scratch::default());
+    /// Each worker thread's im2col buffer. One per thread, not per chunk: reused by every
+    /// chunk the thread runs, it stays in that core's cache.
+    static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's im2col buffer, `len` values long. `f` must not call into
+/// rayon: a task stolen meanwhile could ask for the same buffer.
+fn with_cols<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    COLS.with(|cols| {
+        let mut cols = cols.borrow_mut();
+        if cols.len() < len {
+            cols.resize(len, 0.0);
+        }
+        f(&mut cols[..len])
+    })
+}
+
+/// The fast path of one convolution layer: its choice of kernels and fusions, and the
+/// weights rearranged for them. The weights themselves stay in the `nn::Conv2d`.
+pub struct FastConv {
+    /// The sizes.
+    pub shape: ConvShape,
+    /// Apply a ReLU to the output (and mask the output gradient by it).
+    relu: bool,
+    /// Apply the 2x2, stride-2 max pool after it (after the ReLU): the output is pooled,
+    /// the winning positions are kept in `Scratch::indices`, and the output gradient is
+    /// the pooled one.
+    pool: bool,
+    /// Stride 1 on a CPU with vector kernels: the direct path (`conv_direct`), which reads
+    /// the padded input in place instead of unfolding it. `None`: im2col + GEMM.
+    direct: Option<Isa>,
+    /// `shape.tap_offsets()` and their negatives, for the direct path.
+    offsets: Vec<isize>,
+    back_offsets: Vec<isize>,
+    /// The weights as (C, O, K*K), for the direct path's input gradient; refreshed once
+    /// per forward pass (`prepare`), not per chunk.
+    weight_t: Vec<f32>,
+}
+
+// Per chunk, `Scratch::work`. im2col + GEMM: the output (or its gradient) in the column
+// layout, (O, images*cols_per_image), between the GEMM and NCHW, then a padded image
+// or dw^T (`temp_len`); the im2col columns themselves, (CKK, images*cols_per_image)
+// with the images side by side so each chunk needs one GEMM, live in a per-thread
+// buffer. Direct path: the chunk's padded images (kept for the backward pass), then
+// one image's output block, or in the backward pass the output gradient in the wide
+// layout with margins and one image's input gradient.
+// `indices`: the fused pool's winning positions. Evaluation passes use a per-thread
+// scratch instead (`EVAL_SCRATCH`).
+
+impl FastConv {
+    /// The fast path for `shape`: direct kernels on the widest vector unit when the stride
+    /// is 1, im2col + GEMM otherwise.
+    pub fn new(shape: ConvShape) -> FastConv {
+        let g = shape;
+        FastConv {
+            shape: g,
+            relu: false,
+            pool: false,
+            direct: if g.is_wide() { simd::detect() } else { None },
+            offsets: g.tap_offsets(),
+            back_offsets: g.tap_offsets().iter().map(|o| -o).collect(),
+            weight_t: Vec::new(),
+        }
+    }
+
+    /// Chooses the direct path on vector unit `isa` (one of `simd::supported()`, stride 1
+    /// only) or, with `None`, im2col + GEMM. Tests and benchmarks compare them; otherwise
+    /// the default, the widest unit, stays. Refuses what this CPU or shape cannot run.
+    #[cfg(test)]
+    pub fn set_direct(&mut self, isa: Option<Isa>) -> Result<(), String> {
+        if let Some(isa) = isa {
+            if !simd::supported().contains(&isa) {
+                return Err(format!("this CPU cannot run {isa}"));
+            }
+            if !self.shape.is_wide() {
+                return Err("the direct path needs stride 1".into());
+            }
+        }
+        self.direct = isa;
+        Ok(())
+    }
+
+    /// Which path runs: the vector unit of the direct path, or `None` for im2col + GEMM.
+    #[cfg(test)]
+    pub fn direct(&self) -> Option<Isa> {
+        self.direct
+    }
+
+    /// Apply a ReLU to the output while `on`.
+    pub fn set_relu(&mut self, on: bool) {
+        self.relu = on;
+    }
+
+    /// Apply a 2x2, stride-2 max pool to the output (after the ReLU) while `on`.
+    pub fn set_max_pool(&mut self, on: bool) {
+        self.pool = on;
+    }
+
+    /// Once before a batch's chunks run forward, with the weights as they are now.
+    pub fn prepare(&mut self, weight: &[f32]) {
+        if self.direct.is_none() {
+            return;
+        }
+        let (g, taps) = (&self.shape, self.offsets.len());
+        self.weight_t.resize(weight.len(), 0.0);
+        for (o, w) in weight.chunks(g.in_c * taps).enumerate() {
+            for (c, w) in w.chunks(taps).enumerate() {
+                self.weight_t[(c * g.out_c + o) * taps..][..taps].copy_from_slice(w);
+            }
+        }
+    }
+
+    /// The forward pass of one chunk of images `x` into `y` (pooled when the pool is on).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_chunk(
+        &self,
+        (w, b): (&[f32], &[f32]),
+        x: &[f32],
+        y: &mut [f32],
+        s: &mut Scratch,
+        mode: Mode,
+    ) {
+        let train = mode == Mode::Train;
+        s.ready = train;
+        if train {
+            self.forward_into((w, b), x, y, s, true);
+        } else {
+            // Nothing is kept for a backward pass, so the working memory is this thread's,
+            // reused by every chunk it runs and warm in its cache, rather than the chunk's
+            // own (an evaluation batch of 1000 would stream through 125 chunks' worth).
+            EVAL_SCRATCH.with(|t| self.forward_into((w, b), x, y, &mut t.borrow_mut(), false));
+        }
+    }
+
+    /// The backward pass of one chunk: the chunk's weight and bias gradient into
+    /// `s.grad` (weight, then bias), and `dx` when wanted.
+    pub fn backward_chunk(
+        &self,
+        (w, b): (&[f32], &[f32]),
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        s: &mut Scratch,
+    ) {
+        assert!(s.ready, "conv backward needs a training-mode forward first");
+        s.ready = false;
+        if let Some(isa) = self.direct {
+            return self.direct_backward(isa, (w, b), y, dy, dx, s);
+        }
+        let g = &self.shape;
+        let (in_len, ckk) = (g.in_len(), g.ckk());
+        let nb = x.len() / in_len;
+        let cols_len = g.cols_per_image();
+        let ld = nb * cols_len;
+        let (wn, bn) = (w.len(), b.len());
+        s.grad.resize(wn + bn, 0.0);
+        let (block, temp) = s.work.split_at_mut(g.out_c * ld);
+        let (dw, db) = s.grad.split_at_mut(wn);
+        // Gather dy into (O, nb*cols_len), the layout of the columns; in the wide layout the
+        // columns past the output's width get zero, so they add nothing below.
+        let plane = self.out_plane();
+        for (k, (dy, y)) in dy.chunks(plane).zip(y.chunks(plane)).enumerate() {
+            let (i, o) = (k / g.out_c, k % g.out_c);
+            let arg = if self.pool {
+                &s.indices[k * plane..][..plane]
+            } else {
+                &[]
+            };
+            let dst = &mut block[o * ld + i * cols_len..][..cols_len];
+            self.gather_dy(dst, dy, y, arg);
+        }
+        // The columns are unfolded again rather than kept from the forward pass: a
+        // thread's one buffer stays in its cache, a copy per chunk would not.
+        with_cols(ckk * ld, |cols| {
+            unfold_chunk(g, x, cols, temp);
+            // dw^T (CKK, O) = cols (CKK, nb*cols_len) . block^T; this orientation runs about
+            // twice as fast as dw = block . cols^T in the GEMM crate.
+            let dwt = &mut temp[..ckk * g.out_c];
+            sgemm(ckk, ld, g.out_c, 1.0, cols, false, block, true, 0.0, dwt);
+            for (r, row) in dwt.chunks(g.out_c).enumerate() {
+                for (o, &v) in row.iter().enumerate() {
+                    dw[o * ckk + r] = v;
+                }
+            }
+            for (d, row) in db.iter_mut().zip(block.chunks(ld)) {
+                *d = sum(row);
+            }
+            if let Some(dx) = dx {
+                // The columns are no longer needed: they receive dcols = w^T . block.
+                sgemm(ckk, g.out_c, ld, 1.0, w, true, block, false, 0.0, cols);
+                for (i, dx) in dx.chunks_mut(in_len).enumerate() {
+                    if g.is_wide() {
+                        let padded = &mut temp[..g.in_c * g.padded_plane()];
+                        padded.fill(0.0);
+                        wide_col2im(g, &cols[i * cols_len..], ld, padded);
+                        unpad_from(g, padded, dx);
+                    } else {
+                        col2im(g, &cols[i * cols_len..], ld, dx);
+                    }
+                }
+            }
+        });
+    }
+
+    /// im2col + GEMM forward: the output block (O, images * cols_per_image) at the start
+    /// of `s.work`.
+    fn gemm_forward(&self, w: &[f32], x: &[f32], s: &mut Scratch) {
+        let g = &self.shape;
+        let ld = x.len() / g.in_len() * g.cols_per_image();
+        grow(&mut s.work, g.out_c * ld + g.temp_len());
+        let (block, temp) = s.work.split_at_mut(g.out_c * ld);
+        with_cols(g.ckk() * ld, |cols| {
+            unfold_chunk(g, x, cols, temp);
+            // block (O, nb*cols_len) = w (O, CKK) . cols (CKK, nb*cols_len): one GEMM per
+            // chunk.
+            sgemm(g.out_c, g.ckk(), ld, 1.0, w, false, cols, false, 0.0, block);
+        });
+    }
+
+    /// The forward pass of one chunk, working in `s`. Direct path: the padded images at
+    /// the start of `s.work` (kept for the backward pass), then one image's output block
+    /// (O, round_up(cols_per_image)), computed and written out image by image while it is
+    /// in the cache. im2col + GEMM: the whole chunk's block, (O, images * cols_per_image).
+    fn forward_into(
+        &self,
+        (w, b): (&[f32], &[f32]),
+        x: &[f32],
+        y: &mut [f32],
+        s: &mut Scratch,
+        train: bool,
+    ) {
+        let g = &self.shape;
+        let nb = x.len() / g.in_len();
+        let cols_len = g.cols_per_image();
+        if self.pool && train {
+            s.indices.resize(nb * g.out_c * self.out_plane(), 0);
+        }
+        let Some(isa) = self.direct else {
+            self.gemm_forward(w, x, s);
+            let ld = nb * cols_len;
+            for i in 0..nb {
+                let block = &s.work[..g.out_c * ld];
+                self.write_image(b, i, block, ld, i * cols_len, y, &mut s.indices, train);
+            }
+            return;
+        };
+        let (plane, img) = (g.padded_plane(), round_up(cols_len));
+        let padded_len = nb * g.in_c * plane;
+        // Two rows of slack: the pooling reads whole vectors past the last plane's end.
+        grow(&mut s.work, padded_len + g.out_c * img + 2 * MAX_LANES);
+        let (padded, block) = s.work.split_at_mut(padded_len);
+        for (x, p) in x.chunks(g.in_len()).zip(padded.chunks_mut(g.in_c * plane)) {
+            pad_whole(g, self.direct, x, p);
+        }
+        let rows = g.out_c;
+        for i in 0..nb {
+            let x = Planes {
+                data: padded,
+                start: i * g.in_c * plane,
+                plane,
+                image: 0,
+            };
+            shifted_sum(isa, &self.offsets, cols_len, w, rows, g.in_c, x, block, img);
+            self.write_image(b, i, block, img, 0, y, &mut s.indices, train);
+        }
+    }
+
+    /// Image `i`'s outputs, from `block` (its rows `ld` apart, the image's columns from
+    /// `at`), plus the bias and the fused ReLU, into `y`: pooled straight from the column
+    /// layout when the max pool is fused (with the winners' positions when training), else
+    /// each valid output. Plane by plane in order, so a plane's last vector may run into
+    /// the next one.
+    #[allow(clippy::too_many_arguments)]
+    fn write_image(
+        &self,
+        bias: &[f32],
+        i: usize,
+        block: &[f32],
+        ld: usize,
+        at: usize,
+        y: &mut [f32],
+        indices: &mut [u32],
+        train: bool,
+    ) {
+        let g = &self.shape;
+        let (plane, step, relu) = (self.out_plane(), g.row_step(), self.relu);
+        for (o, &bias) in bias.iter().enumerate() {
+            let k = i * g.out_c + o;
+            let (src, dst) = (&block[o * ld + at..], &mut y[k * plane..]);
+            if self.pool {
+                let arg = train.then(|| &mut indices[k * plane..]);
+                let shape = (g.out_h / 2, g.out_w / 2);
+                max_pool_2x2(self.direct, src, step, Some(bias), relu, shape, dst, arg);
+            } else {
+                unwiden(self.direct, src, step, g.out_h, g.out_w, bias, relu, dst);
+            }
+        }
+    }
+
+    /// Values per output plane: pooled when the max pool is fused.
+    fn out_plane(&self) -> usize {
+        let g = &self.shape;
+        if self.pool {
+            (g.out_h / 2) * (g.out_w / 2)
+        } else {
+            g.ohw()
+        }
+    }
+
+    /// Copies one output-gradient plane into its row of the column layout (`out_h` rows of
+    /// `row_step`), zero past each row's `out_w` values and masked by the fused ReLU.
+    /// `dst` may run on past the plane: whole vectors then spill zeros into it. With the
+    /// max pool fused, `dy` and `y` are pooled and each value goes to its window's winning
+    /// position `arg` (the pooling layer's backward, then the ReLU's).
+    fn gather_dy(&self, dst: &mut [f32], dy: &[f32], y: &[f32], arg: &[u32]) {
+        let g = &self.shape;
+        if self.pool {
+            dst[..g.cols_per_image()].fill(0.0);
+            // Without a branch: after a ReLU about half the windows pass, unpredictably.
+            for ((&d, &y), &a) in dy.iter().zip(y).zip(arg) {
+                dst[a as usize] = if !self.relu || y > 0.0 { d } else { 0.0 };
+            }
+            return;
+        }
+        widen(
+            self.direct,
+            dy,
+            y,
+            g.out_h,
+            g.out_w,
+            self.relu,
+            dst,
+            g.row_step(),
+        );
+    }
+
+    /// Direct backward, from the padded images the forward pass left in `s.work`.
+    #[allow(clippy::too_many_arguments)]
+    fn direct_backward(
+        &self,
+        isa: Isa,
+        (w, b): (&[f32], &[f32]),
+        y: &[f32],
+        dy: &[f32],
+        dx: Option<&mut [f32]>,
+        s: &mut Scratch,
+    ) {
+        let g = &self.shape;
+        let nb = dy.len() / (g.out_c * self.out_plane());
+        let (plane, margin, row) = (g.padded_plane(), g.grad_margin(), g.grad_row());
+        let (cols_len, dxw_row) = (g.cols_per_image(), round_up(g.dx_wide()));
+        let padded_len = nb * g.in_c * plane;
+        let dyw_len = nb * g.out_c * row;
+        grow(&mut s.work, padded_len + dyw_len + g.in_c * dxw_row);
+        let (padded, rest) = s.work.split_at_mut(padded_len);
+        let (dyw, dxw) = rest.split_at_mut(dyw_len);
+        // dy in the wide layout, one row per image and channel, with zero margins.
+        let out_plane = self.out_plane();
+        let planes = dy.chunks(out_plane).zip(y.chunks(out_plane));
+        for (k, (r, (dy, y))) in dyw.chunks_mut(row).zip(planes).enumerate() {
+            r[..margin].fill(0.0);
+            r[margin + cols_len..].fill(0.0);
+            let arg = if self.pool {
+                &s.indices[k * out_plane..][..out_plane]
+            } else {
+                &[]
+            };
+            self.gather_dy(&mut r[margin..], dy, y, arg);
+        }
+        let (wn, bn) = (w.len(), b.len());
+        s.grad.resize(wn + bn, 0.0);
+        let (dw, db) = s.grad.split_at_mut(wn);
+        dw.fill(0.0);
+        let a = Planes {
+            data: dyw,
+            start: margin,
+            plane: row,
+            image: g.out_c * row,
+        };
+        let x = Planes {
+            data: padded,
+            start: 0,
+            plane,
+            image: g.in_c * plane,
+        };
+        shifted_dots(isa, &self.offsets, cols_len, nb, a, g.out_c, x, g.in_c, dw);
+        for (o, d) in db.iter_mut().enumerate() {
+            let rows = (0..nb).map(|i| &dyw[(i * g.out_c + o) * row + margin..][..cols_len]);
+            *d = rows.map(sum).sum();
+        }
+        let Some(dx) = dx else { return };
+        // dx_padded[c][q] = sum over o, t of w[o][c][t] * dy[o][q - offset[t]]: the same
+        // shifted sum with the weights transposed (`weight_t`) and the offsets negated.
+        let wt = &self.weight_t;
+        let (wp, hw) = (g.padded_w(), g.in_h * g.in_w);
+        for (i, dx) in dx.chunks_mut(g.in_len()).enumerate() {
+            let dyi = Planes {
+                data: dyw,
+                start: i * g.out_c * row + margin + g.pad * wp,
+                plane: row,
+                image: 0,
+            };
+            let (n, rows) = (g.dx_wide(), g.in_c);
+            shifted_sum(
+                isa,
+                &self.back_offsets,
+                n,
+                wt,
+                rows,
+                g.out_c,
+                dyi,
+                dxw,
+                dxw_row,
+            );
+            for (dx, src) in dx.chunks_mut(hw).zip(dxw.chunks(dxw_row)) {
+                for (h, dx) in dx.chunks_mut(g.in_w).enumerate() {
+                    dx.copy_from_slice(&src[h * wp + g.pad..][..g.in_w]);
+                }
+            }
+        }
+    }
+}

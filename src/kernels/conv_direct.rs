@@ -1,0 +1,536 @@
+//! Stride-1 convolution without im2col: vector kernels that read the padded input in
+//! place. `conv.rs` uses them when the CPU has AVX-512 or AVX2 (see `simd.rs`) and keeps
+//! its im2col + GEMM path as the fallback and the reference the tests compare them with.
+//!
+//! In the wide layout (see `wide_im2col` in conv.rs) output position `p` of a stride-1
+//! convolution reads padded input position `p + offset[t]` for kernel tap `t`, where
+//! `offset[t] = ki * padded_w + kj`. So a whole convolution is
+//!
+//! ```text
+//! out[r][p] = sum over planes c, taps t of  w[r][c][t] * x[c][p + offset[t]]      (shifted_sum)
+//! ```
+//!
+//! which is a GEMM against im2col columns that are never written out: each tap's row is
+//! the input plane itself, shifted. The same form gives the input gradient (planes are
+//! the output-gradient channels, the weights transposed, the offsets negated), and the
+//! weight gradient is the matching sum of products (`shifted_dots`):
+//!
+//! ```text
+//! dw[r][c][t] += sum over p of  dy[r][p] * x[c][p + offset[t]]
+//! ```
+//!
+//! Both run over whole vectors of positions: the caller rounds `n` up with
+//! `simd::round_up`, gives the buffers that much room, and (for `shifted_dots`) zeros
+//! past the end, so nothing here needs a scalar tail.
+
+use super::simd::{isa_copies, round_up, Isa, Lanes};
+
+/// A set of planes inside a slice: plane `c` of image `i` starts at
+/// `start + i * image + c * plane`.
+#[derive(Clone, Copy)]
+pub struct Planes<'a> {
+    pub data: &'a [f32],
+    pub start: usize,
+    pub plane: usize,
+    pub image: usize,
+}
+
+impl Planes<'_> {
+    /// Panics unless every read `count` planes of `images` images make, at positions
+    /// `lo..hi` relative to each plane's start, lies inside the slice.
+    fn check(&self, count: usize, images: usize, lo: isize, hi: usize) {
+        assert!(
+            self.start as isize + lo >= 0,
+            "shifted read before the buffer"
+        );
+        let last = self.start + (images - 1) * self.image + (count - 1) * self.plane + hi;
+        assert!(last <= self.data.len(), "shifted read past the buffer");
+    }
+}
+
+/// `out[r * out_row + p] = sum_c sum_t w[(r * planes + c) * taps + t] * x[c][p + offsets[t]]`
+/// for `r < rows`, `p < round_up(n)`, `c < planes`, `t < offsets.len()`; one image.
+#[allow(clippy::too_many_arguments)]
+pub fn shifted_sum(
+    isa: Isa,
+    offsets: &[isize],
+    n: usize,
+    w: &[f32],
+    rows: usize,
+    planes: usize,
+    x: Planes,
+    out: &mut [f32],
+    out_row: usize,
+) {
+    let n = round_up(n);
+    let (lo, hi) = span(offsets);
+    x.check(planes, 1, lo, (n as isize + hi) as usize);
+    assert!(w.len() >= rows * planes * offsets.len());
+    assert!(rows == 0 || (rows - 1) * out_row + n <= out.len());
+    // SAFETY: the reads and writes were checked above; `isa` came from `simd::detect`.
+    unsafe {
+        let (xp, op) = (x.data.as_ptr().add(x.start), out.as_mut_ptr());
+        let args = (
+            offsets,
+            w.as_ptr(),
+            rows,
+            planes,
+            xp,
+            x.plane,
+            op,
+            out_row,
+            n,
+        );
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => sum_avx512(args),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => sum_avx2(args),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("no vector kernels for {isa:?} on this target"),
+        }
+    }
+}
+
+/// `dw[(r * planes + c) * taps + t] += sum_i sum_p a[i][r][p] * x[i][c][p + offsets[t]]`
+/// for `p < round_up(n)` over `images` images; `a` must be zero from `n` to `round_up(n)`.
+#[allow(clippy::too_many_arguments)]
+pub fn shifted_dots(
+    isa: Isa,
+    offsets: &[isize],
+    n: usize,
+    images: usize,
+    a: Planes,
+    rows: usize,
+    x: Planes,
+    planes: usize,
+    dw: &mut [f32],
+) {
+    if images == 0 {
+        return;
+    }
+    let n = round_up(n);
+    let (lo, hi) = span(offsets);
+    x.check(planes, images, lo, (n as isize + hi) as usize);
+    a.check(rows, images, 0, n);
+    assert!(dw.len() >= rows * planes * offsets.len());
+    // SAFETY: as in `shifted_sum`.
+    unsafe {
+        let ap = a.data.as_ptr().add(a.start);
+        let xp = x.data.as_ptr().add(x.start);
+        let args = DotArgs {
+            offsets,
+            n,
+            images,
+            a: ap,
+            a_row: a.plane,
+            a_img: a.image,
+            rows,
+            x: xp,
+            x_plane: x.plane,
+            x_img: x.image,
+            planes,
+            dw: dw.as_mut_ptr(),
+        };
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => dots_avx512(&args),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => dots_avx2(&args),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("no vector kernels for {isa:?} on this target"),
+        }
+    }
+}
+
+/// The lowest and highest offset.
+fn span(offsets: &[isize]) -> (isize, isize) {
+    let lo = offsets.iter().copied().min().unwrap_or(0);
+    let hi = offsets.iter().copied().max().unwrap_or(0);
+    (lo, hi)
+}
+
+type SumArgs<'a> = (
+    &'a [isize],
+    *const f32,
+    usize,
+    usize,
+    *const f32,
+    usize,
+    *mut f32,
+    usize,
+    usize,
+);
+
+struct DotArgs<'a> {
+    offsets: &'a [isize],
+    n: usize,
+    images: usize,
+    a: *const f32,
+    a_row: usize,
+    a_img: usize,
+    rows: usize,
+    x: *const f32,
+    x_plane: usize,
+    x_img: usize,
+    planes: usize,
+    dw: *mut f32,
+}
+
+// One compiled copy per instruction set. Block sizes: AVX-512 has 32 vector registers,
+// so `shifted_sum` keeps 4 rows x 6 vectors of accumulators; AVX2 has 16, so 4 x 2.
+// `shifted_dots` keeps 4 rows x 3 taps on both (12 accumulators, 3 inputs and 1 gradient
+// vector fill AVX2's 16; 2 rows x 3 taps was 5% slower there, being short of loads).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sum_avx512(args: SumArgs) {
+    sum_rows::<super::simd::Avx512, 4, 6>(args)
+}
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_avx2(args: SumArgs) {
+    sum_rows::<super::simd::Avx2, 4, 2>(args)
+}
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dots_avx512(args: &DotArgs) {
+    dots_rows::<super::simd::Avx512, 4, 3>(args)
+}
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dots_avx2(args: &DotArgs) {
+    dots_rows::<super::simd::Avx2, 4, 3>(args)
+}
+
+/// `shifted_sum` in blocks of R rows x V vectors, then single rows and single vectors.
+#[inline(always)]
+unsafe fn sum_rows<S: Lanes, const R: usize, const V: usize>(args: SumArgs) {
+    let (offsets, w, rows, planes, x, x_plane, out, out_row, n) = args;
+    let k = planes * offsets.len();
+    let vectors = n / S::LANES;
+    let mut r = 0;
+    while r < rows {
+        let block = if rows - r >= R { R } else { 1 };
+        let mut v = 0;
+        while v < vectors {
+            let wide = vectors - v >= V;
+            let (wr, xv, o) = (
+                w.add(r * k),
+                x.add(v * S::LANES),
+                out.add(r * out_row + v * S::LANES),
+            );
+            let shape = (offsets, wr, k, planes, xv, x_plane, o, out_row);
+            match (block == R, wide) {
+                (true, true) => sum_block::<S, R, V>(shape),
+                (true, false) => sum_block::<S, R, 1>(shape),
+                (false, true) => sum_block::<S, 1, V>(shape),
+                (false, false) => sum_block::<S, 1, 1>(shape),
+            }
+            v += if wide { V } else { 1 };
+        }
+        r += block;
+    }
+}
+
+type BlockArgs<'a> = (
+    &'a [isize],
+    *const f32,
+    usize,
+    usize,
+    *const f32,
+    usize,
+    *mut f32,
+    usize,
+);
+
+/// R rows x V vectors of `shifted_sum`, held in registers over every plane and tap.
+#[inline(always)]
+unsafe fn sum_block<S: Lanes, const R: usize, const V: usize>(args: BlockArgs) {
+    let (offsets, w, k, planes, x, x_plane, out, out_row) = args;
+    let taps = offsets.len();
+    let mut acc = [[S::zero(); V]; R];
+    for c in 0..planes {
+        let (xc, wc) = (x.add(c * x_plane), w.add(c * taps));
+        for (t, &off) in offsets.iter().enumerate() {
+            let src = xc.offset(off);
+            let mut xv = [S::zero(); V];
+            for (j, xv) in xv.iter_mut().enumerate() {
+                *xv = S::load(src.add(j * S::LANES));
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let wv = S::splat(*wc.add(i * k + t));
+                for (a, &xv) in acc.iter_mut().zip(&xv) {
+                    *a = S::fma(wv, xv, *a);
+                }
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        for (j, &a) in acc.iter().enumerate() {
+            S::store(out.add(i * out_row + j * S::LANES), a);
+        }
+    }
+}
+
+/// `shifted_dots` in blocks of R rows x T taps for one plane at a time, then single rows
+/// and single taps.
+#[inline(always)]
+unsafe fn dots_rows<S: Lanes, const R: usize, const T: usize>(d: &DotArgs) {
+    let taps = d.offsets.len();
+    let k = d.planes * taps;
+    let mut r = 0;
+    while r < d.rows {
+        let block = if d.rows - r >= R { R } else { 1 };
+        for c in 0..d.planes {
+            let mut t = 0;
+            while t < taps {
+                let wide = taps - t >= T;
+                let offs = &d.offsets[t..];
+                let a = d.a.add(r * d.a_row);
+                let x = d.x.add(c * d.x_plane);
+                let dw = d.dw.add(r * k + c * taps + t);
+                match (block == R, wide) {
+                    (true, true) => dots_block::<S, R, T>(d, offs, a, x, dw, k),
+                    (true, false) => dots_block::<S, R, 1>(d, offs, a, x, dw, k),
+                    (false, true) => dots_block::<S, 1, T>(d, offs, a, x, dw, k),
+                    (false, false) => dots_block::<S, 1, 1>(d, offs, a, x, dw, k),
+                }
+                t += if wide { T } else { 1 };
+            }
+        }
+        r += block;
+    }
+}
+
+/// R rows x T taps of `shifted_dots` for one plane, summed over every image and position
+/// in registers, then across the lanes once.
+#[inline(always)]
+unsafe fn dots_block<S: Lanes, const R: usize, const T: usize>(
+    d: &DotArgs,
+    offsets: &[isize],
+    a: *const f32,
+    x: *const f32,
+    dw: *mut f32,
+    k: usize,
+) {
+    let mut offs = [0isize; T];
+    offs.copy_from_slice(&offsets[..T]);
+    let mut acc = [[S::zero(); T]; R];
+    for img in 0..d.images {
+        let (ai, xi) = (a.add(img * d.a_img), x.add(img * d.x_img));
+        let mut p = 0;
+        while p < d.n {
+            let mut xv = [S::zero(); T];
+            for (xv, &off) in xv.iter_mut().zip(&offs) {
+                *xv = S::load(xi.offset(off).add(p));
+            }
+            for (i, acc) in acc.iter_mut().enumerate() {
+                let av = S::load(ai.add(i * d.a_row + p));
+                for (a, &xv) in acc.iter_mut().zip(&xv) {
+                    *a = S::fma(av, xv, *a);
+                }
+            }
+            p += S::LANES;
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        for (j, &a) in acc.iter().enumerate() {
+            *dw.add(i * k + j) += S::reduce(a);
+        }
+    }
+}
+
+/// `dst[r * width + j] = act(src[r * step + j] + bias)` for `r < rows`, `j < width`, where
+/// act is the ReLU when `relu`: a convolution's wide output rows into NCHW. A row is
+/// stored in whole vectors when both slices have room, its last vector running into the
+/// next row, which is written after it; otherwise one value at a time. `isa` `None`: the
+/// plain loop throughout.
+#[allow(clippy::too_many_arguments)]
+pub fn unwiden(
+    isa: Option<Isa>,
+    src: &[f32],
+    step: usize,
+    rows: usize,
+    width: usize,
+    bias: f32,
+    relu: bool,
+    dst: &mut [f32],
+) {
+    assert!(rows == 0 || ((rows - 1) * step + width <= src.len() && rows * width <= dst.len()));
+    // SAFETY: every vector access is checked against the slices in `unwiden_rows`.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Some(Isa::Avx512) => unwiden_avx512(src, step, rows, width, bias, relu, dst),
+            #[cfg(target_arch = "x86_64")]
+            Some(Isa::Avx2) => unwiden_avx2(src, step, rows, width, bias, relu, dst),
+            _ => unwiden_plain(src, step, 0..rows, width, bias, relu, dst),
+        }
+    }
+}
+
+/// `dst[r * step + j] = dy[r * width + j]` for `j < width` (only where `y > 0` when
+/// `relu`: the fused ReLU's backward) and 0 for `width <= j < step`: an output gradient
+/// into the wide layout. Whole vectors where `dst` has room; a row's last vector writes
+/// zeros past `width`.
+#[allow(clippy::too_many_arguments)]
+pub fn widen(
+    isa: Option<Isa>,
+    dy: &[f32],
+    y: &[f32],
+    rows: usize,
+    width: usize,
+    relu: bool,
+    dst: &mut [f32],
+    step: usize,
+) {
+    assert!(dy.len() >= rows * width && y.len() >= rows * width && dst.len() >= rows * step);
+    // SAFETY: every vector access is checked against the slices in `widen_rows`.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Some(Isa::Avx512) => widen_avx512(dy, y, rows, width, relu, dst, step),
+            #[cfg(target_arch = "x86_64")]
+            Some(Isa::Avx2) => widen_avx2(dy, y, rows, width, relu, dst, step),
+            _ => widen_plain(dy, y, 0..rows, width, relu, dst, step),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn unwiden_plain(
+    src: &[f32],
+    step: usize,
+    rows: std::ops::Range<usize>,
+    width: usize,
+    bias: f32,
+    relu: bool,
+    dst: &mut [f32],
+) {
+    for r in rows {
+        let (src, dst) = (&src[r * step..][..width], &mut dst[r * width..][..width]);
+        for (d, &s) in dst.iter_mut().zip(src) {
+            let v = s + bias;
+            *d = if !relu || v > 0.0 { v } else { 0.0 };
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn widen_plain(
+    dy: &[f32],
+    y: &[f32],
+    rows: std::ops::Range<usize>,
+    width: usize,
+    relu: bool,
+    dst: &mut [f32],
+    step: usize,
+) {
+    for r in rows {
+        let (dy, y) = (&dy[r * width..][..width], &y[r * width..][..width]);
+        let (head, tail) = dst[r * step..][..step].split_at_mut(width);
+        if relu {
+            for ((d, &g), &y) in head.iter_mut().zip(dy).zip(y) {
+                *d = if y > 0.0 { g } else { 0.0 };
+            }
+        } else {
+            head.copy_from_slice(dy);
+        }
+        tail.fill(0.0);
+    }
+}
+
+isa_copies!(unwiden_avx512, unwiden_avx2 = unwiden_rows(
+    src: &[f32],
+    step: usize,
+    rows: usize,
+    width: usize,
+    bias: f32,
+    relu: bool,
+    dst: &mut [f32],
+));
+isa_copies!(widen_avx512, widen_avx2 = widen_rows(
+    dy: &[f32],
+    y: &[f32],
+    rows: usize,
+    width: usize,
+    relu: bool,
+    dst: &mut [f32],
+    step: usize,
+));
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn unwiden_rows<S: Lanes>(
+    src: &[f32],
+    step: usize,
+    rows: usize,
+    width: usize,
+    bias: f32,
+    relu: bool,
+    dst: &mut [f32],
+) {
+    let whole = width.div_ceil(S::LANES) * S::LANES;
+    let b = S::splat(bias);
+    for r in 0..rows {
+        let (s, d) = (r * step, r * width);
+        if s + whole > src.len() || d + whole > dst.len() {
+            unwiden_plain(src, step, r..r + 1, width, bias, relu, dst);
+            continue;
+        }
+        let (sp, dp) = (src.as_ptr().add(s), dst.as_mut_ptr().add(d));
+        let mut j = 0;
+        while j < width {
+            let v = S::add(S::load(sp.add(j)), b);
+            S::store(dp.add(j), if relu { S::relu(v) } else { v });
+            j += S::LANES;
+        }
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn widen_rows<S: Lanes>(
+    dy: &[f32],
+    y: &[f32],
+    rows: usize,
+    width: usize,
+    relu: bool,
+    dst: &mut [f32],
+    step: usize,
+) {
+    let whole = width.div_ceil(S::LANES) * S::LANES;
+    for r in 0..rows {
+        let (s, d) = (r * width, r * step);
+        if d + whole > dst.len() {
+            widen_plain(dy, y, r..r + 1, width, relu, dst, step);
+            continue;
+        }
+        let (gp, yp, dp) = (
+            dy.as_ptr().add(s),
+            y.as_ptr().add(s),
+            dst.as_mut_ptr().add(d),
+        );
+        let mut j = 0;
+        while j < width {
+            let n = width - j;
+            let g = if n >= S::LANES {
+                S::load(gp.add(j))
+            } else {
+                S::load_first(gp.add(j), n)
+            };
+            let v = if !relu {
+                g
+            } else if n >= S::LANES {
+                S::where_positive(g, S::load(yp.add(j)))
+            } else {
+                S::where_positive(g, S::load_first(yp.add(j), n))
+            };
+            S::store(dp.add(j), v);
+            j += S::LANES;
+        }
+        if whole < step {
+            dst[d + whole..d + step].fill(0.0);
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The speed: the same math as `nn/`, rearranged for the CPU. Each file opens with the
+//! readable function it replaces and is tested against it (forward, input gradient,
+//! weight gradient), bit for bit where the order of the sums is the same and to a stated
+//! tolerance where it is not.
+//!
+//! | file | replaces | how |
+//! |---|---|---|
+//! | `conv.rs` | `nn::Conv2d` (+ the ReLU and 2x2 max pool after it) | direct vector kernels or im2col + GEMM, per chunk of images, with the ReLU and pool applied on the output rows |
+//! | `conv_direct.rs` | the conv's inner sums | AVX-512 / AVX2 kernels reading the padded input in place |
+//! | `im2col.rs` | the conv's loops over the window | unfolding into columns for one GEMM |
+//! | `pool.rs` | `nn::Pool2d` | a vector 2x2 max pool; the plain loops per chunk otherwise |
+//! | `linear.rs` | `nn::Linear` | GEMM calls on a transposed copy of the weights |
+//! | `batchnorm.rs` | `nn::BatchNorm` | interleaved f64 sums, channels in parallel |
+//! | `gemm.rs` | — | the one place that calls a GEMM crate |
+//! | `simd.rs` | — | run-time choice of AVX-512 / AVX2 and the vector operations used |
+//!
+//! Kernels work on chunks of a batch handed out by the engine (`engine/pipeline.rs`), and
+//! keep what a chunk needs between its forward and backward pass in a [`Scratch`].
+
+pub mod batchnorm;
+pub mod conv;
+pub mod conv_direct;
+pub mod gemm;
+pub mod im2col;
+pub mod linear;
+pub mod pool;
+pub mod simd;
+
+/// One chunk's working memory in one layer: what the forward pass leaves for the backward
+/// pass (padded images, argmax positions, dropout masks) and the chunk's share of the
+/// parameter gradients. The engine keeps one per chunk of the batch and layer, reused
+/// between batches.
+#[derive(Default)]
+pub struct Scratch {
+    /// Kept from forward to backward.
+    pub saved: Vec<f32>,
+    /// Temporary within one call (and, for the direct conv, the padded input kept for the
+    /// backward pass).
+    pub work: Vec<f32>,
+    /// Kept positions (max pooling's winners).
+    pub indices: Vec<u32>,
+    /// This chunk's part of the parameter gradients (weight, then bias), summed over the
+    /// chunks in order once every chunk is done.
+    pub grad: Vec<f32>,
+    /// A training-mode forward filled `saved` and no backward has consumed it yet.
+    pub ready: bool,
+}
+
+/// The sum of `values`, in 16 interleaved partial sums added at the end. A plain `.sum()`
+/// adds one value at a time, each waiting for the previous (float addition is not
+/// reassociated by the compiler), which made a bias gradient cost more than the GEMM
+/// beside it. The order is fixed, so the result is reproducible.
+pub fn sum(values: &[f32]) -> f32 {
+    const LANES: usize = 16;
+    let mut acc = [0.0f32; LANES];
+    let mut blocks = values.chunks_exact(LANES);
+    for block in &mut blocks {
+        for (a, &v) in acc.iter_mut().zip(block) {
+            *a += v;
+        }
+    }
+    let tail: f32 = blocks.remainder().iter().sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+/// `out = parts[0] + parts[1] + ...` over the first `chunks` scratches' `grad`, in order, so
+/// the sum is the same for any thread count.
+pub fn sum_chunk_grads(scratch: &[Scratch], chunks: usize, out: &mut [&mut [f32]]) {
+    let mut offset = 0;
+    for o in out.iter_mut() {
+        let len = o.len();
+        o.copy_from_slice(&scratch[0].grad[offset..offset + len]);
+        for s in &scratch[1..chunks] {
+            for (o, p) in o.iter_mut().zip(&s.grad[offset..offset + len]) {
+                *o += p;
+            }
+        }
+        offset += len;
+    }
+}
+
+/// Makes `v` at least `len` long; never shrinks it, so what it holds survives.
+pub(crate) fn grow(v: &mut Vec<f32>, len: usize) {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+}

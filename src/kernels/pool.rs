@@ -1,0 +1,335 @@
+//! The fast pooling: what `nn::Pool2d` computes, for one chunk of images at a time. A
+//! 2x2, stride-2 max pool runs a vector kernel (`max_pool_2x2`), which the fast conv also
+//! applies to its own output rows when the pool is fused into it; other windows run the
+//! plain loops, which keep each window's winner for the backward pass instead of finding
+//! it again as `nn::Pool2d::backward` does. Same values, same winners: the first maximum
+//! in row-major order.
+
+use super::simd::{self, isa_copies, Isa, Lanes};
+use super::Scratch;
+use crate::nn::{PoolKind, PoolShape};
+
+/// The forward pass of pooling `kind` over one chunk: `x` into `y`; max pooling keeps each
+/// output's winning position within its plane in `s.indices`.
+pub fn forward_chunk(kind: PoolKind, shape: &PoolShape, x: &[f32], y: &mut [f32], s: &mut Scratch) {
+    let (k, st) = (shape.kernel, shape.stride);
+    let (h, w) = (shape.in_h, shape.in_w);
+    let (oh, ow) = (shape.out_h, shape.out_w);
+    let (plane_in, plane_out) = (h * w, oh * ow);
+    match kind {
+        PoolKind::Max => {
+            // `indices`: the winning position within its (H, W) plane, per output value.
+            s.indices.resize(y.len(), 0);
+            if k == 2 && st == 2 {
+                // Plane by plane in order, each given the rest of the chunk, so whole
+                // vectors may run on into the next plane.
+                let isa = simd::detect();
+                for p in 0..y.len() / plane_out {
+                    let (x, y) = (&x[p * plane_in..], &mut y[p * plane_out..]);
+                    let arg = Some(&mut s.indices[p * plane_out..]);
+                    max_pool_2x2(isa, x, w, None, false, (oh, ow), y, arg);
+                }
+                return;
+            }
+            for ((y, arg), x) in y
+                .chunks_mut(plane_out)
+                .zip(s.indices.chunks_mut(plane_out))
+                .zip(x.chunks(plane_in))
+            {
+                max_pool_plane(x, w, k, st, y, arg, ow);
+            }
+        }
+        PoolKind::Avg => {
+            let scale = 1.0 / (k * k) as f32;
+            for (y, x) in y.chunks_mut(plane_out).zip(x.chunks(plane_in)) {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let mut acc = 0.0;
+                        for di in 0..k {
+                            let row = (i * st + di) * w + j * st;
+                            acc += x[row..row + k].iter().sum::<f32>();
+                        }
+                        y[i * ow + j] = acc * scale;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The backward pass of pooling `kind` over one chunk: `dy` into `dx`, through the
+/// positions the forward pass kept.
+pub fn backward_chunk(kind: PoolKind, shape: &PoolShape, dy: &[f32], dx: &mut [f32], s: &Scratch) {
+    let (k, st) = (shape.kernel, shape.stride);
+    let (h, w) = (shape.in_h, shape.in_w);
+    let (oh, ow) = (shape.out_h, shape.out_w);
+    let (plane_in, plane_out) = (h * w, oh * ow);
+    dx.fill(0.0);
+    match kind {
+        PoolKind::Max => {
+            for ((dx, arg), dy) in dx
+                .chunks_mut(plane_in)
+                .zip(s.indices.chunks(plane_out))
+                .zip(dy.chunks(plane_out))
+            {
+                for (&a, &d) in arg.iter().zip(dy) {
+                    dx[a as usize] += d;
+                }
+            }
+        }
+        PoolKind::Avg => {
+            let scale = 1.0 / (k * k) as f32;
+            for (dx, dy) in dx.chunks_mut(plane_in).zip(dy.chunks(plane_out)) {
+                for i in 0..oh {
+                    for j in 0..ow {
+                        let d = dy[i * ow + j] * scale;
+                        for di in 0..k {
+                            let row = (i * st + di) * w + j * st;
+                            for v in &mut dx[row..row + k] {
+                                *v += d;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Max pooling of one (H, W) plane with any kernel and stride: the plain version.
+pub(crate) fn max_pool_plane(
+    x: &[f32],
+    w: usize,
+    k: usize,
+    s: usize,
+    y: &mut [f32],
+    arg: &mut [u32],
+    ow: usize,
+) {
+    for (o, (yv, av)) in y.iter_mut().zip(arg.iter_mut()).enumerate() {
+        let (i, j) = (o / ow, o % ow);
+        let mut best = i * s * w + j * s;
+        for di in 0..k {
+            for dj in 0..k {
+                let p = (i * s + di) * w + j * s + dj;
+                // Strict `>`: the first of tied values wins.
+                if x[p] > x[best] {
+                    best = p;
+                }
+            }
+        }
+        *yv = x[best];
+        *av = best as u32;
+    }
+}
+
+/// 2x2, stride-2 max pooling of one plane whose rows lie `step` apart in `src`: `ph` x
+/// `pw` maxima into `y` and each window's winning position (`row * step + column`) into
+/// `arg`. When values tie, the first in row-major order wins. The pooling layer calls it
+/// on its input; a conv with the pool fused (`Conv2d::fuse_max_pool`) on its own output
+/// rows, with `bias` added and, when `relu`, the ReLU applied first: the same values and
+/// the same rule, so a fused network gives the same bits as the separate layers. `arg`
+/// `None`: the positions are not wanted (evaluation). With `isa`, rows go in whole vectors
+/// where the slices have room (`y` and `arg` may run on past the plane: the next plane,
+/// written later, takes the spill), one value at a time otherwise.
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool_2x2(
+    isa: Option<Isa>,
+    src: &[f32],
+    step: usize,
+    bias: Option<f32>,
+    relu: bool,
+    (ph, pw): (usize, usize),
+    y: &mut [f32],
+    arg: Option<&mut [u32]>,
+) {
+    if ph == 0 || pw == 0 {
+        return;
+    }
+    assert!((2 * ph - 1) * step + 2 * pw <= src.len() && 2 * pw <= step);
+    assert!(y.len() >= ph * pw && arg.as_ref().is_none_or(|a| a.len() >= ph * pw));
+    let shape = (ph, pw);
+    // SAFETY: every vector access is checked against the slices in `pool_rows`.
+    unsafe {
+        match (isa, arg) {
+            #[cfg(target_arch = "x86_64")]
+            (Some(Isa::Avx512), Some(arg)) => {
+                pool_avx512::<true>(src, step, bias, relu, shape, y, arg)
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Some(Isa::Avx512), None) => {
+                pool_avx512::<false>(src, step, bias, relu, shape, y, &mut [])
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Some(Isa::Avx2), Some(arg)) => pool_avx2::<true>(src, step, bias, relu, shape, y, arg),
+            #[cfg(target_arch = "x86_64")]
+            (Some(Isa::Avx2), None) => pool_avx2::<false>(src, step, bias, relu, shape, y, &mut []),
+            (_, arg) => pool_plain(src, step, bias, relu, 0..ph, pw, y, arg),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pool_plain(
+    src: &[f32],
+    step: usize,
+    bias: Option<f32>,
+    relu: bool,
+    rows: std::ops::Range<usize>,
+    pw: usize,
+    y: &mut [f32],
+    mut arg: Option<&mut [u32]>,
+) {
+    let act = |v: f32| {
+        let v = bias.map_or(v, |b| v + b);
+        if !relu || v > 0.0 {
+            v
+        } else {
+            0.0
+        }
+    };
+    for r in rows {
+        let (t0, b0) = (2 * r * step, (2 * r + 1) * step);
+        let (top, bottom) = (&src[t0..t0 + 2 * pw], &src[b0..b0 + 2 * pw]);
+        let yr = &mut y[r * pw..][..pw];
+        for (c, yv) in yr.iter_mut().enumerate() {
+            let (mut best, mut at) = (act(top[2 * c]), t0 + 2 * c);
+            let b = act(top[2 * c + 1]);
+            if b > best {
+                (best, at) = (b, t0 + 2 * c + 1);
+            }
+            let c0 = act(bottom[2 * c]);
+            if c0 > best {
+                (best, at) = (c0, b0 + 2 * c);
+            }
+            let d = act(bottom[2 * c + 1]);
+            if d > best {
+                (best, at) = (d, b0 + 2 * c + 1);
+            }
+            *yv = best;
+            if let Some(arg) = arg.as_deref_mut() {
+                arg[r * pw + c] = at as u32;
+            }
+        }
+    }
+}
+
+isa_copies!(pool_avx512, pool_avx2 = pool_rows<const ARG: bool>(
+    src: &[f32],
+    step: usize,
+    bias: Option<f32>,
+    relu: bool,
+    shape: (usize, usize),
+    y: &mut [f32],
+    arg: &mut [u32],
+));
+
+/// `max_pool_2x2` a vector of windows at a time: the top and bottom rows' values split
+/// into even and odd columns, then the four candidates compared in window order, each
+/// with `select_gt` (strictly greater), as the plain loop does. `ARG`: record positions.
+#[inline(always)]
+unsafe fn pool_rows<S: Lanes, const ARG: bool>(
+    src: &[f32],
+    step: usize,
+    bias: Option<f32>,
+    relu: bool,
+    (ph, pw): (usize, usize),
+    y: &mut [f32],
+    arg: &mut [u32],
+) {
+    let whole = pw.div_ceil(S::LANES) * S::LANES;
+    let (b, one, down) = (
+        bias.map(|b| S::splat(b)),
+        S::splat(1.0),
+        S::splat(step as f32),
+    );
+    let two_iota = S::add(S::iota(), S::iota());
+    let act = |v: S::V| {
+        let v = b.map_or(v, |b| S::add(v, b));
+        if relu {
+            S::relu(v)
+        } else {
+            v
+        }
+    };
+    for r in 0..ph {
+        let (t0, b0) = (2 * r * step, (2 * r + 1) * step);
+        // Room for whole vectors, and positions exact as floats.
+        let room = b0 + 2 * whole <= src.len()
+            && r * pw + whole <= y.len()
+            && (!ARG || r * pw + whole <= arg.len())
+            && b0 + 2 * whole < 1 << 24;
+        if !room {
+            let arg = ARG.then_some(&mut *arg);
+            pool_plain(src, step, bias, relu, r..r + 1, pw, y, arg);
+            continue;
+        }
+        let mut c = 0;
+        while c < pw {
+            let (tp, bp) = (src.as_ptr().add(t0 + 2 * c), src.as_ptr().add(b0 + 2 * c));
+            let (te, to) = S::deinterleave(S::load(tp), S::load(tp.add(S::LANES)));
+            let (be, bo) = S::deinterleave(S::load(bp), S::load(bp.add(S::LANES)));
+            let pos = S::add(two_iota, S::splat((t0 + 2 * c) as f32));
+            let (mut best, mut at) = (act(te), pos);
+            for (v, p) in [
+                (act(to), S::add(pos, one)),
+                (act(be), S::add(pos, down)),
+                (act(bo), S::add(S::add(pos, down), one)),
+            ] {
+                if ARG {
+                    at = S::select_gt(v, best, p, at);
+                }
+                // v > best ? v : best, as the plain loop.
+                best = S::max(v, best);
+            }
+            S::store(y.as_mut_ptr().add(r * pw + c), best);
+            if ARG {
+                S::store_u32(arg.as_mut_ptr().add(r * pw + c), at);
+            }
+            c += S::LANES;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_2x2_kernel_matches_the_plain_loop_including_ties() {
+        // Few distinct values, so most windows hold ties; odd sizes leave ragged edges;
+        // rows of 39 need three 16-lane vectors. Several planes in one slice, as a chunk
+        // gives them, so whole vectors spill into the next plane.
+        let planes = 3;
+        for (h, w) in [(6, 7), (5, 39), (4, 16)] {
+            let x: Vec<f32> = (0..planes * h * w)
+                .map(|i| ((i * 7919) % 3) as f32)
+                .collect();
+            let (oh, ow) = (h / 2, w / 2);
+            let (mut want_y, mut want_a) = (vec![0.0; planes * oh * ow], vec![0; planes * oh * ow]);
+            for p in 0..planes {
+                let (y, a) = (&mut want_y[p * oh * ow..], &mut want_a[p * oh * ow..]);
+                max_pool_plane(
+                    &x[p * h * w..],
+                    w,
+                    2,
+                    2,
+                    &mut y[..oh * ow],
+                    &mut a[..oh * ow],
+                    ow,
+                );
+            }
+            let mut paths = vec![None];
+            paths.extend(simd::supported().into_iter().map(Some));
+            for isa in paths {
+                let (mut y, mut a) = (vec![f32::NAN; planes * oh * ow], vec![0; planes * oh * ow]);
+                for p in 0..planes {
+                    let (yp, ap) = (&mut y[p * oh * ow..], Some(&mut a[p * oh * ow..]));
+                    max_pool_2x2(isa, &x[p * h * w..], w, None, false, (oh, ow), yp, ap);
+                }
+                assert_eq!(y, want_y, "{h}x{w} on {isa:?}");
+                assert_eq!(a, want_a, "{h}x{w} on {isa:?}");
+            }
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! The engine: the chunk pipeline and its fusions give the same bits as each layer run by
+//! itself, on any number of threads; the fast engine agrees with the reference engine.
+
+use super::common::{max_rel_diff, rng};
+use crate::engine::pipeline::Alone;
+use crate::engine::{Engine, Network};
+use crate::nn::Mode;
+use crate::spec::ModelSpec;
+use crate::tensor::Tensor;
+
+fn spec(text: &str) -> ModelSpec {
+    ModelSpec::from_toml(text, "test.toml").unwrap()
+}
+
+/// A fused ReLU followed by a flatten (two skipped layers in a row).
+const SKIPS: &str = r#"
+name = "skips"
+input = [1, 28, 28]
+[[layers]]
+name = "conv"
+type = "conv2d"
+out_channels = 3
+kernel = 5
+[[layers]]
+name = "relu"
+type = "relu"
+[[layers]]
+name = "flatten"
+type = "flatten"
+[[layers]]
+name = "fc"
+type = "linear"
+out_features = 10
+"#;
+
+/// A max pool fused without a ReLU, over an odd-sized map (25x25: the last row and column
+/// are dropped), then one after a ReLU over 11x11.
+const POOLS: &str = r#"
+name = "pools"
+input = [1, 28, 28]
+[[layers]]
+name = "conv1"
+type = "conv2d"
+out_channels = 3
+kernel = 4
+[[layers]]
+name = "pool1"
+type = "max_pool2d"
+kernel = 2
+[[layers]]
+name = "conv2"
+type = "conv2d"
+out_channels = 4
+kernel = 2
+[[layers]]
+name = "relu2"
+type = "relu"
+[[layers]]
+name = "pool2"
+type = "max_pool2d"
+kernel = 2
+[[layers]]
+name = "flatten"
+type = "flatten"
+[[layers]]
+name = "fc"
+type = "linear"
+out_features = 10
+"#;
+
+fn networks() -> Vec<ModelSpec> {
+    vec![
+        ModelSpec::preset("seed-cnn").unwrap(),
+        ModelSpec::preset("cnn-plus").unwrap(),
+        spec(SKIPS),
+        spec(POOLS),
+    ]
+}
+
+/// The network runs each chunk through a whole stage of layers, skipping the fused ones;
+/// the plain way is one layer at a time over the whole batch. Both must give the same
+/// bits: for a network of per-chunk layers only, for one whose batch norms split it into
+/// several stages, and for one with two skipped layers in a row; and `train_step` (each
+/// chunk forward, through the loss and backward at once) the same again.
+#[test]
+fn the_chunk_pipeline_matches_running_layers_one_at_a_time() {
+    for spec in networks() {
+        let name = spec.name.clone();
+        let build = || {
+            let mut net = Network::build_on(&spec, Engine::Fast).unwrap();
+            net.initialize(&mut rng(5), None);
+            net.reseed(9);
+            net
+        };
+        let mut net = build();
+        // 21 samples: two full chunks and a ragged one.
+        let n = 21;
+        let input: Vec<f32> = (0..n * 784)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        let labels: Vec<u8> = (0..n).map(|i| (i * 7 % 10) as u8).collect();
+        net.input_mut(n).copy_from_slice(&input);
+        let logits = net.forward(Mode::Train).clone();
+        net.backward(&labels);
+
+        // The same layers, each by itself.
+        let plain = build();
+        let mut alone: Vec<Alone> = plain.resolved().iter().map(Alone::new).collect();
+        for (a, l) in alone.iter_mut().zip(plain.layers()) {
+            for (p, q) in a.op.layer_mut().params_mut().into_iter().zip(l.params()) {
+                p.value.clone_from(&q.value);
+            }
+        }
+        for (i, a) in alone.iter_mut().enumerate() {
+            a.op.layer_mut().reseed(crate::seed::derive_seed(
+                9,
+                crate::seed::STREAM_LAYER,
+                i as u64,
+            ));
+        }
+        let mut acts = vec![Tensor::from_vec(&[n, 1, 28, 28], input.clone())];
+        for a in alone.iter_mut() {
+            let y = a.forward(acts.last().unwrap(), Mode::Train);
+            acts.push(y);
+        }
+        let last = acts.len() - 1;
+        assert_eq!(logits.data, acts[last].data, "{name}: logits");
+        let mut dy = Tensor::default();
+        let want_stats = spec
+            .loss
+            .forward_backward(&acts[last], &labels, &mut dy, 0.0);
+        for (i, a) in alone.iter_mut().enumerate().rev() {
+            dy = a.backward(&acts[i], &acts[i + 1], &dy);
+        }
+        let want: Vec<Vec<f32>> = alone
+            .iter()
+            .flat_map(|a| a.op.layer().params().into_iter().map(|p| p.grad.clone()))
+            .collect();
+        let got: Vec<(String, Vec<f32>)> = net
+            .named_params()
+            .into_iter()
+            .map(|(n, p)| (n, p.grad.clone()))
+            .collect();
+        assert_eq!(got.len(), want.len());
+        for ((pname, g), w) in got.iter().zip(&want) {
+            assert_eq!(g, w, "{name}: gradient of {pname}");
+        }
+
+        let mut stepped = build();
+        stepped.input_mut(n).copy_from_slice(&input);
+        let stats = stepped.train_step(&labels);
+        assert_eq!(stats.correct, want_stats.correct, "{name}");
+        assert_eq!(stats.count, n);
+        assert!((stats.loss_sum - want_stats.loss_sum).abs() < 1e-9);
+        assert_eq!(
+            stepped.output().data,
+            acts[last].data,
+            "{name}: train_step logits"
+        );
+        for ((pname, g), w) in stepped.named_params().iter().zip(&want) {
+            assert_eq!(&g.grad, w, "{name}: train_step gradient of {pname}");
+        }
+    }
+}
+
+/// Chunks are fixed and their gradient parts are added in chunk order, so a whole network
+/// gives the same bits on 1, 2 or 3 threads.
+#[test]
+fn whole_networks_are_bit_identical_across_thread_counts() {
+    for preset in ["seed-cnn", "cnn-plus"] {
+        let spec = ModelSpec::preset(preset).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut net = Network::build_on(&spec, Engine::Fast).unwrap();
+                net.initialize(&mut rng(8), None);
+                net.reseed(4);
+                let n = 37;
+                for (i, v) in net.input_mut(n).iter_mut().enumerate() {
+                    *v = ((i * 53) % 97) as f32 / 48.0 - 1.0;
+                }
+                let labels: Vec<u8> = (0..n).map(|i| (i * 3 % 10) as u8).collect();
+                net.train_step(&labels);
+                let logits = net.output().data.clone();
+                let grads: Vec<Vec<f32>> = net
+                    .named_params()
+                    .iter()
+                    .map(|(_, p)| p.grad.clone())
+                    .collect();
+                (logits, grads)
+            })
+        };
+        let one = run(1);
+        assert_eq!(one, run(2), "{preset}: 1 vs 2 threads");
+        assert_eq!(one, run(3), "{preset}: 1 vs 3 threads");
+    }
+}
+
+/// Evaluation passes fuse each conv's ReLU and max pool too, unless every layer's output
+/// is wanted (the feature-map pictures); both give the same logits and pooled maps, and
+/// only the second shows the conv's own output, negative values included.
+#[test]
+fn evaluation_fuses_unless_every_output_is_kept() {
+    let spec = ModelSpec::preset("seed-cnn").unwrap();
+    let mut net = Network::build_on(&spec, Engine::Fast).unwrap();
+    net.initialize(&mut rng(2), None);
+    let fill = |net: &mut Network| {
+        for (i, v) in net.input_mut(10).iter_mut().enumerate() {
+            *v = ((i * 29) % 61) as f32 / 30.0 - 1.0;
+        }
+    };
+    fill(&mut net);
+    let fused = net.forward(Mode::Eval).data.clone();
+    // Fused, conv1 writes the pooled max(0, conv) straight into pool1's tensor.
+    let pool1_fused = net.activation(2).data.clone();
+    assert!(pool1_fused.iter().all(|&v| v >= 0.0));
+    assert!(pool1_fused.iter().any(|&v| v > 0.0));
+
+    net.keep_every_output = true;
+    fill(&mut net);
+    assert_eq!(net.forward(Mode::Eval).data, fused);
+    let conv1 = net.activation(0).data.clone();
+    assert!(conv1.iter().any(|&v| v < 0.0), "conv1 shows its own output");
+    let relu1: Vec<f32> = conv1.iter().map(|&v| v.max(0.0)).collect();
+    assert_eq!(net.activation(1).data, relu1);
+    assert_eq!(net.activation(2).data, pool1_fused);
+}
+
+/// Evaluation passes cut larger chunks than training passes (nothing is kept between
+/// them); each sample's logits must not depend on that: the same bits as a training-mode
+/// forward pass, for a batch that leaves ragged chunks either way.
+#[test]
+fn evaluation_chunks_give_the_same_logits_as_training_chunks() {
+    let spec = ModelSpec::preset("seed-cnn").unwrap();
+    let mut net = Network::build_on(&spec, Engine::Fast).unwrap();
+    net.initialize(&mut rng(4), None);
+    let n = 53;
+    let fill = |net: &mut Network| {
+        for (i, v) in net.input_mut(n).iter_mut().enumerate() {
+            *v = ((i * 31) % 89) as f32 / 44.0 - 1.0;
+        }
+    };
+    fill(&mut net);
+    let trained = net.forward(Mode::Train).data.clone();
+    fill(&mut net);
+    assert_eq!(net.forward(Mode::Eval).data, trained);
+}
+
+/// The two engines compute the same network: the fast one's logits and every gradient
+/// within a small tolerance of the reference engine's (f32 sums in another order against
+/// f64 sums), in training and evaluation mode.
+#[test]
+fn the_fast_engine_agrees_with_the_reference_engine() {
+    for spec in networks() {
+        let name = spec.name.clone();
+        let n = 19;
+        let input: Vec<f32> = (0..n * 784)
+            .map(|i| ((i * 41) % 103) as f32 / 51.0 - 1.0)
+            .collect();
+        let labels: Vec<u8> = (0..n).map(|i| (i * 3 % 10) as u8).collect();
+        let run = |engine: Engine| {
+            let mut net = Network::build_on(&spec, engine).unwrap();
+            net.initialize(&mut rng(6), None);
+            net.reseed(3);
+            net.input_mut(n).copy_from_slice(&input);
+            net.train_step(&labels);
+            let logits = net.output().data.clone();
+            let grads: Vec<(String, Vec<f32>)> = net
+                .named_params()
+                .into_iter()
+                .map(|(n, p)| (n, p.grad.clone()))
+                .collect();
+            net.input_mut(n).copy_from_slice(&input);
+            let eval = net.forward(Mode::Eval).data.clone();
+            (logits, grads, eval)
+        };
+        let (fast, reference) = (run(Engine::Fast), run(Engine::Reference));
+        let e = max_rel_diff(&fast.0, &reference.0);
+        assert!(e < 1e-4, "{name}: training logits differ by {e}");
+        let e = max_rel_diff(&fast.2, &reference.2);
+        assert!(e < 1e-4, "{name}: evaluation logits differ by {e}");
+        for ((pname, g), (_, w)) in fast.1.iter().zip(&reference.1) {
+            let scale = w.iter().map(|v| v.abs()).fold(0.0f32, f32::max).max(1e-3);
+            let worst = g
+                .iter()
+                .zip(w)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            assert!(
+                worst / scale < 1e-3,
+                "{name}: gradient of {pname} differs by {worst} (scale {scale})"
+            );
+        }
+    }
+}
