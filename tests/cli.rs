@@ -362,8 +362,11 @@ fn resume_needs_a_run_directory_and_val_size_zero_trains_without_validation() {
         &data,
     ]);
     let (_, err) = text(&o);
-    assert_ne!(o.status.code(), Some(0));
-    assert!(err.contains("config.toml"), "names the missing file: {err}");
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("holds no convnet run") && err.contains("config.toml"),
+        "names the missing file: {err}"
+    );
 
     let run = dir.path().join("run");
     let o = convnet(&[

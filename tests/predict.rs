@@ -392,7 +392,7 @@ fn one_bad_file_does_not_stop_the_others() {
     );
     assert!(lines[2].contains("missing.png: error:"), "{out}");
     assert!(lines[3].contains('%'), "{out}");
-    assert_ne!(o.status.code(), Some(0));
+    assert_eq!(o.status.code(), Some(3), "a bad image file is a data error");
     assert!(String::from_utf8_lossy(&o.stderr).contains("2 of 4 files could not be classified"));
 }
 

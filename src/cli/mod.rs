@@ -1,6 +1,9 @@
 //! Command-line interface: `clap` derive, doc comments as the help text, one module per
 //! subcommand, typed errors mapped to exit codes.
 
+// The doc comments here are `--help` text, where `<dataset>` is a placeholder, not HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 mod bench;
 mod common;
 mod compare;
@@ -88,4 +91,61 @@ pub fn report(e: &Error) -> i32 {
         e => eprintln!("error: {e}"),
     }
     e.exit_code()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every subcommand says what it is for, and the flags that
+    /// take one of a few values list them in `--help`.
+    #[test]
+    fn every_flag_has_help_and_every_choice_lists_its_values() {
+        fn walk(cmd: &clap::Command, path: &str) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(
+                    !help.trim().is_empty() || arg.is_hide_set(),
+                    "{path} --{id} has no help text"
+                );
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        let cmd = Cli::command();
+        walk(&cmd, "convnet");
+        let train = cmd.find_subcommand("train").unwrap();
+        for flag in ["schedule", "optimizer", "init", "dataset", "preset"] {
+            let arg = train
+                .get_arguments()
+                .find(|a| a.get_id() == flag)
+                .unwrap_or_else(|| panic!("train has --{flag}"));
+            assert!(
+                !arg.get_possible_values().is_empty(),
+                "--{flag} lists its values"
+            );
+        }
+        let eval = cmd.find_subcommand("eval").unwrap();
+        let split = eval
+            .get_arguments()
+            .find(|a| a.get_id() == "split")
+            .unwrap();
+        let values: Vec<String> = split
+            .get_possible_values()
+            .iter()
+            .map(|v| v.get_name().to_string())
+            .collect();
+        assert_eq!(values, ["test", "val"]);
+        assert!(cmd
+            .get_after_help()
+            .unwrap()
+            .to_string()
+            .contains("Exit codes"));
+    }
 }

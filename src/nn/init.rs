@@ -1,10 +1,12 @@
-//! Weight initialisation. Biases always start at zero.
+//! Weight initialisation. Biases start at zero, batch norm's scales at one.
 //!
-//! fan_in = prod(shape[1..]), fan_out = shape[0] * prod(shape[2..]) — PyTorch's definition,
-//! so a conv weight (O, C, K, K) has fan_in = C*K*K.
+//! ```text
+//! fan_in = prod(shape[1..]), fan_out = shape[0] * prod(shape[2..])   (PyTorch's definition:
+//! a conv weight (O, C, K, K) has fan_in = C*K*K)
 //!   gaussian: N(0, std^2)
 //!   he:       N(0, 2 / fan_in)                (Kaiming normal, for ReLU networks)
 //!   xavier:   N(0, 2 / (fan_in + fan_out))    (Glorot normal)
+//! ```
 
 use rand::Rng;
 use rand_distr::{Distribution, Normal};

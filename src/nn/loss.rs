@@ -1,5 +1,6 @@
 //! Losses, averaged over the batch.
 //!
+//! ```text
 //! logits z: (N, K)   labels t: (N), one class index each
 //! Softmax cross-entropy:  L = 1/N sum_n [ logsumexp(z_n) - z_n[t_n] ]
 //!                         dL/dz_n = (softmax(z_n) - onehot(t_n)) / N
@@ -7,6 +8,7 @@
 //!                         L = 1/N sum_n [ logsumexp(z_n) - sum_k q_k z_nk ],  dL/dz_n = (softmax - q) / N
 //! Euclidean:              L = 1/N sum_n 1/2 ||z_n - onehot(t_n)||^2
 //!                         dL/dz_n = (z_n - onehot(t_n)) / N
+//! ```
 //! The log-sum-exp subtracts the row maximum first, so large logits do not overflow.
 
 use crate::tensor::Tensor;

@@ -211,6 +211,12 @@ impl Training {
     /// are cut back to what the checkpoint knows, so no row is duplicated or lost.
     pub fn resume(run_dir: &Path) -> Result<Training, Error> {
         let cfg_path = run_dir.join(CONFIG);
+        if !run_dir.is_dir() || !cfg_path.exists() {
+            return Err(Error::Config(format!(
+                "{} holds no convnet run (no {CONFIG}): give --resume the folder a training wrote",
+                run_dir.display()
+            )));
+        }
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let cfg: TrainConfig = toml::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: {e}", cfg_path.display())))?;
