@@ -111,7 +111,7 @@ pub fn run(args: Args) -> Result<(), Error> {
             return Err(Error::Config("--batch-size must be at least 1".into()));
         }
         let labels = random_batch(&mut net, bs, &mut rng);
-        net.set_timing(true);
+        net.start_timing();
         let (steps_per_sec, steps) = rate(args.seconds, || {
             net.train_step(&labels);
             sgd.step(net.params_mut(), 1e-6, 1);

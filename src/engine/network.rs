@@ -281,9 +281,9 @@ impl Network {
         self.resolved.iter().map(|l| l.macs()).sum()
     }
 
-    /// Starts (or stops) timing every layer's passes (`convnet bench`).
-    pub fn set_timing(&mut self, on: bool) {
-        self.pipeline.timing = on.then(|| vec![(Duration::ZERO, Duration::ZERO); self.ops.len()]);
+    /// Starts timing every layer's passes (`convnet bench`), from zero.
+    pub fn start_timing(&mut self) {
+        self.pipeline.timing = Some(vec![(Duration::ZERO, Duration::ZERO); self.ops.len()]);
     }
 
     /// The per-layer (forward, backward) times since timing started; stops timing.
