@@ -33,3 +33,23 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         Error::io(path, e)
     })
 }
+
+/// Reads a whole file of at most `max` bytes; a folder, a device or a larger file is an
+/// error naming it, not an attempt to fill the memory.
+pub fn read_capped(path: &Path, max: u64) -> Result<Vec<u8>, Error> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_file() {
+        return Err(Error::data(path, "is not a regular file"));
+    }
+    if meta.len() > max {
+        return Err(Error::data(
+            path,
+            format!(
+                "is {} MiB, more than the {} MiB this tool reads",
+                meta.len() >> 20,
+                max >> 20
+            ),
+        ));
+    }
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}

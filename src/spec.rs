@@ -308,6 +308,64 @@ fn allowed_fields(kind: LayerKind) -> &'static [&'static str] {
     }
 }
 
+/// The largest value any size field (channels, kernel, stride, pad, features, input
+/// sides) may take: far beyond any network this tool trains, small enough that no product
+/// of sizes overflows.
+pub const MAX_FIELD: usize = 1 << 20;
+
+/// The most values one sample of a layer's output, or one layer's parameters, may hold
+/// (2^36: 256 GiB of floats); the memory check refuses far less on a real machine.
+const MAX_VALUES: u128 = 1 << 36;
+
+/// Whether `name` is safe as part of a file name and a tensor name: letters, digits, `_`,
+/// `-`, `.` (not first), at most 64 characters.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Checks the numbers of a layer that are not sizes: finite, in range.
+fn check_values(l: &LayerSpec) -> Result<(), String> {
+    let sizes = [
+        ("in_channels", l.in_channels),
+        ("out_channels", l.out_channels),
+        ("kernel", l.kernel),
+        ("stride", l.stride),
+        ("pad", l.pad),
+        ("in_features", l.in_features),
+        ("out_features", l.out_features),
+    ];
+    for (field, v) in sizes {
+        if let Some(v) = v.filter(|&v| v > MAX_FIELD) {
+            return Err(format!(
+                "`{field} = {v}` is too large (at most {MAX_FIELD})"
+            ));
+        }
+    }
+    if l.out_features == Some(0) {
+        return Err("`out_features` must be at least 1".into());
+    }
+    if let Some(s) = l.init_std.filter(|s| !(s.is_finite() && *s >= 0.0)) {
+        return Err(format!("`init_std` must be a number >= 0, got {s}"));
+    }
+    if let Some(p) = l.p.filter(|p| !(0.0..1.0).contains(p)) {
+        return Err(format!(
+            "dropout probability `p` must be in [0, 1), got {p}"
+        ));
+    }
+    if let Some(e) = l.eps.filter(|e| !(e.is_finite() && *e > 0.0)) {
+        return Err(format!("batch norm `eps` must be a number > 0, got {e}"));
+    }
+    if let Some(m) = l.momentum.filter(|m| !(0.0..=1.0).contains(m)) {
+        return Err(format!("batch norm `momentum` must be in [0, 1], got {m}"));
+    }
+    Ok(())
+}
+
 /// Resolves one layer for an input of per-sample shape `shape`; `prev` names the layer
 /// the input comes from, for error messages.
 fn resolve_layer(
@@ -328,6 +386,7 @@ fn resolve_layer(
     if let Some(bad) = l.set_fields().into_iter().find(|f| !allowed.contains(f)) {
         return Err(format!("type {kind} does not take `{bad}`"));
     }
+    check_values(l)?;
     let need =
         |v: Option<usize>, field: &str| v.ok_or_else(|| format!("type {kind} needs `{field}`"));
     let image = || -> Result<[usize; 3], String> {
@@ -394,13 +453,9 @@ fn resolve_layer(
                 out_features: need(l.out_features, "out_features")?,
             }
         }
-        LayerKind::Dropout => {
-            let p = l.p.unwrap_or(0.5);
-            if !(0.0..1.0).contains(&p) {
-                return Err(format!("dropout probability p must be in [0, 1), got {p}"));
-            }
-            LayerOp::Dropout { p }
-        }
+        LayerKind::Dropout => LayerOp::Dropout {
+            p: l.p.unwrap_or(0.5),
+        },
         LayerKind::BatchNorm2d | LayerKind::BatchNorm1d => {
             let want = if kind == LayerKind::BatchNorm2d { 3 } else { 1 };
             if shape.len() != want {
@@ -423,6 +478,24 @@ fn resolve_layer(
         LayerOp::Linear { out_features, .. } => vec![out_features],
         _ => shape.to_vec(),
     };
+    let values = |dims: &[usize]| dims.iter().map(|&d| d as u128).product::<u128>();
+    if values(&output) > MAX_VALUES {
+        return Err(format!(
+            "its output, {} per sample, is too large",
+            ShapeDisplay(&output)
+        ));
+    }
+    let params = match op {
+        LayerOp::Conv2d { shape: s } => values(&[s.out_c, s.in_c, s.kernel, s.kernel]),
+        LayerOp::Linear {
+            in_features,
+            out_features,
+        } => values(&[in_features, out_features]),
+        _ => 0,
+    };
+    if params > MAX_VALUES {
+        return Err(format!("its {params} parameters are too many"));
+    }
     Ok(ResolvedLayer {
         name: l.name.clone(),
         kind,
@@ -439,9 +512,14 @@ impl ModelSpec {
     /// both shapes: `model my-cnn: layer fc1: expects 784 inputs, gets 1568 (32x7x7 from pool2)`.
     pub fn resolve(&self) -> Result<Vec<ResolvedLayer>, Error> {
         let err = |msg: String| Error::Spec(format!("model `{}`: {msg}", self.name));
-        if self.input.len() != 3 || self.input.contains(&0) {
+        if !is_plain_name(&self.name) {
+            return Err(err(
+                "`name` must be 1-64 letters, digits, `_`, `-` or `.` (not first): it names run folders".into(),
+            ));
+        }
+        if self.input.len() != 3 || self.input.iter().any(|&d| d == 0 || d > MAX_FIELD) {
             return Err(err(format!(
-                "`input` must be [C, H, W] with no zero, got {:?}",
+                "`input` must be [C, H, W], each from 1 to {MAX_FIELD}, got {:?}",
                 self.input
             )));
         }
@@ -451,12 +529,30 @@ impl ModelSpec {
         if self.normalize.scale == 0.0 || !self.normalize.scale.is_finite() {
             return Err(err("`normalize.scale` must be a non-zero number".into()));
         }
+        if !self.normalize.mean.is_finite() {
+            return Err(err(format!(
+                "`normalize.mean` must be a number, got {}",
+                self.normalize.mean
+            )));
+        }
+        if !(self.init_std.is_finite() && self.init_std >= 0.0) {
+            return Err(err(format!(
+                "`init_std` must be a number >= 0, got {}",
+                self.init_std
+            )));
+        }
         let mut shape = self.input.clone();
         let mut prev = "the input".to_string();
         let mut out = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
             if l.name.is_empty() {
                 return Err(err(format!("a {} layer has no name", l.kind)));
+            }
+            if !is_plain_name(&l.name) {
+                return Err(err(format!(
+                    "layer name `{}`: use 1-64 letters, digits, `_`, `-` or `.` (not first); it names tensors and files",
+                    l.name
+                )));
             }
             if self.layers.iter().filter(|o| o.name == l.name).count() > 1 {
                 return Err(err(format!("two layers are named `{}`", l.name)));

@@ -93,21 +93,68 @@ fn a_broken_model_file_names_the_layer() {
     );
 }
 
-#[test]
-fn missing_data_offline_says_what_to_do() {
-    let dir = tempfile::tempdir().unwrap();
+/// Writes a tiny MNIST-shaped data set (IDX files, `n` images each) into `dir`.
+fn fake_mnist(dir: &Path, n: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    let images = |count: u32| {
+        let mut b = Vec::new();
+        for v in [0x0000_0803u32, count, 28, 28] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        b.extend((0..count * 784).map(|i| (i % 251) as u8));
+        b
+    };
+    let labels = |count: u32| {
+        let mut b = Vec::new();
+        for v in [0x0000_0801u32, count] {
+            b.extend_from_slice(&v.to_be_bytes());
+        }
+        b.extend((0..count).map(|i| (i % 10) as u8));
+        b
+    };
+    std::fs::write(dir.join("train-images-idx3-ubyte"), images(n)).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), labels(n)).unwrap();
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), images(n)).unwrap();
+    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), labels(n)).unwrap();
+}
+
+/// `convnet train` with `--data` (when given) and `CONVNET_DATA` (when given), offline: the
+/// mirrors point at a closed port and the cache at an empty folder.
+fn train_offline(dir: &Path, data: Option<&Path>, env_data: Option<&Path>) -> Output {
     let closed = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_convnet"));
+    cmd.args([
+        "train",
+        "--epochs",
+        "1",
+        "--limit",
+        "8",
+        "--val-size",
+        "4",
+        "--no-plot",
+    ])
+    .args(["--out", dir.join("run").to_str().unwrap()])
+    .env_remove("CONVNET_DATA")
+    .env("XDG_CACHE_HOME", dir.join("cache"))
+    .env("CONVNET_MIRRORS", format!("http://{closed}/"));
+    if let Some(d) = data {
+        cmd.args(["--data", d.to_str().unwrap()]);
+    }
+    if let Some(d) = env_data {
+        cmd.env("CONVNET_DATA", d);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn missing_data_offline_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let o = Command::new(env!("CARGO_BIN_EXE_convnet"))
-        .args(["train", "--epochs", "1", "--data", data.to_str().unwrap()])
-        .env_remove("CONVNET_DATA")
-        .env("XDG_CACHE_HOME", dir.path().join("cache"))
-        .env("CONVNET_MIRRORS", format!("http://{closed}/"))
-        .output()
-        .unwrap();
+    std::fs::create_dir(&data).unwrap();
+    let o = train_offline(dir.path(), Some(&data), None);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(3), "{err}");
     for needle in [
@@ -119,6 +166,78 @@ fn missing_data_offline_says_what_to_do() {
     ] {
         assert!(err.contains(needle), "missing `{needle}` in: {err}");
     }
+}
+
+/// `--data` names the one place to look: a folder that does not exist, a file, or a folder
+/// missing some files is an error naming it (exit 3), never a silent fall-back to
+/// `CONVNET_DATA`; a data file that is a folder or a dangling link is named as such; and a
+/// training says which data it used.
+#[test]
+fn data_sources_are_explicit_and_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good");
+    fake_mnist(&good.join("mnist"), 20);
+    let fails = |data: Option<&Path>, env: Option<&Path>, needle: &str| {
+        let o = train_offline(dir.path(), data, env);
+        let (out, err) = text(&o);
+        assert_eq!(o.status.code(), Some(3), "{data:?} {env:?}: {out}{err}");
+        assert!(
+            err.contains(needle),
+            "{data:?} {env:?}: missing `{needle}` in {err}"
+        );
+        assert!(
+            !dir.path().join("run").exists(),
+            "no run folder for a run that cannot start"
+        );
+    };
+    let nowhere = dir.path().join("nowhere");
+    fails(Some(&nowhere), Some(&good), "does not exist (--data)");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    fails(Some(&file), Some(&good), "is not a folder (--data)");
+    let partial = dir.path().join("partial");
+    fake_mnist(&partial, 20);
+    std::fs::remove_file(partial.join("t10k-labels-idx1-ubyte")).unwrap();
+    fails(
+        Some(&partial),
+        Some(&good),
+        "could not fetch t10k-labels-idx1-ubyte",
+    );
+    fails(None, Some(&nowhere), "is not a folder (from CONVNET_DATA)");
+    fails(
+        None,
+        Some(&partial),
+        "holds only 3 of the 4 files of mnist (from CONVNET_DATA)",
+    );
+    // A folder where the labels file should be.
+    let odd = dir.path().join("odd");
+    fake_mnist(&odd, 20);
+    std::fs::remove_file(odd.join("train-labels-idx1-ubyte")).unwrap();
+    std::fs::create_dir(odd.join("train-labels-idx1-ubyte")).unwrap();
+    fails(Some(&odd), None, "train-labels-idx1-ubyte: is a folder");
+    #[cfg(unix)]
+    {
+        let dangling = dir.path().join("dangling");
+        fake_mnist(&dangling, 20);
+        std::fs::remove_file(dangling.join("t10k-images-idx3-ubyte")).unwrap();
+        std::os::unix::fs::symlink(
+            "/nonexistent/file",
+            dangling.join("t10k-images-idx3-ubyte.gz"),
+        )
+        .unwrap();
+        fails(
+            Some(&dangling),
+            None,
+            "is a link to a file that does not exist",
+        );
+    }
+    let o = train_offline(dir.path(), Some(&good), None);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        out.contains(&format!("data: {} (--data)", good.join("mnist").display())),
+        "{out}"
+    );
 }
 
 fn run_dir_test_accuracy(out: &str) -> String {

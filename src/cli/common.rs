@@ -12,6 +12,7 @@ use crate::run::config::TrainConfig;
 use crate::spec::ModelSpec;
 use crate::Error;
 use clap::{Args, ValueEnum};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 
@@ -269,21 +270,61 @@ impl TrainFlags {
     }
 }
 
-/// Stop requests so far (Ctrl-C): the first asks for a checkpoint after the current batch,
-/// the second exits at once (a checkpoint being written is a temporary file until renamed,
-/// so the previous one stays intact).
+/// Stop requests so far (Ctrl-C, SIGTERM, SIGHUP): the first asks for a checkpoint after
+/// the current batch, the second exits at once (a checkpoint being written is a temporary
+/// file until renamed, so the previous one stays intact).
 static INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 /// The signal that asked to stop (2 = SIGINT).
 static SIGNAL: AtomicI32 = AtomicI32::new(2);
 
-/// Installs the Ctrl-C handler.
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        signal_hook::consts::SIGTERM => "SIGTERM",
+        signal_hook::consts::SIGHUP => "SIGHUP",
+        _ => "Ctrl-C",
+    }
+}
+
+/// Sends this process's output to /dev/null: after SIGHUP the terminal is gone, and a
+/// write to it would fail (and a failed print panic) before the checkpoint is written.
+fn detach_from_terminal() {
+    #[cfg(unix)]
+    // SAFETY: opening /dev/null and duplicating it onto stdout and stderr; no memory is
+    // shared with Rust code.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_WRONLY);
+        if null >= 0 {
+            libc::dup2(null, 1);
+            libc::dup2(null, 2);
+            libc::close(null);
+        }
+    }
+}
+
+/// Makes Ctrl-C, SIGTERM (what `timeout` and Slurm send) and SIGHUP (a closed terminal or
+/// ssh session) ask the command to stop after the current batch, with a checkpoint.
 pub fn install_ctrl_c() {
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTS.fetch_add(1, Ordering::SeqCst) == 0 {
-            eprintln!("\nCtrl-C: finishing this batch and saving a checkpoint (press again to quit at once)");
-        } else {
-            eprintln!("\nCtrl-C again: quitting without a checkpoint");
-            std::process::exit(130);
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if sig == SIGHUP {
+                detach_from_terminal();
+            }
+            let name = signal_name(sig);
+            let mut err = std::io::stderr();
+            if INTERRUPTS.fetch_add(1, Ordering::SeqCst) == 0 {
+                SIGNAL.store(sig, Ordering::SeqCst);
+                let _ = writeln!(
+                    err,
+                    "\n{name}: finishing this batch and saving a checkpoint (again to quit at once)"
+                );
+            } else {
+                let _ = writeln!(err, "\n{name} again: quitting without a checkpoint");
+                std::process::exit(128 + sig);
+            }
         }
     });
 }
@@ -293,10 +334,26 @@ pub fn interrupted() -> bool {
     INTERRUPTS.load(Ordering::SeqCst) > 0
 }
 
-/// The error a command ends with when it was asked to stop.
+/// The error a command ends with when it was asked to stop: its exit code is 128 plus
+/// the signal's number.
 pub fn stopped(msg: String) -> Error {
     Error::Interrupted {
         signal: SIGNAL.load(Ordering::SeqCst),
         msg,
+    }
+}
+
+/// The message of the last panic on any thread, kept by the panic hook (`cli::run`) so a
+/// command or sweep trial that caught it can report it in one line.
+pub static LAST_PANIC: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+/// Runs `f`, turning a panic (a bug) into `Error::Internal` with the panic's message.
+pub fn catch_panic<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => {
+            let msg = LAST_PANIC.lock().map(|m| m.clone()).unwrap_or_default();
+            Err(Error::Internal(msg))
+        }
     }
 }

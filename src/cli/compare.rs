@@ -94,6 +94,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     for (_, cfg) in &configs {
         check_data_fits(&cfg.model, &splits)?;
     }
+    println!("data: {}", splits.source);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let budget = match args.seconds {
         Some(s) => format!("{s} s of training each"),
@@ -115,6 +116,12 @@ pub fn run(args: Args) -> Result<(), Error> {
         let status = run_trial(Ok(cfg.clone()), &run_dir, &splits, args.seconds);
         if status.0 == Status::Invalid {
             return Err(Error::Config(format!("{name}: {}", status.1)));
+        }
+        if status.0 == Status::Failed {
+            return Err(Error::Io {
+                path: run_dir.clone(),
+                source: std::io::Error::other(format!("{name}: {}", status.1)),
+            });
         }
         if status.0 == Status::Interrupted || interrupted() {
             return Err(stopped(format!(

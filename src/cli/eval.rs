@@ -69,6 +69,9 @@ pub fn run(args: Args) -> Result<(), Error> {
         .unwrap_or(5000);
     let splits = load_splits(dataset, args.data.data.as_deref(), val_size)?;
     crate::run::trainer::check_data_fits(&net.spec, &splits)?;
+    if !args.json {
+        println!("data: {}", splits.source);
+    }
     let (ds, split) = match args.split {
         Split::Test => (&splits.test, "test"),
         Split::Val => (&splits.val, "val"),

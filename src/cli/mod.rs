@@ -65,8 +65,38 @@ pub fn run() -> i32 {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    // A panic is a bug: the hook keeps its message (and where) for the one-line report
+    // below, instead of a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        if let Ok(mut last) = common::LAST_PANIC.lock() {
+            *last = format!("{msg}{at}");
+        }
+    }));
     let cli = Cli::parse();
-    let result = match cli.command {
+    let result = common::catch_panic(|| {
+        if std::env::var("CONVNET_INJECT_PANIC").is_ok_and(|v| v == "start") {
+            panic!("injected by CONVNET_INJECT_PANIC");
+        }
+        dispatch(cli.command)
+    });
+    match result {
+        Ok(()) => 0,
+        Err(e) => report(&e),
+    }
+}
+
+fn dispatch(command: Command) -> Result<(), Error> {
+    match command {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Show(a) => show::run(a),
@@ -76,20 +106,19 @@ pub fn run() -> i32 {
         Command::Predict(a) => predict::run(a),
         Command::Viz(a) => viz::run(a),
         Command::Bench(a) => bench::run(a),
-    };
-    match result {
-        Ok(()) => 0,
-        Err(e) => report(&e),
     }
 }
 
 /// Prints an error the way every command ends with one, and returns its exit code.
 pub fn report(e: &Error) -> i32 {
-    match e {
-        // Stopped on request: the command has already said where and how to resume.
-        Error::Interrupted { msg, .. } => eprintln!("{msg}"),
-        e => eprintln!("error: {e}"),
-    }
+    use std::io::Write;
+    // Never panic here: stderr may be gone (a closed terminal).
+    let mut err = std::io::stderr();
+    let _ = match e {
+        // Stopped on request: the message says where and how to resume.
+        Error::Interrupted { msg, .. } => writeln!(err, "{msg}"),
+        e => writeln!(err, "error: {e}"),
+    };
     e.exit_code()
 }
 

@@ -2,7 +2,9 @@
 //! directory; summarise in sweep.csv, sweep.md and pictures. Re-running the same command
 //! skips finished trials and resumes an interrupted one.
 
-use super::common::{install_ctrl_c, interrupted, stopped, DataChoice, SpecChoice, TrainFlags};
+use super::common::{
+    catch_panic, install_ctrl_c, interrupted, stopped, DataChoice, SpecChoice, TrainFlags,
+};
 use crate::data::dataset::{load_splits, Splits};
 use crate::fsutil::write_atomic;
 use crate::report::sweep::{
@@ -71,20 +73,25 @@ pub fn run_trial(
     if let Ok(reason) = std::fs::read_to_string(dir.join(DIVERGED)) {
         return (Status::Diverged, reason);
     }
-    let mut trainer = match Training::resume_or_start(&cfg, dir) {
-        Ok(t) => t,
-        Err(e) => return (Status::Invalid, e.to_string()),
-    };
-    trainer.evaluate_test = false;
-    trainer.time_budget = time_budget;
-    match trainer.run(splits, &mut |_| {}, &interrupted) {
+    // A panic in one trial is a bug, reported as that trial's failure; the sweep goes on.
+    let outcome = catch_panic(|| {
+        if std::env::var("CONVNET_INJECT_PANIC").is_ok_and(|v| dir.ends_with(v)) {
+            panic!("injected by CONVNET_INJECT_PANIC");
+        }
+        let mut trainer = Training::resume_or_start(&cfg, dir)?;
+        trainer.evaluate_test = false;
+        trainer.time_budget = time_budget;
+        trainer.run(splits, &mut |_| {}, &interrupted)
+    });
+    match outcome {
         Ok(_) => (Status::Done, String::new()),
         Err(e @ Error::Diverged(_)) => {
             let _ = write_atomic(&dir.join(DIVERGED), e.to_string().as_bytes());
             (Status::Diverged, e.to_string())
         }
         Err(e @ Error::Interrupted { .. }) => (Status::Interrupted, e.to_string()),
-        Err(e) => (Status::Invalid, e.to_string()),
+        Err(e @ (Error::Config(_) | Error::Spec(_))) => (Status::Invalid, e.to_string()),
+        Err(e) => (Status::Failed, e.to_string()),
     }
 }
 
@@ -140,6 +147,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         .unwrap_or_else(|| PathBuf::from("runs").join(format!("sweep-{}", timestamp())));
     let splits = load_splits(base.dataset, args.data.data.as_deref(), base.val_size)?;
     check_data_fits(&base.model, &splits)?;
+    println!("data: {}", splits.source);
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     println!(
         "convnet sweep: {} trials of {} ({} epochs each) on {} · {} job(s) · seed {} · {}",
@@ -228,6 +236,23 @@ pub fn run(args: Args) -> Result<(), Error> {
         started.elapsed().as_secs_f64(),
         dir.display()
     );
+    let failed: Vec<&Trial> = trials
+        .iter()
+        .filter(|t| t.status == Status::Failed)
+        .collect();
+    if !failed.is_empty() && !interrupted_now {
+        return Err(Error::Io {
+            path: dir.clone(),
+            source: std::io::Error::other(format!(
+                "{} of {} trials failed ({}: {}); the others are in the reports, and running the same \
+                 command again retries the failed ones",
+                failed.len(),
+                trials.len(),
+                failed[0].name,
+                failed[0].reason.lines().next().unwrap_or("")
+            )),
+        });
+    }
     if interrupted_now {
         return Err(stopped(format!(
             "interrupted: finished trials are kept; run the same command with --out {} to continue",

@@ -84,6 +84,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         "seed {} · threads {threads} · batch {} · lr {} ({:?}) · momentum {} · weight decay {}",
         cfg.seed, cfg.batch_size, cfg.lr, cfg.schedule, cfg.momentum, cfg.weight_decay
     );
+    println!("data: {}", splits.source);
     println!("run directory: {}", run_dir.display());
     if args.resume.is_some() {
         println!(

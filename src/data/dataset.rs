@@ -93,6 +93,8 @@ pub struct Splits {
     pub val: Dataset,
     /// The test file.
     pub test: Dataset,
+    /// Where the files were found: `DIR (--data)`, `DIR (CONVNET_DATA)`, ...
+    pub source: String,
 }
 
 impl Splits {
@@ -300,7 +302,7 @@ pub fn load_splits(
     data_dir: Option<&Path>,
     val_size: usize,
 ) -> Result<Splits, Error> {
-    let files = fetch::locate(kind, data_dir)?;
+    let (files, source) = fetch::locate(kind, data_dir)?;
     let names = kind.class_names();
     let mut train = Dataset::from_files(&files.train_images, &files.train_labels, names.clone())?;
     let test = Dataset::from_files(&files.test_images, &files.test_labels, names)?;
@@ -316,5 +318,6 @@ pub fn load_splits(
         train,
         val,
         test,
+        source: format!("{} ({})", source.dir.display(), source.origin),
     })
 }

@@ -12,7 +12,7 @@ use super::dataset::DatasetKind;
 use super::idx::decompress_if_gzip;
 use crate::Error;
 use sha2::{Digest, Sha256};
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -95,100 +95,239 @@ pub fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("convnet"))
 }
 
-/// The roots searched, in order, with where each came from.
-pub fn search_roots(kind: DatasetKind, flag: Option<&Path>) -> Vec<(PathBuf, &'static str)> {
-    let mut roots = Vec::new();
-    if let Some(d) = flag {
-        roots.push((d.to_path_buf(), "--data"));
-    }
-    if let Some(d) = std::env::var_os("CONVNET_DATA").filter(|v| !v.is_empty()) {
-        roots.push((PathBuf::from(d), "CONVNET_DATA"));
-    }
-    if let Some(d) = cache_dir() {
-        roots.push((d, "cache"));
-    }
-    if kind == DatasetKind::FashionMnist {
-        roots.push((
-            PathBuf::from("/usr/share/datasets"),
-            "Debian package dataset-fashion-mnist",
-        ));
-    }
-    roots
+/// What one folder holds of a data set's four files.
+#[derive(Debug, Default)]
+struct Found {
+    /// Each file's path, in `FILE_NAMES` order, when present.
+    files: [Option<PathBuf>; 4],
+    /// Entries where a file should be that are not readable files: a folder, a FIFO, a
+    /// dangling link.
+    bad: Vec<(PathBuf, &'static str)>,
 }
 
-fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
-    [format!("{name}.gz"), name.to_string()]
-        .into_iter()
-        .map(|n| dir.join(n))
-        .find(|p| p.is_file())
-}
-
-/// Looks for all four files in `root/<dataset>/`, then in `root/`.
-pub fn find_in(root: &Path, kind: DatasetKind) -> Option<DataFiles> {
-    for dir in [root.join(kind.dir_name()), root.to_path_buf()] {
-        let found: Vec<PathBuf> = FILE_NAMES
-            .iter()
-            .filter_map(|n| find_file(&dir, n))
-            .collect();
-        if let [a, b, c, d] = &found[..] {
-            return Some(DataFiles {
+impl Found {
+    fn count(&self) -> usize {
+        self.files.iter().filter(|f| f.is_some()).count()
+    }
+    fn complete(&self) -> Option<DataFiles> {
+        match &self.files {
+            [Some(a), Some(b), Some(c), Some(d)] => Some(DataFiles {
                 train_images: a.clone(),
                 train_labels: b.clone(),
                 test_images: c.clone(),
                 test_labels: d.clone(),
-            });
+            }),
+            _ => None,
         }
     }
-    None
+    fn missing(&self) -> Vec<&'static str> {
+        FILE_NAMES
+            .iter()
+            .zip(&self.files)
+            .filter(|(_, f)| f.is_none())
+            .map(|(n, _)| *n)
+            .collect()
+    }
 }
 
-/// Finds the data set, downloading it when no search root has it.
-pub fn locate(kind: DatasetKind, flag: Option<&Path>) -> Result<DataFiles, Error> {
-    let roots = search_roots(kind, flag);
-    if let Some(files) = roots.iter().find_map(|(r, _)| find_in(r, kind)) {
-        return Ok(files);
+/// What `dir` holds of the four files (raw or `.gz`).
+fn scan(dir: &Path) -> Found {
+    let mut found = Found::default();
+    for (slot, name) in found.files.iter_mut().zip(FILE_NAMES) {
+        for candidate in [dir.join(format!("{name}.gz")), dir.join(name)] {
+            let Ok(link) = std::fs::symlink_metadata(&candidate) else {
+                continue;
+            };
+            match std::fs::metadata(&candidate) {
+                Ok(m) if m.is_file() => {
+                    *slot = Some(candidate);
+                    break;
+                }
+                Ok(m) if m.is_dir() => found.bad.push((candidate, "is a folder")),
+                Ok(_) => found.bad.push((
+                    candidate,
+                    "is not a regular file (a FIFO, socket or device)",
+                )),
+                Err(_) if link.file_type().is_symlink() => found
+                    .bad
+                    .push((candidate, "is a link to a file that does not exist")),
+                Err(_) => found.bad.push((candidate, "cannot be read")),
+            }
+        }
     }
-    // Download into the folder the user named with --data, else into the cache (a
-    // CONVNET_DATA folder may be shared and read-only).
-    let target = flag.map(Path::to_path_buf).or_else(cache_dir);
-    let Some(root) = target.as_ref() else {
+    found
+}
+
+/// Where a data set was found: its folder and which search root that was.
+#[derive(Clone, Debug)]
+pub struct Source {
+    /// The folder holding the files.
+    pub dir: PathBuf,
+    /// `--data`, `CONVNET_DATA`, `the cache`, ...
+    pub origin: String,
+}
+
+/// Looks for all four files in `root/<dataset>/`, then in `root/`.
+pub fn find_in(root: &Path, kind: DatasetKind) -> Option<DataFiles> {
+    [root.join(kind.dir_name()), root.to_path_buf()]
+        .iter()
+        .find_map(|d| scan(d).complete())
+}
+
+/// The folder of `root` that holds some of the data set's files (`root/<dataset>/` first),
+/// with what it holds; an error for an entry that is not a readable file.
+fn scan_root(root: &Path, kind: DatasetKind) -> Result<(PathBuf, Found), Error> {
+    let mut best = (root.join(kind.dir_name()), Found::default());
+    for dir in [root.join(kind.dir_name()), root.to_path_buf()] {
+        let found = scan(&dir);
+        if let Some((path, why)) = found.bad.first() {
+            return Err(Error::data(
+                path,
+                format!("{why}: expected the IDX file of {kind} there (raw or .gz)"),
+            ));
+        }
+        if found.count() > best.1.count() {
+            best = (dir, found);
+        }
+    }
+    Ok(best)
+}
+
+/// Finds the data set, downloading what is missing, and says where it came from.
+///
+/// `--data DIR` (when given) is the only place looked in: it must be a folder, and files it
+/// lacks are downloaded into it. Otherwise `$CONVNET_DATA` (which must be a folder, and
+/// hold all four files if it holds any), then the cache folder, then Debian's copy of
+/// Fashion-MNIST; what none holds is downloaded into the cache.
+pub fn locate(kind: DatasetKind, flag: Option<&Path>) -> Result<(DataFiles, Source), Error> {
+    let source = |dir: &Path, origin: &str| Source {
+        dir: dir.to_path_buf(),
+        origin: origin.to_string(),
+    };
+    if let Some(root) = flag {
+        if !root.exists() {
+            return Err(Error::data(
+                root,
+                "does not exist (--data): name the folder that holds the data set, or create it to download the data set into it",
+            ));
+        }
+        if !root.is_dir() {
+            return Err(Error::data(root, "is not a folder (--data)"));
+        }
+        let (dir, found) = scan_root(root, kind)?;
+        if let Some(files) = found.complete() {
+            return Ok((files, source(&dir, "--data")));
+        }
+        return fetch_into(kind, &dir, &found, "--data");
+    }
+    if let Some(env) = std::env::var_os("CONVNET_DATA").filter(|v| !v.is_empty()) {
+        let root = PathBuf::from(env);
+        if !root.is_dir() {
+            return Err(Error::data(
+                &root,
+                "is not a folder (from CONVNET_DATA): set it to the folder holding the data sets, or unset it",
+            ));
+        }
+        let (dir, found) = scan_root(&root, kind)?;
+        if let Some(files) = found.complete() {
+            return Ok((files, source(&dir, "CONVNET_DATA")));
+        }
+        if found.count() > 0 {
+            return Err(Error::data(
+                &dir,
+                format!(
+                    "holds only {} of the 4 files of {kind} (from CONVNET_DATA); missing: {}",
+                    found.count(),
+                    found.missing().join(", ")
+                ),
+            ));
+        }
+    }
+    let cache = cache_dir();
+    if let Some(cache) = &cache {
+        if cache.is_dir() {
+            let (dir, found) = scan_root(cache, kind)?;
+            if let Some(files) = found.complete() {
+                return Ok((files, source(&dir, "the cache")));
+            }
+        }
+    }
+    if kind == DatasetKind::FashionMnist {
+        let debian = Path::new("/usr/share/datasets");
+        if let Some(files) = find_in(debian, kind) {
+            return Ok((
+                files,
+                source(
+                    &debian.join(kind.dir_name()),
+                    "Debian's dataset-fashion-mnist",
+                ),
+            ));
+        }
+    }
+    let Some(cache) = cache else {
         return Err(Error::Fetch(missing_message(
             kind,
-            &roots,
-            "no folder to download into (HOME is not set)",
+            "no folder to download into (HOME is not set): pass --data DIR",
         )));
     };
-    let dest = root.join(kind.dir_name());
-    eprintln!("{kind} not found; downloading into {}", dest.display());
-    download(&dest, &kind.files(), &kind.mirrors())
-        .map_err(|why| Error::Fetch(missing_message(kind, &roots, &why)))?;
-    find_in(root, kind).ok_or_else(|| {
-        Error::Fetch(missing_message(
-            kind,
-            &roots,
-            "download finished but files are missing",
-        ))
-    })
+    let dir = cache.join(kind.dir_name());
+    let found = if dir.is_dir() {
+        scan(&dir)
+    } else {
+        Found::default()
+    };
+    fetch_into(kind, &dir, &found, "the cache")
 }
 
-fn missing_message(kind: DatasetKind, roots: &[(PathBuf, &str)], why: &str) -> String {
+/// Downloads the files `found` lacks into `dir` and returns the complete set.
+fn fetch_into(
+    kind: DatasetKind,
+    dir: &Path,
+    found: &Found,
+    origin: &str,
+) -> Result<(DataFiles, Source), Error> {
+    let missing = found.missing();
+    let _ = writeln!(
+        std::io::stderr(),
+        "{kind}: {} not found in {} ({origin}); downloading",
+        missing.join(", "),
+        dir.display()
+    );
+    let wanted: Vec<RemoteFile> = kind
+        .files()
+        .into_iter()
+        .filter(|f| missing.contains(&f.name))
+        .collect();
+    download(dir, &wanted, &kind.mirrors()).map_err(|why| {
+        Error::Fetch(missing_message(
+            kind,
+            &format!("into {}: {why}", dir.display()),
+        ))
+    })?;
+    let files = scan(dir).complete().ok_or_else(|| {
+        Error::Fetch(missing_message(
+            kind,
+            "download finished but files are missing",
+        ))
+    })?;
+    Ok((
+        files,
+        Source {
+            dir: dir.to_path_buf(),
+            origin: format!("downloaded into {origin}"),
+        },
+    ))
+}
+
+fn missing_message(kind: DatasetKind, why: &str) -> String {
     let mut m =
         format!("the {kind} data set was not found and could not be downloaded:\n  {why}\n");
-    m.push_str("Looked in:\n");
-    for (r, from) in roots {
-        m.push_str(&format!(
-            "  {}/{} and {} ({from})\n",
-            r.display(),
-            kind.dir_name(),
-            r.display()
-        ));
-    }
     m.push_str("Expected files (raw or .gz):\n");
     for n in FILE_NAMES {
         m.push_str(&format!("  {n}\n"));
     }
     m.push_str(&format!(
-        "To fix: put the files in one of those folders (e.g. DIR/{}/), then pass --data DIR or set CONVNET_DATA=DIR;\n\
+        "To fix: put the files in a folder (e.g. DIR/{}/), then pass --data DIR or set CONVNET_DATA=DIR;\n\
          or connect to the internet and run again (mirrors: {}), or set CONVNET_MIRRORS to a mirror you can reach.",
         kind.dir_name(),
         kind.mirrors().join(", ")
@@ -205,7 +344,7 @@ pub fn download(dest: &Path, files: &[RemoteFile], mirrors: &[String]) -> Result
         .timeout_read(Duration::from_secs(60))
         .build();
     for f in files {
-        if find_file(dest, f.name).is_some() {
+        if scan(dest).files[FILE_NAMES.iter().position(|n| *n == f.name).unwrap_or(0)].is_some() {
             continue;
         }
         let mut failures = Vec::new();
@@ -230,7 +369,11 @@ pub fn download(dest: &Path, files: &[RemoteFile], mirrors: &[String]) -> Result
                         f.name.to_string()
                     });
                     crate::fsutil::write_atomic(&path, &body).map_err(|e| e.to_string())?;
-                    eprintln!("  {url} -> {} (sha256 ok)", path.display());
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "  {url} -> {} (sha256 ok)",
+                        path.display()
+                    );
                     done = true;
                     break;
                 }

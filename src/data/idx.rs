@@ -22,27 +22,39 @@ pub struct IdxImages {
 
 /// Reads a file, decompressing it when it starts with the gzip magic bytes.
 pub fn read_maybe_gzip(path: &Path) -> Result<Vec<u8>, Error> {
-    let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let raw = crate::fsutil::read_capped(path, MAX_IDX_BYTES)?;
     decompress_if_gzip(raw, path)
 }
 
+/// The most bytes an IDX file may decompress to (MNIST's largest is 47 MB): a gzip bomb
+/// is refused rather than filling the memory.
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
+
+/// `raw` decompressed when it starts with the gzip magic bytes, else as it is.
 pub fn decompress_if_gzip(raw: Vec<u8>, path: &Path) -> Result<Vec<u8>, Error> {
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 4);
-        MultiGzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                Error::data(
-                    path,
-                    format!(
-                        "is not a valid gzip file ({e}); delete it and it will be fetched again"
-                    ),
-                )
-            })?;
-        Ok(out)
-    } else {
-        Ok(raw)
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return Ok(raw);
     }
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(MAX_IDX_BYTES as usize));
+    MultiGzDecoder::new(&raw[..])
+        .take(MAX_IDX_BYTES + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            Error::data(
+                path,
+                format!("is not a valid gzip file ({e}); delete it and it will be fetched again"),
+            )
+        })?;
+    if out.len() as u64 > MAX_IDX_BYTES {
+        return Err(Error::data(
+            path,
+            format!(
+                "decompresses to more than {} MiB: not an IDX file of this tool's size",
+                MAX_IDX_BYTES >> 20
+            ),
+        ));
+    }
+    Ok(out)
 }
 
 fn be_u32(bytes: &[u8], at: usize) -> u32 {
@@ -99,7 +111,16 @@ pub fn parse_images(bytes: &[u8], path: &Path) -> Result<IdxImages, Error> {
             format!("header says {count} images of {rows}x{cols}; none may be zero"),
         ));
     }
-    let expected = 16 + count * rows * cols;
+    let Some(expected) = count
+        .checked_mul(rows)
+        .and_then(|n| n.checked_mul(cols))
+        .and_then(|n| n.checked_add(16))
+    else {
+        return Err(Error::data(
+            path,
+            format!("header says {count} images of {rows}x{cols}: more bytes than any file holds"),
+        ));
+    };
     if bytes.len() != expected {
         return Err(Error::data(
             path,

@@ -39,6 +39,15 @@ use std::path::Path;
 /// Largest image side accepted, in pixels; larger files are refused, not decoded.
 pub const MAX_SIDE: u32 = 12_000;
 
+/// The most memory decoding one image may take (an 8192 x 8192 RGBA photo); a file that
+/// would decode to more is refused, not decoded.
+pub const MAX_DECODED: u64 = 256 << 20;
+
+/// Images are worked on at most this many pixels on their longest side: larger ones are
+/// first shrunk by area averaging (the network sees 28 pixels, and the preparation's
+/// buffers are then a few tens of MB whatever the file).
+pub const WORK_SIDE: u32 = 2048;
+
 /// What preprocessing produced.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Preprocessed {
@@ -61,7 +70,7 @@ pub fn load_image(path: &Path) -> Result<DynamicImage, Error> {
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
     limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(1 << 30);
+    limits.max_alloc = Some(MAX_DECODED);
     reader.limits(limits);
     if reader.format().is_none() {
         return Err(Error::data(
@@ -72,7 +81,10 @@ pub fn load_image(path: &Path) -> Result<DynamicImage, Error> {
     reader.decode().map_err(|e| match e {
         image::ImageError::Limits(_) => Error::data(
             path,
-            format!("is too large to read (each side must be at most {MAX_SIDE} px and the decoded image under 1 GiB)"),
+            format!(
+                "is too large to read (each side must be at most {MAX_SIDE} px and the decoded image under {} MiB)",
+                MAX_DECODED >> 20
+            ),
         ),
         e => Error::data(path, format!("cannot be decoded: {e}")),
     })
@@ -253,10 +265,18 @@ pub fn preprocess_as(
     side: usize,
     style: Style,
 ) -> Result<Preprocessed, String> {
-    let (grey, w, h) = grey_on_white(img);
-    if w == 0 || h == 0 {
+    if img.width() == 0 || img.height() == 0 {
         return Err("is an empty image (0 pixels)".into());
     }
+    // Work on a copy at most WORK_SIDE on its longest side; the ink box is scaled back.
+    let shrunk;
+    let (img, shrink) = if img.width().max(img.height()) > WORK_SIDE {
+        shrunk = img.thumbnail(WORK_SIDE, WORK_SIDE);
+        (&shrunk, img.width() as f64 / shrunk.width() as f64)
+    } else {
+        (img, 1.0)
+    };
+    let (grey, w, h) = grey_on_white(img);
     // Background: the median grey level. Ink covers far less than half of a digit image,
     // so this is the paper (or screen) even when a frame or shadow lines the edges.
     // A light background means dark ink: invert, since MNIST is white on black.
@@ -364,7 +384,12 @@ pub fn preprocess_as(
         pixels,
         side,
         inverted,
-        ink_box: (x0 as u32, y0 as u32, x1 as u32, y1 as u32),
+        ink_box: (
+            (x0 as f64 * shrink) as u32,
+            (y0 as f64 * shrink) as u32,
+            (x1 as f64 * shrink).ceil() as u32,
+            (y1 as f64 * shrink).ceil() as u32,
+        ),
     })
 }
 

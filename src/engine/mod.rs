@@ -2,6 +2,7 @@
 //! batches run on the fast kernels (`pipeline.rs`: chunks, stages, fusions, timing) through
 //! one small adapter per layer type (`ops.rs`).
 
+pub mod memory;
 pub mod network;
 mod ops;
 pub mod pipeline;

@@ -6,6 +6,7 @@
 //! fusions, the kernels) or the reference one, which calls each readable layer of `nn/`
 //! on the whole batch in turn.
 
+use super::memory;
 use super::ops::{build_op, Op};
 use super::pipeline::{Pipeline, Times};
 use crate::nn::init::{fill_normal, init_std, Init};
@@ -66,6 +67,9 @@ impl Network {
     /// `build` on a chosen engine.
     pub fn build_on(spec: &ModelSpec, engine: Engine) -> Result<Network, Error> {
         let resolved = spec.resolve()?;
+        let threads = rayon::current_num_threads();
+        let f = memory::estimate(&spec.input, &resolved, 1, Mode::Eval, threads);
+        memory::check(&spec.name, f, "its parameters and one evaluation pass")?;
         let mut ops: Vec<Box<dyn Op>> = resolved.iter().map(build_op).collect();
         let pipeline = Pipeline::new(&mut ops);
         let n = ops.len();

@@ -55,11 +55,13 @@ impl ConvShape {
         if kernel == 0 || stride == 0 || out_c == 0 {
             return Err("kernel, stride and out_channels must be at least 1".into());
         }
-        if in_h + 2 * pad < kernel || in_w + 2 * pad < kernel {
+        let padded = |side: usize| pad.checked_mul(2).and_then(|p| p.checked_add(side));
+        let (Some(ph), Some(pw)) = (padded(in_h), padded(in_w)) else {
+            return Err(format!("pad {pad} is too large"));
+        };
+        if ph < kernel || pw < kernel {
             return Err(format!(
-                "kernel {kernel} is larger than the padded input {}x{} (input {in_h}x{in_w}, pad {pad})",
-                in_h + 2 * pad,
-                in_w + 2 * pad
+                "kernel {kernel} is larger than the padded input {ph}x{pw} (input {in_h}x{in_w}, pad {pad})"
             ));
         }
         Ok(ConvShape {

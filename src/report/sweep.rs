@@ -188,10 +188,16 @@ pub fn trial_name(assignment: &[(String, String)]) -> String {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Trained to the end.
     Done,
+    /// The loss became NaN or infinite.
     Diverged,
+    /// Its settings cannot make a network (a kernel larger than its input, ...).
     Invalid,
+    /// Stopped by a signal; run the sweep again to continue it.
     Interrupted,
+    /// An error the sweep cannot blame on the settings: a full disk, a bug.
+    Failed,
 }
 
 impl std::fmt::Display for Status {
@@ -201,6 +207,7 @@ impl std::fmt::Display for Status {
             Status::Diverged => "diverged",
             Status::Invalid => "invalid",
             Status::Interrupted => "interrupted",
+            Status::Failed => "failed",
         })
     }
 }

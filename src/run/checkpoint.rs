@@ -2,7 +2,9 @@
 //! (`conv1.weight (8, 1, 3, 3)`, `fc1.weight (128, 784)`, ...), written atomically.
 //!
 //! The model spec (TOML) is stored in the metadata under `convnet.spec`, so a model file
-//! rebuilds its network on its own.
+//! rebuilds its network on its own. Every file carries the SHA-256 of its tensor data
+//! (`convnet.sha256`), checked when it is read, and is written with its metadata sorted, so
+//! the same weights always give the same bytes.
 
 use crate::engine::Network;
 use crate::fsutil::write_atomic;
@@ -11,6 +13,7 @@ use crate::spec::ModelSpec;
 use crate::Error;
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -25,8 +28,19 @@ pub struct NamedTensor<'a> {
     pub int: Option<i64>,
 }
 
-/// Serialises tensors (f32, little-endian) and string metadata to safetensors bytes.
-pub fn to_safetensors(tensors: &[NamedTensor], metadata: HashMap<String, String>) -> Vec<u8> {
+/// The metadata key of the tensor data's checksum.
+pub const CHECKSUM_KEY: &str = "convnet.sha256";
+
+/// The header length and the tensor data of safetensors `bytes` (already checked for
+/// structure).
+fn data_section(bytes: &[u8]) -> &[u8] {
+    let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    &bytes[8 + n..]
+}
+
+/// Serialises tensors (f32, little-endian) and string metadata to safetensors bytes, with
+/// the checksum of the tensor data added to the metadata and every key in sorted order.
+pub fn to_safetensors(tensors: &[NamedTensor], mut metadata: HashMap<String, String>) -> Vec<u8> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|t| match t.int {
@@ -53,7 +67,23 @@ pub fn to_safetensors(tensors: &[NamedTensor], metadata: HashMap<String, String>
             )
         })
         .collect();
-    safetensors::tensor::serialize(views, &Some(metadata)).expect("f32 tensors always serialise")
+    metadata.remove(CHECKSUM_KEY);
+    let unsorted = safetensors::tensor::serialize(views, &Some(metadata))
+        .expect("f32 tensors always serialise");
+    // The crate writes the metadata in hash-map order; write the header again from sorted
+    // maps (serde_json's objects are ordered by key), with the checksum, data unchanged.
+    let data = data_section(&unsorted);
+    let n = u64::from_le_bytes(unsorted[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Value =
+        serde_json::from_slice(&unsorted[8..8 + n]).expect("the crate writes JSON");
+    header["__metadata__"][CHECKSUM_KEY] = crate::data::fetch::hex(&Sha256::digest(data)).into();
+    let mut json = serde_json::to_vec(&header).expect("JSON serialises");
+    json.resize(json.len().div_ceil(8) * 8, b' ');
+    let mut out = Vec::with_capacity(8 + json.len() + data.len());
+    out.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    out.extend_from_slice(&json);
+    out.extend_from_slice(data);
+    out
 }
 
 /// The network's parameters and buffers as named tensors, in PyTorch names and layouts.
@@ -119,7 +149,10 @@ pub struct TensorFile {
 
 impl TensorFile {
     pub fn read(path: &Path) -> Result<TensorFile, Error> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = crate::fsutil::read_capped(path, 4 << 30).map_err(|e| match e {
+            Error::Data { path, msg } => Error::Model { path, msg },
+            e => e,
+        })?;
         let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| {
             Error::model(
                 path,
@@ -133,6 +166,19 @@ impl TensorFile {
                 format!("is not a valid safetensors file ({e}); truncated or corrupt?"),
             )
         })?;
+        // Files written elsewhere (PyTorch) carry no checksum; convnet's always do.
+        if let Some(want) = metadata.get(CHECKSUM_KEY) {
+            let got = crate::data::fetch::hex(&Sha256::digest(data_section(&bytes)));
+            if &got != want {
+                return Err(Error::model(
+                    path,
+                    format!(
+                        "its tensor data does not match its checksum (sha256 {got}, expected {want}): \
+                         the file is corrupt"
+                    ),
+                ));
+            }
+        }
         Ok(TensorFile {
             path: path.to_path_buf(),
             bytes,
@@ -164,11 +210,21 @@ impl TensorFile {
                 ),
             ));
         }
-        Ok(view
+        let values: Vec<f32> = view
             .data()
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+            .collect();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(Error::model(
+                &self.path,
+                format!(
+                    "tensor `{name}` holds {} at index {i}: the weights are unusable",
+                    values[i]
+                ),
+            ));
+        }
+        Ok(values)
     }
 
     /// The names of every tensor.

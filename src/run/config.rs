@@ -1,8 +1,11 @@
 //! Everything that defines a run, saved as `config.toml` in its folder.
 
 use crate::data::DatasetKind;
+use crate::engine::memory;
 use crate::nn::init::Init;
 use crate::nn::optim::{Decay, Optimizer, OptimizerKind, Schedule};
+use crate::nn::Mode;
+use crate::run::trainer::EVAL_BATCH;
 use crate::spec::ModelSpec;
 use crate::Error;
 use serde::{Deserialize, Serialize};
@@ -176,7 +179,27 @@ impl TrainConfig {
                 return bad("a step schedule needs --step-every >= 1 and --gamma > 0".into());
             }
         }
-        self.model.resolve()?;
+        if self.train_limit == Some(0) {
+            return bad("--limit must be at least 1".into());
+        }
+        if self.threads > 1024 {
+            return bad(format!("--threads {} is more than 1024", self.threads));
+        }
+        let layers = self.model.resolve()?;
+        let threads = rayon::current_num_threads();
+        let (input, name) = (&self.model.input, &self.model.name);
+        let train = memory::estimate(input, &layers, self.batch_size, Mode::Train, threads);
+        let what = format!(
+            "one training step of {} images (--batch-size)",
+            self.batch_size
+        );
+        memory::check(name, train, &what)?;
+        let eval = memory::estimate(input, &layers, EVAL_BATCH, Mode::Eval, threads);
+        memory::check(
+            name,
+            eval,
+            &format!("evaluation batches of {EVAL_BATCH} images"),
+        )?;
         Ok(())
     }
 

@@ -43,17 +43,33 @@ pub fn timestamp() -> String {
     )
 }
 
+/// Refuses a folder that holds files of a run already.
+pub fn check_fresh(dir: &Path) -> Result<(), Error> {
+    let files = run_files_in(dir);
+    if files.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "{} already holds a run ({}): nothing there is overwritten; choose another --out, or continue \
+         it with --resume {}",
+        dir.display(),
+        files.join(", "),
+        dir.display()
+    )))
+}
+
 /// A fresh run folder: `out` when given (it must not hold a run yet), else a new one
 /// under `runs/` named after the time and `name`. Created on disk.
 pub fn create_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf, Error> {
     let dir = match out {
         Some(d) => {
-            if d.join(METRICS).exists() {
+            if d.exists() && !d.is_dir() {
                 return Err(Error::Config(format!(
-                    "{} already holds a run; choose another --out",
+                    "--out {} is not a folder",
                     d.display()
                 )));
             }
+            check_fresh(d)?;
             d.to_path_buf()
         }
         None => {
@@ -69,4 +85,157 @@ pub fn create_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf, Error> 
     };
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     Ok(dir)
+}
+
+/// The lock file of a run folder: its pid while a process trains into the folder.
+pub const LOCK: &str = ".convnet.lock";
+
+/// The files a training writes; a folder holding any of them already holds a run.
+pub const RUN_FILES: &[&str] = &[
+    CONFIG,
+    METRICS,
+    STEPS,
+    CHECKPOINT,
+    BEST,
+    MODEL,
+    DIVERGED,
+    "curves.png",
+    "curves.svg",
+];
+
+/// The convnet files `dir` holds already.
+pub fn run_files_in(dir: &Path) -> Vec<&'static str> {
+    RUN_FILES
+        .iter()
+        .copied()
+        .filter(|f| std::fs::symlink_metadata(dir.join(f)).is_ok())
+        .collect()
+}
+
+/// A run folder held by this process: an exclusive `flock` on its `.convnet.lock`, which
+/// holds the pid. The kernel releases the lock when the process dies, however it dies, so a
+/// lock file left by a killed run is stale and is simply taken over; the file is removed
+/// when the run ends.
+pub struct RunLock {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl RunLock {
+    /// Takes the folder, or says which process has it.
+    pub fn acquire(dir: &Path) -> Result<RunLock, Error> {
+        use std::io::{Read, Seek, Write};
+        let path = dir.join(LOCK);
+        loop {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| Error::io(&path, e))?;
+            if !try_lock(&file) {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                let who = if holder.is_empty() {
+                    "another process".to_string()
+                } else {
+                    format!("process {holder}")
+                };
+                return Err(Error::Busy(format!(
+                    "{} is in use by {who}, which is training into it; wait for it to finish, or choose another folder",
+                    dir.display()
+                )));
+            }
+            // The previous holder may have removed the file between our open and our lock:
+            // then we locked a file nobody else sees, and must try again.
+            if !same_file(&file, &path) {
+                continue;
+            }
+            let me = format!("{} on {}\n", std::process::id(), hostname());
+            file.set_len(0).map_err(|e| Error::io(&path, e))?;
+            file.rewind().map_err(|e| Error::io(&path, e))?;
+            file.write_all(me.as_bytes())
+                .map_err(|e| Error::io(&path, e))?;
+            return Ok(RunLock { file, path });
+        }
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        // Removed while still locked, so no one can take a file that is about to vanish.
+        let _ = std::fs::remove_file(&self.path);
+        let _ = &self.file;
+    }
+}
+
+#[cfg(unix)]
+fn try_lock(file: &std::fs::File) -> bool {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: flock on a file descriptor this process owns.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+#[cfg(not(unix))]
+fn try_lock(_file: &std::fs::File) -> bool {
+    true
+}
+
+#[cfg(unix)]
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_file: &std::fs::File, _path: &Path) -> bool {
+    true
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "this machine".into())
+}
+
+/// Removes what interrupted writes left in `dir`: `.<name>.<pid>.tmp` files of processes
+/// no longer running (a write in progress is a temporary file until renamed).
+pub fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix('.')
+            .and_then(|n| n.strip_suffix(".tmp"))
+            .and_then(|n| n.rsplit('.').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || !process_alive(pid) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Whether a process with this pid runs on this machine.
+pub fn process_alive(pid: u32) -> bool {
+    #[cfg(unix)]
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe {
+        libc::kill(pid as i32, 0) == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = pid;
+        true
+    }
 }

@@ -6,7 +6,10 @@ use super::checkpoint::{
 };
 use super::config::TrainConfig;
 use super::metrics::{EpochMetrics, MetricsLog, HEADER};
-use super::run_dir::{BEST, CHECKPOINT, CONFIG, METRICS, MODEL, STEPS};
+use super::run_dir::{
+    check_fresh, remove_stale_temporaries, run_files_in, RunLock, BEST, CHECKPOINT, CONFIG,
+    METRICS, MODEL, STEPS,
+};
 use crate::data::dataset::{Augment, Dataset, PixelLut, Splits};
 use crate::engine::{Engine, Network};
 use crate::fsutil::write_atomic;
@@ -176,6 +179,8 @@ pub struct Training {
     /// Stop at the first epoch end after this many training seconds.
     pub time_budget: Option<f64>,
     steps: Option<BufWriter<File>>,
+    /// The run folder is this process's while the training lives.
+    _lock: RunLock,
 }
 
 impl Training {
@@ -188,14 +193,26 @@ impl Training {
     /// `new` on a chosen engine.
     pub fn new_on(cfg: &TrainConfig, run_dir: &Path, engine: Engine) -> Result<Training, Error> {
         cfg.validate()?;
+        let lock = RunLock::acquire(run_dir)?;
+        // Checked under the lock: two processes starting into one folder cannot both pass.
+        check_fresh(run_dir)?;
+        Training::start(cfg, run_dir, engine, lock)
+    }
+
+    /// A new run in the folder `lock` holds.
+    fn start(
+        cfg: &TrainConfig,
+        run_dir: &Path,
+        engine: Engine,
+        lock: RunLock,
+    ) -> Result<Training, Error> {
+        remove_stale_temporaries(run_dir);
+        let net = build_network(cfg, engine)?;
         write_atomic(&run_dir.join(CONFIG), cfg.to_toml().as_bytes())?;
-        for f in [METRICS, STEPS, CHECKPOINT, BEST, MODEL] {
-            let _ = std::fs::remove_file(run_dir.join(f));
-        }
         MetricsLog::create(&run_dir.join(METRICS))?;
         Ok(Training {
             cfg: cfg.clone(),
-            net: build_network(cfg, engine)?,
+            net,
             opt: cfg.new_optimizer(),
             state: RunState::default(),
             run_dir: run_dir.to_path_buf(),
@@ -203,6 +220,7 @@ impl Training {
             evaluate_test: true,
             time_budget: None,
             steps: None,
+            _lock: lock,
         })
     }
 
@@ -220,9 +238,32 @@ impl Training {
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
         let cfg: TrainConfig = toml::from_str(&text)
             .map_err(|e| Error::Config(format!("{}: {e}", cfg_path.display())))?;
+        cfg.validate().map_err(|e| match e {
+            Error::Config(m) | Error::Spec(m) => {
+                Error::Config(format!("{}: {m}", cfg_path.display()))
+            }
+            e => e,
+        })?;
+        let lock = RunLock::acquire(run_dir)?;
+        remove_stale_temporaries(run_dir);
         let ckpt = run_dir.join(CHECKPOINT);
         if !ckpt.exists() {
-            return Training::new(&cfg, run_dir);
+            // Stopped before its first checkpoint: start again with the same config. The
+            // logs hold rows of no epoch any checkpoint knows; anything else means the
+            // folder is not one a stopped run left.
+            if let Some(f) = run_files_in(run_dir)
+                .into_iter()
+                .find(|f| ![CONFIG, METRICS, STEPS].contains(f))
+            {
+                return Err(Error::model(
+                    &run_dir.join(f),
+                    format!("is there but {CHECKPOINT} is not: not a folder a stopped run left"),
+                ));
+            }
+            for f in [METRICS, STEPS] {
+                let _ = std::fs::remove_file(run_dir.join(f));
+            }
+            return Training::start(&cfg, run_dir, Engine::from_env(), lock);
         }
         let file = TensorFile::read(&ckpt)?;
         let state: RunState = serde_json::from_str(
@@ -286,6 +327,7 @@ impl Training {
             evaluate_test: true,
             time_budget: None,
             steps: None,
+            _lock: lock,
         })
     }
 
@@ -416,6 +458,15 @@ impl Training {
                 images_per_sec: train.count as f64 / seconds,
             };
             log.append(&m)?;
+            if !val.loss_sum.is_finite() {
+                return Err(Error::Diverged(format!(
+                    "training diverged: the validation loss became {} after epoch {} (the training loss \
+                     was {:.4}); the last good checkpoint is kept. Try a smaller --lr.",
+                    val.loss_sum,
+                    epoch + 1,
+                    train.mean_loss()
+                )));
+            }
             self.end_epoch(&m)?;
             on_event(Event::Epoch(&m));
             if self
