@@ -1,32 +1,11 @@
 //! The built `convnet` binary, run as a user would.
 
+use common::fake_mnist;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn convnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_convnet"))
-        .args(args)
-        .output()
-        .expect("the binary runs")
-}
-
-/// The data sets' folder (`CONVNET_DATA`), for tests that need them.
-#[allow(dead_code)]
-fn data() -> String {
-    let d = std::env::var("CONVNET_DATA").expect("CONVNET_DATA must point at the data sets");
-    assert!(
-        Path::new(&d).join("mnist").is_dir(),
-        "CONVNET_DATA={d} has no mnist/"
-    );
-    d
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+mod common;
+use common::{convnet, data, text};
 
 #[test]
 fn show_prints_the_layer_table() {
@@ -54,7 +33,7 @@ fn nonsense_hyper_parameters_are_rejected_before_any_work() {
             &["--batch-size", "0"][..],
             "--batch-size must be at least 1",
         ),
-        (&["--epochs", "0"][..], "--epochs must be at least 1"),
+        (&["--epochs", "0"][..], "--epochs must be from 1 to 1000000"),
         (&["--momentum", "1.5"][..], "--momentum must be in [0, 1)"),
         (
             &["--preset", "nope"][..],
@@ -91,31 +70,6 @@ fn a_broken_model_file_names_the_layer() {
         err.contains("layer `fc1`: expects 100 inputs, gets 784"),
         "{err}"
     );
-}
-
-/// Writes a tiny MNIST-shaped data set (IDX files, `n` images each) into `dir`.
-fn fake_mnist(dir: &Path, n: u32) {
-    std::fs::create_dir_all(dir).unwrap();
-    let images = |count: u32| {
-        let mut b = Vec::new();
-        for v in [0x0000_0803u32, count, 28, 28] {
-            b.extend_from_slice(&v.to_be_bytes());
-        }
-        b.extend((0..count * 784).map(|i| (i % 251) as u8));
-        b
-    };
-    let labels = |count: u32| {
-        let mut b = Vec::new();
-        for v in [0x0000_0801u32, count] {
-            b.extend_from_slice(&v.to_be_bytes());
-        }
-        b.extend((0..count).map(|i| (i % 10) as u8));
-        b
-    };
-    std::fs::write(dir.join("train-images-idx3-ubyte"), images(n)).unwrap();
-    std::fs::write(dir.join("train-labels-idx1-ubyte"), labels(n)).unwrap();
-    std::fs::write(dir.join("t10k-images-idx3-ubyte"), images(n)).unwrap();
-    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), labels(n)).unwrap();
 }
 
 /// `convnet train` with `--data` (when given) and `CONVNET_DATA` (when given), offline: the

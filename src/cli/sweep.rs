@@ -241,17 +241,28 @@ pub fn run(args: Args) -> Result<(), Error> {
         .filter(|t| t.status == Status::Failed)
         .collect();
     if !failed.is_empty() && !interrupted_now {
-        return Err(Error::Io {
-            path: dir.clone(),
-            source: std::io::Error::other(format!(
-                "{} of {} trials failed ({}: {}); the others are in the reports, and running the same \
-                 command again retries the failed ones",
-                failed.len(),
-                trials.len(),
-                failed[0].name,
-                failed[0].reason.lines().next().unwrap_or("")
-            )),
-        });
+        let msg = format!(
+            "{} of {} trials failed ({}: {}); the others are in the reports, and running the same \
+             command again retries the failed ones",
+            failed.len(),
+            trials.len(),
+            failed[0].name,
+            failed[0].reason.lines().next().unwrap_or("")
+        );
+        // A bug in a trial is reported as one (exit 1); anything else failed on the disk.
+        return Err(
+            if failed
+                .iter()
+                .any(|t| t.reason.starts_with("internal error"))
+            {
+                Error::Internal(msg)
+            } else {
+                Error::Io {
+                    path: dir.clone(),
+                    source: std::io::Error::other(msg),
+                }
+            },
+        );
     }
     if interrupted_now {
         return Err(stopped(format!(

@@ -61,10 +61,19 @@ pub struct Preprocessed {
     pub ink_box: (u32, u32, u32, u32),
 }
 
-/// Decodes a PNG or JPEG (any size, colour type or bit depth), refusing absurd sizes.
+/// The largest image file read, in bytes.
+pub const MAX_FILE: u64 = 256 << 20;
+
+/// Reads and decodes a PNG or JPEG file (any size, colour type or bit depth), refusing
+/// absurd sizes.
 pub fn load_image(path: &Path) -> Result<DynamicImage, Error> {
-    let mut reader = ImageReader::open(path)
-        .map_err(|e| Error::io(path, e))?
+    let bytes = crate::fsutil::read_capped(path, MAX_FILE)?;
+    decode_image(&bytes, path)
+}
+
+/// Decodes the bytes of an image file; `path` names it in errors.
+pub fn decode_image(bytes: &[u8], path: &Path) -> Result<DynamicImage, Error> {
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| Error::io(path, e))?;
     let mut limits = image::Limits::default();

@@ -129,8 +129,11 @@ impl TrainConfig {
         if self.batch_size == 0 {
             return bad("--batch-size must be at least 1".into());
         }
-        if self.epochs == 0 {
-            return bad("--epochs must be at least 1".into());
+        if self.epochs == 0 || self.epochs > 1_000_000 {
+            return bad(format!(
+                "--epochs must be from 1 to 1000000, got {}",
+                self.epochs
+            ));
         }
         if !(0.0..1.0).contains(&self.momentum) {
             return bad(format!(

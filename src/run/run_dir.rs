@@ -17,6 +17,8 @@ pub const METRICS: &str = "metrics.csv";
 pub const STEPS: &str = "steps.csv";
 /// Written when the run diverged (sweeps read it to skip the trial).
 pub const DIVERGED: &str = "DIVERGED";
+/// The wall-clock times of the last checkpoint, which the checkpoint itself leaves out.
+pub const TIMES: &str = "checkpoint.times";
 
 /// `YYYYMMDD-HHMMSS` in UTC.
 pub fn timestamp() -> String {
@@ -69,6 +71,10 @@ pub fn create_run_dir(out: Option<&Path>, name: &str) -> Result<PathBuf, Error> 
                     d.display()
                 )));
             }
+            // A process training there says so (exit 7) before the files say it holds a run.
+            if d.join(LOCK).exists() {
+                drop(RunLock::acquire(d)?);
+            }
             check_fresh(d)?;
             d.to_path_buf()
         }
@@ -96,6 +102,7 @@ pub const RUN_FILES: &[&str] = &[
     METRICS,
     STEPS,
     CHECKPOINT,
+    TIMES,
     BEST,
     MODEL,
     DIVERGED,

@@ -8,7 +8,7 @@ use super::config::TrainConfig;
 use super::metrics::{EpochMetrics, MetricsLog, HEADER};
 use super::run_dir::{
     check_fresh, remove_stale_temporaries, run_files_in, RunLock, BEST, CHECKPOINT, CONFIG,
-    METRICS, MODEL, STEPS,
+    METRICS, MODEL, STEPS, TIMES,
 };
 use crate::data::dataset::{Augment, Dataset, PixelLut, Splits};
 use crate::engine::{Engine, Network};
@@ -138,7 +138,9 @@ impl Plan {
 }
 
 /// Where a run is. Saved in every checkpoint; together with the seed it also fixes the
-/// random state, since every epoch's shuffle is derived from (seed, epoch).
+/// random state, since every epoch's shuffle is derived from (seed, epoch). Wall-clock
+/// times are not part of it, so the same seed gives the same checkpoint bytes; they go to
+/// `checkpoint.times` beside it, and the epochs' times are kept in `metrics.csv`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunState {
     /// Complete epochs.
@@ -151,15 +153,35 @@ pub struct RunState {
     pub epoch_loss_sum: f64,
     pub epoch_correct: usize,
     pub epoch_count: usize,
+    /// Training seconds of the epoch under way so far.
+    #[serde(skip)]
     pub epoch_seconds: f64,
     /// Best validation accuracy so far (correct count) and its epoch (0 = none yet).
     pub best_val_correct: usize,
     pub best_epoch: usize,
-    /// The metrics.csv rows so far.
+    /// The metrics.csv rows so far (saved without their two time columns).
     pub metrics: Vec<String>,
     /// Training seconds over all finished epochs (validation not counted).
-    #[serde(default)]
+    #[serde(skip)]
     pub train_seconds: f64,
+}
+
+/// A metrics row without its time columns (seconds, images/s), which differ from run to run.
+fn without_times(row: &str) -> String {
+    let mut f: Vec<&str> = row.split(',').collect();
+    let n = f.len();
+    if n >= 2 {
+        f[n - 2] = "0";
+        f[n - 1] = "0";
+    }
+    f.join(",")
+}
+
+/// The wall-clock side of a checkpoint (`checkpoint.times`): what `RunState` leaves out.
+#[derive(Serialize, Deserialize)]
+struct Times {
+    iteration: usize,
+    epoch_seconds: f64,
 }
 
 const STATE_KEY: &str = "convnet.state";
@@ -291,7 +313,32 @@ impl Training {
                 .collect::<Result<Vec<_>, _>>()?;
             opt.state.push(buffers);
         }
-        // Cut the logs back to the checkpoint.
+        // Cut the logs back to the checkpoint, with each finished epoch's times from the log
+        // when it holds that very row.
+        let logged: Vec<String> = std::fs::read_to_string(run_dir.join(METRICS))
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect();
+        let mut state = state;
+        for (row, old) in state.metrics.iter_mut().zip(&logged) {
+            if without_times(old) == *row {
+                row.clone_from(old);
+            }
+        }
+        state.train_seconds = state
+            .metrics
+            .iter()
+            .filter_map(|r| EpochMetrics::from_csv(r))
+            .map(|m| m.seconds)
+            .sum();
+        let times: Option<Times> = std::fs::read_to_string(run_dir.join(TIMES))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok());
+        state.epoch_seconds = times
+            .filter(|t| t.iteration == state.iteration)
+            .map_or(0.0, |t| t.epoch_seconds);
         let metrics = format!(
             "{HEADER}\n{}",
             state
@@ -388,14 +435,22 @@ impl Training {
         meta.insert("format".to_string(), "pt".to_string());
         meta.insert(SPEC_KEY.to_string(), self.net.spec.to_toml());
         meta.insert(CONFIG_KEY.to_string(), self.cfg.to_toml());
+        let mut saved = self.state.clone();
+        saved.metrics = saved.metrics.iter().map(|r| without_times(r)).collect();
         meta.insert(
             STATE_KEY.to_string(),
-            serde_json::to_string(&self.state).expect("state serialises"),
+            serde_json::to_string(&saved).expect("state serialises"),
         );
         write_atomic(
             &self.run_dir.join(CHECKPOINT),
             &to_safetensors(&tensors, meta),
-        )
+        )?;
+        let times = Times {
+            iteration: self.state.iteration,
+            epoch_seconds: self.state.epoch_seconds,
+        };
+        let times = serde_json::to_string(&times).expect("times serialise");
+        write_atomic(&self.run_dir.join(TIMES), times.as_bytes())
     }
 
     fn model_metadata(&self, extra: (&'static str, String)) -> Vec<(&'static str, String)> {

@@ -9,6 +9,7 @@ mod common;
 mod data;
 mod engine;
 mod fetch;
+mod fuzz;
 mod gradcheck;
 mod idx;
 mod kernels;

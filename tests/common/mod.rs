@@ -1,126 +1,89 @@
-//! Shared by the gradient-check tests: random tensors and the finite-difference check.
-//!
-//! Each layer is checked on the scalar L = sum(r * y) for a fixed random r, so dL/dy = r.
-//! Central differences in f32 with step 1e-2; the check is on the relative error of the
-//! whole gradient, ||num - ana|| / (||num|| + ||ana||) < 2e-3.
+//! Shared by the command-line tests: running the binary, reading its output, tiny data
+//! sets written on the spot.
 
-#![allow(dead_code, clippy::needless_range_loop)]
+#![allow(dead_code)]
 
-use convnet::layers::Layer;
-use convnet::Tensor;
-use rand::{Rng, SeedableRng};
-use rand_pcg::Pcg64Mcg;
+use std::path::Path;
+use std::process::{Command, Output};
 
-pub fn rng(seed: u64) -> Pcg64Mcg {
-    Pcg64Mcg::seed_from_u64(seed)
+pub const BIN: &str = env!("CARGO_BIN_EXE_convnet");
+
+/// Runs `convnet` with `args`.
+pub fn convnet(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("the binary runs")
 }
 
-pub fn random(shape: &[usize], r: &mut Pcg64Mcg) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::from_vec(shape, (0..n).map(|_| r.gen_range(-1.0f32..1.0)).collect())
+/// (stdout, stderr).
+pub fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
-/// Values spread apart (and away from zero) so no step of size `EPS` crosses a kink
-/// of ReLU or changes the winner of a max-pool window.
-pub fn spread(shape: &[usize], r: &mut Pcg64Mcg) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut vals: Vec<f32> = (0..n)
-        .map(|i| (i as f32 + 0.5) * 0.05 - n as f32 * 0.025)
-        .collect();
-    for i in (1..n).rev() {
-        vals.swap(i, r.gen_range(0..=i));
+/// The data sets' folder (`CONVNET_DATA`), for tests that need them.
+pub fn data() -> String {
+    let d = std::env::var("CONVNET_DATA").expect("CONVNET_DATA must point at the data sets");
+    assert!(
+        Path::new(&d).join("mnist").is_dir(),
+        "CONVNET_DATA={d} has no mnist/"
+    );
+    d
+}
+
+/// An IDX images file: `count` images of `rows` x `cols`.
+pub fn idx_images(count: u32, rows: u32, cols: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    for v in [0x0000_0803u32, count, rows, cols] {
+        b.extend_from_slice(&v.to_be_bytes());
     }
-    Tensor::from_vec(shape, vals)
+    b.extend((0..count * rows * cols).map(|i| ((i * 7) % 251) as u8));
+    b
 }
 
-pub const EPS: f32 = 1e-2;
+/// An IDX labels file: `count` labels cycling through 0-9.
+pub fn idx_labels(count: u32) -> Vec<u8> {
+    let mut b = Vec::new();
+    for v in [0x0000_0801u32, count] {
+        b.extend_from_slice(&v.to_be_bytes());
+    }
+    b.extend((0..count).map(|i| (i % 10) as u8));
+    b
+}
 
-pub fn rel_err(num: &[f64], ana: &[f32]) -> f64 {
-    let diff: f64 = num
+/// Writes a tiny MNIST-shaped data set (`n` images of 28x28 in each split) into `dir`.
+pub fn fake_mnist(dir: &Path, n: u32) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("train-images-idx3-ubyte"), idx_images(n, 28, 28)).unwrap();
+    std::fs::write(dir.join("train-labels-idx1-ubyte"), idx_labels(n)).unwrap();
+    std::fs::write(dir.join("t10k-images-idx3-ubyte"), idx_images(n, 28, 28)).unwrap();
+    std::fs::write(dir.join("t10k-labels-idx1-ubyte"), idx_labels(n)).unwrap();
+}
+
+/// `convnet ARGS` with the data set in `data` and nothing else to find or download.
+pub fn offline(data: &Path, args: &[&str]) -> Output {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    Command::new(BIN)
+        .args(args)
+        .env("CONVNET_DATA", data)
+        .env("XDG_CACHE_HOME", data.join("no-cache"))
+        .env("CONVNET_MIRRORS", format!("http://{closed}/"))
+        .output()
+        .expect("the binary runs")
+}
+
+/// The SHA-256 of a file, in hex.
+pub fn sha256(path: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = std::fs::read(path).unwrap();
+    Sha256::digest(&bytes)
         .iter()
-        .zip(ana)
-        .map(|(n, a)| (n - *a as f64).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let norm: f64 = num.iter().map(|n| n * n).sum::<f64>().sqrt()
-        + ana.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
-    if norm == 0.0 {
-        0.0
-    } else {
-        diff / norm
-    }
-}
-
-fn objective(layer: &mut dyn Layer, x: &Tensor, r: &Tensor, train: bool) -> f64 {
-    let mut y = Tensor::default();
-    layer.forward(x, &mut y, train);
-    y.data
-        .iter()
-        .zip(&r.data)
-        .map(|(a, b)| *a as f64 * *b as f64)
-        .sum()
-}
-
-/// Checks dx and every parameter gradient of `layer` at input `x`, in training mode.
-pub fn check_layer(layer: &mut dyn Layer, x: &Tensor, seed: u64, what: &str) {
-    check_layer_in_mode(layer, x, seed, what, true)
-}
-
-/// Checks dx and every parameter gradient of `layer` at input `x`, in training or
-/// evaluation mode.
-pub fn check_layer_in_mode(layer: &mut dyn Layer, x: &Tensor, seed: u64, what: &str, train: bool) {
-    let mut r = rng(seed);
-    let mut y = Tensor::default();
-    layer.forward(x, &mut y, train);
-    let dy = random(&y.shape, &mut r);
-    let mut dx = Tensor::default();
-    layer.backward(x, &y, &dy, Some(&mut dx));
-    assert_eq!(dx.shape, x.shape, "{what}: dx shape");
-
-    let mut num = vec![0.0f64; x.data.len()];
-    let mut xp = x.clone();
-    for i in 0..x.data.len() {
-        let orig = xp.data[i];
-        xp.data[i] = orig + EPS;
-        let up = objective(layer, &xp, &dy, train);
-        xp.data[i] = orig - EPS;
-        let down = objective(layer, &xp, &dy, train);
-        xp.data[i] = orig;
-        num[i] = (up - down) / (2.0 * EPS as f64);
-    }
-    let e = rel_err(&num, &dx.data);
-    assert!(e < 2e-3, "{what}: dx relative error {e}");
-
-    let mut grads: Vec<Vec<f32>> = Vec::new();
-    layer.visit_params_mut(&mut |p| grads.push(p.grad.clone()));
-    for (pi, ana) in grads.iter().enumerate() {
-        let mut num = vec![0.0f64; ana.len()];
-        for i in 0..ana.len() {
-            let nudge = |layer: &mut dyn Layer, delta: f32| {
-                let mut k = 0;
-                layer.visit_params_mut(&mut |p| {
-                    if k == pi {
-                        p.value[i] += delta;
-                    }
-                    k += 1;
-                });
-            };
-            nudge(layer, EPS);
-            let up = objective(layer, x, &dy, train);
-            nudge(layer, -2.0 * EPS);
-            let down = objective(layer, x, &dy, train);
-            nudge(layer, EPS);
-            num[i] = (up - down) / (2.0 * EPS as f64);
-        }
-        let e = rel_err(&num, ana);
-        assert!(e < 2e-3, "{what}: parameter {pi} relative error {e}");
-    }
-}
-
-pub fn randomize_params(layer: &mut dyn Layer, r: &mut Pcg64Mcg) {
-    layer.visit_params_mut(&mut |p| {
-        for v in &mut p.value {
-            *v = r.gen_range(-0.5..0.5);
-        }
-    });
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
