@@ -97,12 +97,31 @@ pub fn available() -> Option<u128> {
 
 /// `1.5 GiB`.
 pub fn human(bytes: u128) -> String {
-    let b = bytes as f64;
-    match bytes {
-        0..=1_048_575 => format!("{:.0} KiB", b / 1024.0),
-        1_048_576..=1_073_741_823 => format!("{:.0} MiB", b / 1_048_576.0),
-        _ => format!("{:.1} GiB", b / 1_073_741_824.0),
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = bytes as f64 / 1024.0;
+    for (i, unit) in UNITS.iter().enumerate() {
+        if v < 1024.0 || i == UNITS.len() - 1 {
+            return if v >= 1e6 {
+                format!("more than a million {unit}")
+            } else if i >= 2 {
+                format!("{v:.1} {unit}")
+            } else {
+                format!("{v:.0} {unit}")
+            };
+        }
+        v /= 1024.0;
     }
+    unreachable!("the loop returns")
+}
+
+#[cfg(test)]
+#[test]
+fn human_sizes_read_well() {
+    assert_eq!(human(512 << 10), "512 KiB");
+    assert_eq!(human(3 << 20), "3 MiB");
+    assert_eq!(human(3 << 29), "1.5 GiB");
+    assert_eq!(human(5 << 40), "5.0 TiB");
+    assert_eq!(human(u128::MAX), "more than a million PiB");
 }
 
 /// Refuses a pass that would not fit: the error gives the estimate, its parts and what the
