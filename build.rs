@@ -4,11 +4,26 @@
 //!
 //! - `convnet_data`: `CONVNET_DATA` is set (the MNIST and Fashion-MNIST files). A test then
 //!   fails if the folder does not hold them: CI never skips silently.
+//! - `convnet_browser`: Chromium and ChromeDriver are on the PATH, or `CONVNET_CI` is set
+//!   (`.ci/run` installs them and sets it, so a missing browser fails the test there).
+
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
+        .unwrap_or(false)
+}
 
 fn main() {
     println!("cargo::rerun-if-env-changed=CONVNET_DATA");
+    println!("cargo::rerun-if-env-changed=CONVNET_CI");
+    println!("cargo::rerun-if-env-changed=PATH");
     println!("cargo::rustc-check-cfg=cfg(convnet_data)");
+    println!("cargo::rustc-check-cfg=cfg(convnet_browser)");
     if std::env::var_os("CONVNET_DATA").is_some_and(|v| !v.is_empty()) {
         println!("cargo::rustc-cfg=convnet_data");
+    }
+    let ci = std::env::var_os("CONVNET_CI").is_some_and(|v| !v.is_empty());
+    if ci || (on_path("chromedriver") && (on_path("chromium") || on_path("chromium-browser"))) {
+        println!("cargo::rustc-cfg=convnet_browser");
     }
 }

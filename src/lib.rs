@@ -57,6 +57,7 @@ pub mod nn;
 mod report;
 mod run;
 mod seed;
+mod serve;
 mod spec;
 mod tensor;
 mod threads;

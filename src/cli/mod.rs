@@ -10,6 +10,7 @@ mod compare;
 mod eval;
 mod plot;
 mod predict;
+mod serve;
 mod show;
 mod sweep;
 mod train;
@@ -49,6 +50,9 @@ enum Command {
     /// Train every combination of a grid of settings and compare them.
     #[command(after_help = crate::EXIT_CODES)]
     Sweep(sweep::Args),
+    /// Watch runs live, compare sweeps, look inside models and draw digits, in a browser.
+    #[command(after_help = crate::EXIT_CODES)]
+    Serve(serve::Args),
     /// Print a model's layer table: output shapes, kernels, parameters, multiply-adds.
     #[command(after_help = crate::EXIT_CODES)]
     Show(show::Args),
@@ -106,6 +110,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
         Command::Predict(a) => predict::run(a),
         Command::Viz(a) => viz::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

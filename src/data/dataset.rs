@@ -8,7 +8,7 @@ use crate::Error;
 use std::path::Path;
 
 /// The data sets convnet knows how to find, download and verify.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatasetKind {
     /// Handwritten digits 0-9 (LeCun et al.).

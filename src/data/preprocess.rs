@@ -274,6 +274,40 @@ pub fn preprocess_as(
     side: usize,
     style: Style,
 ) -> Result<Preprocessed, String> {
+    prepare(img, side, style, None)
+}
+
+/// What each step of the preparation made, for showing it (`convnet serve`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Steps {
+    /// The ink after inversion and background removal, at the working size: (w, h, 0-255).
+    pub ink: (usize, usize, Vec<u8>),
+    /// The kept ink's box in `ink`: (x0, y0, x1, y1), exclusive ends.
+    pub ink_box: (usize, usize, usize, usize),
+    /// The box scaled so its longest side is the digit size (20 of 28 px): (w, h, 0-255).
+    pub scaled: (usize, usize, Vec<u8>),
+    /// The centre of mass (digits) or of the box (products) in `scaled`.
+    pub centre: (f64, f64),
+}
+
+/// `preprocess_as`, also recording every step.
+pub fn preprocess_steps(
+    img: &DynamicImage,
+    side: usize,
+    style: Style,
+) -> Result<(Preprocessed, Steps), String> {
+    let mut steps = Steps::default();
+    let p = prepare(img, side, style, Some(&mut steps))?;
+    Ok((p, steps))
+}
+
+/// The preparation itself; `steps`, when given, receives each step's picture.
+fn prepare(
+    img: &DynamicImage,
+    side: usize,
+    style: Style,
+    mut steps: Option<&mut Steps>,
+) -> Result<Preprocessed, String> {
     if img.width() == 0 || img.height() == 0 {
         return Err("is an empty image (0 pixels)".into());
     }
@@ -312,6 +346,11 @@ pub fn preprocess_as(
         return Err("has no ink".into());
     }
     let keep = digit_pieces(&pieces);
+    let to_bytes = |v: &[f32]| -> Vec<u8> {
+        v.iter()
+            .map(|&x| (x.clamp(0.0, 1.0) * 255.0).round() as u8)
+            .collect()
+    };
     // Bounding box of the kept pieces.
     let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
     for (p, &l) in labels.iter().enumerate() {
@@ -357,6 +396,11 @@ pub fn preprocess_as(
         ((ch as f32 * scale).round() as u32).max(1),
     );
     let small = image::imageops::resize(&crop, nw, nh, FilterType::Triangle);
+    if let Some(st) = steps.as_deref_mut() {
+        st.ink = (w, h, to_bytes(&ink));
+        st.ink_box = (x0, y0, x1, y1);
+        st.scaled = (nw as usize, nh as usize, to_bytes(small.as_raw()));
+    }
     // Centre of mass (digits) or of the box (products) to the centre of the canvas.
     let (mut mass, mut mx, mut my) = (0.0f64, 0.0f64, 0.0f64);
     for (x, y, p) in small.enumerate_pixels() {
@@ -372,6 +416,9 @@ pub fn preprocess_as(
     } else {
         (nw as f64 / 2.0, nh as f64 / 2.0)
     };
+    if let Some(st) = steps {
+        st.centre = (cx, cy);
+    }
     let off_x = (side as f64 / 2.0 - cx).round() as i64;
     let off_y = (side as f64 / 2.0 - cy).round() as i64;
     let mut pixels = vec![0u8; side * side];

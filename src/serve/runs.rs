@@ -1,0 +1,441 @@
+//! The run folders under the served roots: found again as they appear, with what each
+//! holds (status, epochs, best and test accuracy), and the lines appended to their logs
+//! since last looked (so a page sees a running training live without re-reading files).
+//! Read only: nothing here writes into a run folder, and nothing outside the roots is read.
+
+use crate::run::config::TrainConfig;
+use crate::run::metrics::EpochMetrics;
+use crate::run::run_dir::{BEST, CHECKPOINT, CONFIG, DIVERGED, LOCK, METRICS, MODEL, STEPS};
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+/// How deep below a root run folders are looked for (a sweep's trials are two down).
+const MAX_DEPTH: usize = 4;
+/// Folders looked at per scan, at most: a root with a huge tree is cut short, not walked.
+const MAX_FOLDERS: usize = 20_000;
+/// The most bytes of a log read at once.
+const MAX_READ: u64 = 16 << 20;
+
+/// A run folder or a sweep folder, by the id the page uses: `<root index>/<path under it>`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Entry {
+    pub id: String,
+    pub dir: PathBuf,
+}
+
+/// Reads a regular file (not a link) of at most `MAX_READ` bytes inside a run folder.
+pub fn read_plain(path: &Path) -> Option<Vec<u8>> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > MAX_READ {
+        return None;
+    }
+    std::fs::read(path).ok()
+}
+
+fn read_text(path: &Path) -> Option<String> {
+    read_plain(path).and_then(|b| String::from_utf8(b).ok())
+}
+
+/// Every run folder (holding `config.toml` or `metrics.csv`) and sweep folder (holding
+/// `sweep.csv` or a trial plan) under `roots`, without following links.
+pub fn scan(roots: &[PathBuf]) -> (Vec<Entry>, Vec<Entry>) {
+    let (mut runs, mut sweeps) = (Vec::new(), Vec::new());
+    let mut budget = MAX_FOLDERS;
+    for (r, root) in roots.iter().enumerate() {
+        let mut stack = vec![(root.clone(), String::new(), 0usize)];
+        while let Some((dir, rel, depth)) = stack.pop() {
+            if budget == 0 {
+                break;
+            }
+            budget -= 1;
+            let id = if rel.is_empty() {
+                r.to_string()
+            } else {
+                format!("{r}/{rel}")
+            };
+            let has = |f: &str| std::fs::symlink_metadata(dir.join(f)).is_ok_and(|m| m.is_file());
+            if has(CONFIG) || has(METRICS) {
+                runs.push(Entry {
+                    id,
+                    dir: dir.clone(),
+                });
+                continue;
+            }
+            if has("sweep.csv") || has("plan.toml") {
+                sweeps.push(Entry {
+                    id,
+                    dir: dir.clone(),
+                });
+            }
+            if depth >= MAX_DEPTH {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let Ok(ft) = e.file_type() else { continue };
+                // Links are not followed: nothing outside the roots is ever reached.
+                if !ft.is_dir() {
+                    continue;
+                }
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with('.') {
+                    continue;
+                }
+                let rel = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                stack.push((e.path(), rel, depth + 1));
+            }
+        }
+    }
+    runs.sort();
+    sweeps.sort();
+    (runs, sweeps)
+}
+
+/// How a run stands, from what its folder holds.
+pub fn status(dir: &Path, rows: &[EpochMetrics]) -> &'static str {
+    let exists = |f: &str| std::fs::symlink_metadata(dir.join(f)).is_ok();
+    if exists(DIVERGED) || rows.iter().any(|m| !m.train.mean_loss().is_finite()) {
+        return "diverged";
+    }
+    if exists(MODEL) {
+        return "finished";
+    }
+    let running = read_text(&dir.join(LOCK))
+        .and_then(|t| t.split_whitespace().next()?.parse::<u32>().ok())
+        .is_some_and(crate::run::run_dir::process_alive);
+    if running {
+        "running"
+    } else if exists(CHECKPOINT) || !rows.is_empty() {
+        "interrupted"
+    } else {
+        "new"
+    }
+}
+
+/// The epochs of `metrics.csv` as JSON objects.
+pub fn metrics_json(rows: &[EpochMetrics]) -> Vec<Value> {
+    rows.iter().map(row_json).collect()
+}
+
+fn row_json(m: &EpochMetrics) -> Value {
+    json!({
+        "epoch": m.epoch,
+        "iteration": m.iteration,
+        "lr": m.lr,
+        "train_loss": finite(m.train.mean_loss()),
+        "train_correct": m.train.correct,
+        "train_total": m.train.count,
+        "val_loss": finite(m.val.mean_loss()),
+        "val_correct": m.val.correct,
+        "val_total": m.val.count,
+        "seconds": m.seconds,
+    })
+}
+
+/// JSON has no NaN: a diverged loss goes as null.
+fn finite(v: f64) -> Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        Value::Null
+    }
+}
+
+/// The rows of `metrics.csv` in `dir`.
+pub fn read_metrics(dir: &Path) -> Vec<EpochMetrics> {
+    read_text(&dir.join(METRICS))
+        .map(|t| {
+            t.lines()
+                .skip(1)
+                .filter_map(EpochMetrics::from_csv)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// (iteration, loss) rows of a `steps.csv` text.
+fn parse_steps(text: &str) -> Vec<(u64, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            let it = f.next()?.parse().ok()?;
+            let loss: f64 = f.nth(1)?.parse().ok()?;
+            loss.is_finite().then_some((it, loss))
+        })
+        .collect()
+}
+
+/// The per-step losses of `steps.csv` in `dir`, at most `keep` of them (every n-th).
+pub fn read_steps(dir: &Path, keep: usize) -> Vec<(u64, f64)> {
+    let rows = read_text(&dir.join(STEPS))
+        .map(|t| parse_steps(&t))
+        .unwrap_or_default();
+    let every = rows.len().div_ceil(keep.max(1)).max(1);
+    rows.into_iter().step_by(every).collect()
+}
+
+/// The run's config, when it has a readable one.
+pub fn read_config(dir: &Path) -> Option<TrainConfig> {
+    read_text(&dir.join(CONFIG)).and_then(|t| toml::from_str(&t).ok())
+}
+
+/// What the runs table shows of one run, from its epochs `rows` and `cfg`.
+pub fn summary(e: &Entry, rows: &[EpochMetrics], cfg: Option<&TrainConfig>) -> Value {
+    let best = rows.iter().filter(|m| m.val.count > 0).max_by(|a, b| {
+        a.val
+            .correct
+            .cmp(&b.val.correct)
+            .then(b.epoch.cmp(&a.epoch))
+    });
+    let test = model_note(&e.dir.join(MODEL), "convnet.test_accuracy");
+    let name = e
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| e.id.clone());
+    json!({
+        "id": e.id,
+        "name": name,
+        "status": status(&e.dir, rows),
+        "epochs": rows.len(),
+        "epochs_total": cfg.map(|c| c.epochs),
+        "model": cfg.map(|c| c.model.name.clone()),
+        "dataset": cfg.map(|c| c.dataset.to_string()),
+        "params": cfg.map(|c| json!({
+            "lr": c.lr.to_string(),
+            "batch_size": c.batch_size,
+            "weight_decay": c.weight_decay.to_string(),
+            "optimizer": format!("{:?}", c.optimizer).to_lowercase(),
+            "schedule": format!("{:?}", c.schedule),
+            "seed": c.seed,
+        })),
+        "best_val": best.map(|m| json!({"correct": m.val.correct, "total": m.val.count, "epoch": m.epoch})),
+        "test": test,
+        "seconds": rows.iter().map(|m| m.seconds).sum::<f64>(),
+        "updated": std::fs::symlink_metadata(e.dir.join(METRICS))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs()),
+        "has_model": std::fs::symlink_metadata(e.dir.join(MODEL)).is_ok(),
+        "has_best": std::fs::symlink_metadata(e.dir.join(BEST)).is_ok(),
+    })
+}
+
+/// A metadata value of a safetensors file, from its header alone (its tensors unread).
+fn model_note(path: &Path, key: &str) -> Option<String> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let n = u64::from_le_bytes(len);
+    if n > 1 << 20 {
+        return None;
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).ok()?;
+    let header: Value = serde_json::from_slice(&header).ok()?;
+    header["__metadata__"][key].as_str().map(str::to_string)
+}
+
+/// A sweep's table: its keys and each trial's values, status and best validation accuracy,
+/// with the run id of the trial's folder when it is one.
+pub fn sweep_json(e: &Entry, runs: &[Entry]) -> Value {
+    let text = read_text(&e.dir.join("sweep.csv")).unwrap_or_default();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let status_at = header
+        .iter()
+        .position(|h| *h == "status")
+        .unwrap_or(header.len());
+    let keys: Vec<&str> = header.get(1..status_at).unwrap_or(&[]).to_vec();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (best_at, epoch_at) = (col("best_val_acc"), col("best_epoch"));
+    let trials: Vec<Value> = lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let name = f.first().copied().unwrap_or("");
+            let run = runs
+                .iter()
+                .find(|r| r.dir == e.dir.join(name))
+                .map(|r| r.id.clone());
+            json!({
+                "name": name,
+                "values": f.get(1..status_at).unwrap_or(&[]),
+                "status": f.get(status_at).copied().unwrap_or(""),
+                "best_val_acc": best_at.and_then(|i| f.get(i)?.parse::<f64>().ok()),
+                "best_epoch": epoch_at.and_then(|i| f.get(i)?.parse::<usize>().ok()),
+                "run": run,
+            })
+        })
+        .collect();
+    // The axes' values in the order the grid gave them (first appearance).
+    let mut axes: Vec<Vec<String>> = vec![Vec::new(); keys.len()];
+    for t in &trials {
+        for (a, v) in axes
+            .iter_mut()
+            .zip(t["values"].as_array().into_iter().flatten())
+        {
+            let v = v.as_str().unwrap_or("").to_string();
+            if !a.contains(&v) {
+                a.push(v);
+            }
+        }
+    }
+    let name = e
+        .dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    json!({"id": e.id, "name": name, "keys": keys, "axes": axes, "trials": trials})
+}
+
+/// Where the watcher stands in one log file: the bytes already read and an unfinished last
+/// line.
+#[derive(Default)]
+struct Tail {
+    offset: u64,
+    partial: String,
+    len: u64,
+}
+
+impl Tail {
+    /// The complete lines appended since the last call, or `None` if the file shrank or was
+    /// replaced (a resume cut it back): then the whole log is to be read again.
+    fn new_lines(&mut self, path: &Path) -> Option<Vec<String>> {
+        let meta = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file());
+        let len = meta.map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            *self = Tail::default();
+            return None;
+        }
+        self.len = len;
+        if len == self.offset {
+            return Some(Vec::new());
+        }
+        let mut f = std::fs::File::open(path).ok()?;
+        f.seek(SeekFrom::Start(self.offset)).ok()?;
+        let mut buf = Vec::new();
+        f.take((len - self.offset).min(MAX_READ))
+            .read_to_end(&mut buf)
+            .ok()?;
+        self.offset += buf.len() as u64;
+        self.partial.push_str(&String::from_utf8_lossy(&buf));
+        let mut lines: Vec<String> = self.partial.split('\n').map(str::to_string).collect();
+        self.partial = lines.pop().unwrap_or_default();
+        Some(lines)
+    }
+}
+
+/// The watcher's memory of every run's logs, turned into events for the pages.
+#[derive(Default)]
+pub struct Watch {
+    metrics: BTreeMap<String, Tail>,
+    steps: BTreeMap<String, Tail>,
+    /// Every run's epochs so far, grown from the lines appended.
+    rows: BTreeMap<String, Vec<EpochMetrics>>,
+    configs: BTreeMap<String, Option<TrainConfig>>,
+    /// Every run's table row, by id.
+    pub summaries: BTreeMap<String, Value>,
+}
+
+/// One thing a page should learn: the JSON of a server-sent event.
+#[derive(Clone, Debug, Serialize)]
+pub struct Event {
+    pub name: &'static str,
+    pub data: Value,
+}
+
+impl Watch {
+    /// What changed since the last call: runs that appeared, vanished or changed status, and
+    /// lines appended to their `metrics.csv` and `steps.csv` (read from where the last look
+    /// stopped; a log is read whole again only when a resume cut it back).
+    pub fn poll(&mut self, runs: &[Entry]) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut summaries = BTreeMap::new();
+        for e in runs {
+            let id = e.id.clone();
+            for (file, name) in [(METRICS, "metrics"), (STEPS, "steps")] {
+                let tails = if name == "metrics" {
+                    &mut self.metrics
+                } else {
+                    &mut self.steps
+                };
+                let tail = tails.entry(id.clone()).or_default();
+                let first = tail.offset == 0 && tail.len == 0;
+                let lines = tail.new_lines(&e.dir.join(file));
+                if name == "metrics" {
+                    let rows = self.rows.entry(id.clone()).or_default();
+                    match &lines {
+                        Some(l) => rows.extend(l.iter().filter_map(|l| EpochMetrics::from_csv(l))),
+                        None => *rows = read_metrics(&e.dir),
+                    }
+                }
+                match lines {
+                    // The first look only sets the offset: a page reads what exists.
+                    Some(_) if first => {}
+                    Some(lines) if lines.is_empty() => {}
+                    Some(lines) => {
+                        let rows: Vec<Value> = if name == "metrics" {
+                            lines
+                                .iter()
+                                .filter_map(|l| EpochMetrics::from_csv(l))
+                                .map(|m| row_json(&m))
+                                .collect()
+                        } else {
+                            parse_steps(&lines.join("\n"))
+                                .into_iter()
+                                .map(|(i, l)| json!([i, l]))
+                                .collect()
+                        };
+                        if !rows.is_empty() {
+                            events.push(Event {
+                                name,
+                                data: json!({"id": id, "rows": rows}),
+                            });
+                        }
+                    }
+                    None => events.push(Event {
+                        name: "reset",
+                        data: json!({"id": id}),
+                    }),
+                }
+            }
+            let cfg = self
+                .configs
+                .entry(id.clone())
+                .or_insert_with(|| read_config(&e.dir));
+            if cfg.is_none() {
+                *cfg = read_config(&e.dir);
+            }
+            let rows = self.rows.get(&id).map(Vec::as_slice).unwrap_or(&[]);
+            summaries.insert(id, summary(e, rows, cfg.as_ref()));
+        }
+        for map in [&mut self.metrics, &mut self.steps] {
+            map.retain(|id, _| summaries.contains_key(id));
+        }
+        self.rows.retain(|id, _| summaries.contains_key(id));
+        self.configs.retain(|id, _| summaries.contains_key(id));
+        if summaries != self.summaries {
+            events.push(Event {
+                name: "runs",
+                data: json!({"count": summaries.len()}),
+            });
+            self.summaries = summaries;
+        }
+        events
+    }
+}
