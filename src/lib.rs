@@ -71,6 +71,7 @@ pub mod cli;
 #[doc(hidden)]
 pub mod bench {
     pub use crate::kernels::gemm::{sgemm_with, Backend};
+    pub use crate::serve::{serve, Options as ServeOptions};
 }
 
 #[cfg(test)]

@@ -156,11 +156,13 @@ pub fn model(state: &State, q: &Query) -> Reply {
         .layers()
         .filter(|l| l.kind() == LayerKind::Conv2d)
         .filter_map(|l| {
-            let p = l
-                .params()
-                .into_iter()
-                .find(|p| p.role == ParamRole::Weight)?;
-            Some(json!({"layer": l.name(), "shape": p.shape, "data": b64_f32(&p.value)}))
+            let params = l.params();
+            let w = params.iter().find(|p| p.role == ParamRole::Weight)?;
+            let bias = params
+                .iter()
+                .find(|p| p.role == ParamRole::Bias)
+                .map(|b| b64_f32(&b.value));
+            Some(json!({"layer": l.name(), "shape": w.shape, "data": b64_f32(&w.value), "bias": bias}))
         })
         .collect();
     let layers: Vec<Value> = m

@@ -224,7 +224,7 @@ mod tests {
             width: 100,
             height: 100,
             line: 10.0,
-            strokes: vec![vec![[50.0, 10.0], [50.0, 90.0]]],
+            strokes: vec![vec![[50.3, 10.0], [50.3, 90.0]]],
         };
         let img = rasterise(&d).unwrap();
         assert_eq!(img.get_pixel(50, 50).0[0], 0, "ink on the line");

@@ -142,6 +142,24 @@ fn host_allowed(request: &Request) -> bool {
         || name.parse::<std::net::IpAddr>().is_ok()
 }
 
+/// Every path served, for telling a wrong method (405) from a wrong path (404).
+const ROUTES: &[&str] = &[
+    "/",
+    "/index.html",
+    "/app.js",
+    "/style.css",
+    "/favicon.ico",
+    "/api/runs",
+    "/api/metrics",
+    "/api/steps",
+    "/api/sweep",
+    "/api/model",
+    "/api/evaluation",
+    "/api/images",
+    "/api/draw",
+    "/api/events",
+];
+
 /// Answers one request.
 pub fn handle(state: &State, mut request: Request) {
     if !host_allowed(&request) {
@@ -182,7 +200,7 @@ pub fn handle(state: &State, mut request: Request) {
             }
             Err(reply) => reply,
         },
-        (_, p) if p.starts_with("/api/") || p == "/" => {
+        (_, p) if ROUTES.contains(&p) => {
             Reply::error(405, format!("{} is not allowed on {p}", method.as_str()))
         }
         (_, p) => Reply::error(404, format!("{p}: no such page")),
@@ -234,10 +252,10 @@ fn send(request: Request, reply: Reply) {
 /// `/api/events`: server-sent events, written straight to the connection and flushed one by
 /// one (a body of unknown length ends when the connection closes).
 fn stream_events(state: &State, request: Request) {
-    if state.open_streams.load(Ordering::SeqCst) >= super::MAX_STREAMS {
+    if state.open_streams.fetch_add(1, Ordering::SeqCst) >= super::MAX_STREAMS {
+        state.open_streams.fetch_sub(1, Ordering::SeqCst);
         return send(request, Reply::error(503, "too many open event streams"));
     }
-    state.open_streams.fetch_add(1, Ordering::SeqCst);
     let (tx, rx) = mpsc::channel::<String>();
     if let Ok(mut s) = state.streams.lock() {
         s.push(tx);

@@ -142,12 +142,16 @@ pub fn serve(opts: Options, stop: &(dyn Fn() -> bool + Sync)) -> Result<(), Erro
             )));
         }
     }
-    let server = tiny_http::Server::http((opts.host.as_str(), opts.port)).map_err(|e| {
+    let cannot = |e: &dyn std::fmt::Display| {
         Error::Config(format!(
             "cannot listen on {}:{}: {e} (--host, --port)",
             opts.host, opts.port
         ))
-    })?;
+    };
+    let listener =
+        std::net::TcpListener::bind((opts.host.as_str(), opts.port)).map_err(|e| cannot(&e))?;
+    no_delay(&listener);
+    let server = tiny_http::Server::from_listener(listener, None).map_err(|e| cannot(&e))?;
     let addr = server
         .server_addr()
         .to_ip()
@@ -183,20 +187,45 @@ pub fn serve(opts: Options, stop: &(dyn Fn() -> bool + Sync)) -> Result<(), Erro
             Ok(None) => continue,
             Err(_) => continue,
         };
-        while busy.load(Ordering::SeqCst) >= MAX_HANDLERS {
+        // An event stream holds its thread for as long as the page is open, so streams
+        // are capped on their own (MAX_STREAMS) and do not take a handler's place.
+        let streaming = request.url().starts_with("/api/events");
+        while !streaming && busy.load(Ordering::SeqCst) >= MAX_HANDLERS {
             std::thread::sleep(Duration::from_millis(2));
         }
-        busy.fetch_add(1, Ordering::SeqCst);
+        if !streaming {
+            busy.fetch_add(1, Ordering::SeqCst);
+        }
         let (state, busy) = (state.clone(), busy.clone());
         std::thread::spawn(move || {
             http::handle(&state, request);
-            busy.fetch_sub(1, Ordering::SeqCst);
+            if !streaming {
+                busy.fetch_sub(1, Ordering::SeqCst);
+            }
         });
     }
     state.stopping.store(true, Ordering::SeqCst);
     let _ = watcher.join();
     println!("convnet serve: stopped");
     Ok(())
+}
+
+/// Sets TCP_NODELAY on the listening socket, which the accepted connections inherit.
+/// Without it a reply written in two pieces (head, then a body that does not end on a
+/// full segment) waits for the browser's delayed acknowledgement: 40 ms a request.
+fn no_delay(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and a c_int of the size passed.
+    unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NODELAY,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 /// The watcher: scans the roots, reads what the logs gained, tells the pages.

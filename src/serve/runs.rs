@@ -268,11 +268,21 @@ pub fn sweep_json(e: &Entry, runs: &[Entry]) -> Value {
         .map(|l| {
             let f: Vec<&str> = l.split(',').collect();
             let name = f.first().copied().unwrap_or("");
-            let run = runs
-                .iter()
-                .find(|r| r.dir == e.dir.join(name))
-                .map(|r| r.id.clone());
+            let trial = runs.iter().find(|r| r.dir == e.dir.join(name));
+            let run = trial.map(|r| r.id.clone());
+            // The count behind the accuracy, from the trial's own log.
+            let best_val = trial.and_then(|r| {
+                let rows = read_metrics(&r.dir);
+                let m = rows.iter().filter(|m| m.val.count > 0).max_by(|a, b| {
+                    a.val
+                        .correct
+                        .cmp(&b.val.correct)
+                        .then(b.epoch.cmp(&a.epoch))
+                })?;
+                Some(json!({"correct": m.val.correct, "total": m.val.count}))
+            });
             json!({
+                "best_val": best_val,
                 "name": name,
                 "values": f.get(1..status_at).unwrap_or(&[]),
                 "status": f.get(status_at).copied().unwrap_or(""),
@@ -309,20 +319,27 @@ pub fn sweep_json(e: &Entry, runs: &[Entry]) -> Value {
 struct Tail {
     offset: u64,
     partial: String,
-    len: u64,
+    /// Whether the file was looked at before: the first look only catches up (a page
+    /// reads what exists by itself), later ones are news. A file that did not exist at
+    /// the first look is all news when it appears.
+    seen: bool,
 }
 
 impl Tail {
-    /// The complete lines appended since the last call, or `None` if the file shrank or was
-    /// replaced (a resume cut it back): then the whole log is to be read again.
+    /// The complete lines appended since the last call, or `None` if the file shrank (a
+    /// resume cut it back): then the whole log is to be read again, and this tail has
+    /// caught up with it, so that only lines after that are news.
     fn new_lines(&mut self, path: &Path) -> Option<Vec<String>> {
         let meta = std::fs::symlink_metadata(path).ok().filter(|m| m.is_file());
         let len = meta.map(|m| m.len()).unwrap_or(0);
         if len < self.offset {
-            *self = Tail::default();
+            *self = Tail {
+                seen: true,
+                ..Tail::default()
+            };
+            self.new_lines(path);
             return None;
         }
-        self.len = len;
         if len == self.offset {
             return Some(Vec::new());
         }
@@ -375,7 +392,8 @@ impl Watch {
                     &mut self.steps
                 };
                 let tail = tails.entry(id.clone()).or_default();
-                let first = tail.offset == 0 && tail.len == 0;
+                let first = !tail.seen;
+                tail.seen = true;
                 let lines = tail.new_lines(&e.dir.join(file));
                 if name == "metrics" {
                     let rows = self.rows.entry(id.clone()).or_default();
@@ -437,5 +455,72 @@ impl Watch {
             self.summaries = summaries;
         }
         events
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn append(path: &Path, text: &str) {
+        let mut f = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_tail_gives_whole_lines_once_and_starts_over_when_the_file_shrinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("steps.csv");
+        let mut t = Tail::default();
+        assert_eq!(t.new_lines(&path), Some(vec![]), "no file yet");
+        append(&path, "iteration,epoch,loss,lr\n1,1,2.3");
+        assert_eq!(t.new_lines(&path).unwrap(), ["iteration,epoch,loss,lr"]);
+        assert_eq!(t.new_lines(&path), Some(vec![]), "half a line waits");
+        append(&path, ",0.1\n2,1,2.2,0.1\n");
+        assert_eq!(t.new_lines(&path).unwrap(), ["1,1,2.3,0.1", "2,1,2.2,0.1"]);
+        std::fs::write(&path, "iteration,epoch,loss,lr\n1,1,2.3,0.1\n").unwrap();
+        assert_eq!(t.new_lines(&path), None, "cut back");
+        assert_eq!(t.new_lines(&path), Some(vec![]), "caught up after the cut");
+        append(&path, "2,1,2.25,0.1\n");
+        assert_eq!(t.new_lines(&path).unwrap(), ["2,1,2.25,0.1"]);
+    }
+
+    #[test]
+    fn the_watcher_reports_news_not_what_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("r");
+        std::fs::create_dir(&run).unwrap();
+        std::fs::write(run.join(STEPS), "iteration,epoch,loss,lr\n1,1,2.3,0.1\n").unwrap();
+        let runs = vec![Entry {
+            id: "0/r".into(),
+            dir: run.clone(),
+        }];
+        let mut w = Watch::default();
+        let names = |ev: &[Event]| ev.iter().map(|e| e.name).collect::<Vec<_>>();
+        assert_eq!(names(&w.poll(&runs)), ["runs"], "a new run, no old lines");
+        assert!(w.poll(&runs).is_empty(), "nothing changed");
+        append(&run.join(STEPS), "2,1,2.2,0.1\n");
+        let ev = w.poll(&runs);
+        assert_eq!(names(&ev), ["steps"]);
+        assert_eq!(ev[0].data["rows"], json!([[2, 2.2]]));
+        // A metrics.csv that appears later is news from its first line.
+        let header = crate::run::metrics::HEADER;
+        let row = "1,10,0.1,0.5,0.8,8,10,0.6,0.7,7,10,1.0,10.0";
+        append(&run.join(METRICS), &format!("{header}\n{row}\n"));
+        let ev = w.poll(&runs);
+        assert_eq!(
+            names(&ev),
+            ["metrics", "runs"],
+            "the epoch, and the table row changed"
+        );
+        assert_eq!(ev[0].data["rows"][0]["epoch"], 1);
+        assert_eq!(w.summaries["0/r"]["epochs"], 1);
+        assert_eq!(names(&w.poll(&[])), ["runs"], "the run vanished");
+        assert!(w.summaries.is_empty());
     }
 }

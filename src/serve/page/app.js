@@ -150,7 +150,8 @@ function connect() {
   es.addEventListener("steps", (e) => {
     const { id, rows } = JSON.parse(e.data);
     if (!state.steps[id]) return;
-    state.steps[id].push(...rows);
+    const last = state.steps[id].length ? state.steps[id][state.steps[id].length - 1][0] : -1;
+    state.steps[id].push(...rows.filter((r) => r[0] > last));
     if (state.selected.has(id) && state.tab === "curves") renderCurves();
   });
   es.addEventListener("reset", (e) => {
@@ -295,7 +296,7 @@ async function renderSweep() {
   const best = done.reduce((b, t) => (!b || t.best_val_acc > b.best_val_acc ? t : b), null);
   for (const t of s.trials) {
     const tr = el("tr", { class: t.run ? "clickable" : "" }, el("td", {}, t.name), ...t.values.map((v) => el("td", {}, v)),
-      el("td", {}, t.status), el("td", {}, t.best_val_acc != null ? (100 * t.best_val_acc).toFixed(2) + "%" + (t === best ? " ✓ best" : "") : "—"), el("td", {}, t.best_epoch ?? "—"));
+      el("td", {}, t.status), el("td", {}, t.best_val_acc != null ? (t.best_val ? count(t.best_val.correct, t.best_val.total) : (100 * t.best_val_acc).toFixed(2) + "%") + (t === best ? " ✓ best" : "") : "—"), el("td", {}, t.best_epoch ?? "—"));
     tr.addEventListener("click", () => open(t));
     table.append(tr);
   }
@@ -317,6 +318,11 @@ async function renderSweep() {
       const t = s.trials.find((t) => t.values[0] === r && t.values[1] === c);
       const ok = t && t.status === "done" && t.best_val_acc != null;
       const rect = svgEl("rect", { x: 110 + j * cell, y: 50 + i * 34, width: cell - 2, height: 32, fill: ok ? viridis((t.best_val_acc - lo) / (hi - lo || 1)) : "#e5e7eb", "data-trial": t ? t.name : "", style: "cursor:pointer" });
+      if (t) {
+        const title = svgEl("title");
+        title.textContent = `${t.name}: ${ok ? `best validation ${t.best_val ? count(t.best_val.correct, t.best_val.total) : (100 * t.best_val_acc).toFixed(2) + "%"}` : t.status}`;
+        rect.append(title);
+      }
       rect.addEventListener("click", () => t && open(t));
       svg.append(rect);
       const v = ok ? (100 * t.best_val_acc).toFixed(2) + "%" + (t === best ? " ✓" : "") : t ? t.status : "—";
@@ -375,7 +381,7 @@ async function loadModel(run, file) {
   if (state.model && state.model.key === key) return state.model;
   const info = await api("/api/model?" + q({ run, file }));
   info.key = key;
-  info.kernelValues = Object.fromEntries(info.kernels.map((k) => [k.layer, { shape: k.shape, values: b64floats(k.data) }]));
+  info.kernelValues = Object.fromEntries(info.kernels.map((k) => [k.layer, { shape: k.shape, values: b64floats(k.data), bias: k.bias ? b64floats(k.bias) : null }]));
   state.model = info;
   return info;
 }
@@ -404,7 +410,7 @@ async function renderModel() {
     const [o, c, kh, kw] = k.shape;
     const values = info.kernelValues[k.layer].values;
     const max = values.reduce((a, v) => Math.max(a, Math.abs(v)), 1e-12);
-    const zoom = Math.max(4, Math.min(16, Math.floor(48 / kh)));
+    const zoom = Math.max(3, Math.min(10, Math.floor(30 / kh)));
     const grid = el("div", { class: "grid", style: `grid-template-columns: repeat(${Math.min(c, 32)}, auto)`, "data-layer": k.layer });
     for (let i = 0; i < o; i++) for (let j = 0; j < Math.min(c, 32); j++) {
       const off = (i * c + j) * kh * kw;
@@ -497,10 +503,12 @@ const pad = $("pad");
 const pen = pad.getContext("2d");
 function clearPad() {
   state.strokes = [];
+  state.file = null;
   pen.fillStyle = "#fff";
   pen.fillRect(0, 0, pad.width, pad.height);
   $("prediction").textContent = "Draw a digit.";
   $("prediction").className = "prediction message";
+  $("prediction").removeAttribute("data-label");
   for (const id of ["probs", "steps", "maps"]) $(id).replaceChildren();
   $("draw-server").textContent = "";
 }
@@ -543,6 +551,7 @@ async function classifyDrawing() {
 async function classifyFile(file) {
   if (!file) return;
   clearPad();
+  state.file = file;
   const img = new Image();
   img.onload = () => { const s = Math.min(pad.width / img.width, pad.height / img.height); pen.drawImage(img, (pad.width - img.width * s) / 2, (pad.height - img.height * s) / 2, img.width * s, img.height * s); URL.revokeObjectURL(img.src); };
   img.src = URL.createObjectURL(file);
@@ -558,6 +567,7 @@ async function classify(request) {
   try { r = await api("/api/draw?" + q(m), request); } catch (e) {
     if (mine !== pending) return;
     $("prediction").className = "prediction message";
+    $("prediction").removeAttribute("data-label");
     $("prediction").textContent = e.message;
     for (const id of ["probs", "steps", "maps"]) $(id).replaceChildren();
     return;
@@ -596,11 +606,11 @@ function renderSteps(s) {
   ctx.strokeStyle = "#dc2626";
   ctx.lineWidth = Math.max(1, s.ink.w / 140);
   ctx.strokeRect(s.box[0], s.box[1], s.box[2] - s.box[0], s.box[3] - s.box[1]);
-  const shown = Math.min(168, s.ink.w);
+  const shown = Math.min(140, s.ink.w);
   ink.style.width = `${shown}px`;
   ink.style.height = `${(shown * s.ink.h) / s.ink.w}px`;
   // 2. The box scaled to the digit size, on a square of that size.
-  const side = Math.max(s.scaled.w, s.scaled.h), zoom = 6;
+  const side = Math.max(s.scaled.w, s.scaled.h), zoom = 5;
   const framed = new Uint8Array(side * side), px = b64bytes(s.scaled.pixels);
   const ox = Math.floor((side - s.scaled.w) / 2), oy = Math.floor((side - s.scaled.h) / 2);
   for (let y = 0; y < s.scaled.h; y++) for (let x = 0; x < s.scaled.w; x++) framed[(y + oy) * side + x + ox] = px[y * s.scaled.w + x];
@@ -656,7 +666,7 @@ function zoomMap(m, k, values, colourOf, info) {
   body.replaceChildren(el("h3", {}, `${m.layer}, channel ${k} (${m.kind}, ${h}×${w})`), valueCanvas(values, w, h, colourOf, Math.max(4, Math.floor(280 / w))), scaleLegend(m.signed, m.max_abs || 1));
   const conv = sourceConv(info, m.layer);
   if (conv && info.kernelValues[conv]) {
-    const { shape, values: kv } = info.kernelValues[conv];
+    const { shape, values: kv, bias } = info.kernelValues[conv];
     const [, cin, kh, kw] = shape;
     const kmax = kv.reduce((a, v) => Math.max(a, Math.abs(v)), 1e-12);
     const cards = el("div", { class: "cards" });
@@ -667,7 +677,9 @@ function zoomMap(m, k, values, colourOf, info) {
       cards.append(el("div", {}, el("div", { class: "muted" }, `input channel ${j}`), valueCanvas(part, kw, kh, (v) => diverging(v / kmax), Math.max(8, Math.floor(72 / kw))), table));
     }
     const how = conv === m.layer ? "" : ` (${m.layer} is ${m.kind} applied to ${conv}'s channel ${k})`;
-    body.append(el("p", {}, `The kernel of ${conv}'s output channel ${k}${how}: each value of the map is the sum, over input channels, of this kernel times the window of the input under it, plus the bias.`), cards, scaleLegend(true, kmax));
+    const b = bias ? ` plus the bias ${bias[k].toFixed(3)}` : "";
+    const more = cin > 16 ? ` (the first 16 of ${cin} input channels)` : "";
+    body.append(el("p", {}, `The kernel of ${conv}'s output channel ${k}${how}: each value of the map is the sum, over input channels, of this kernel times the window of the input under it,${b || " (no bias)"}.${more}`), cards, scaleLegend(true, kmax));
   }
   $("zoom").hidden = false;
 }
@@ -681,8 +693,8 @@ function showTab(tab) {
   if (tab === "curves") renderCurves();
   if (tab === "sweep") renderSweep().catch((e) => { $("sweep-title").textContent = e.message; });
   if (tab === "model") renderModel();
-  if (tab === "draw") { renderDrawModels(); if (state.strokes.length) classifyDrawing(); }
-  history.replaceState(null, "", `#${tab}`);
+  if (tab === "draw") { renderDrawModels(); classifyAgain(); }
+  if (location.hash !== `#${tab}`) history.pushState(null, "", `#${tab}`);
 }
 
 for (const b of document.querySelectorAll("#tabs button")) b.addEventListener("click", () => showTab(b.dataset.tab));
@@ -692,15 +704,21 @@ for (const r of document.querySelectorAll('input[name="model-file"]')) r.addEven
 $("evaluate").addEventListener("click", evaluate);
 $("clear").addEventListener("click", clearPad);
 $("upload").addEventListener("change", (e) => classifyFile(e.target.files[0]));
-$("draw-model").addEventListener("change", () => { if (state.strokes.length) classifyDrawing(); });
+// Another model answers the same drawing or image.
+const classifyAgain = () => { if (state.strokes.length) classifyDrawing(); else if (state.file) classifyFile(state.file); };
+$("draw-model").addEventListener("change", classifyAgain);
 pad.addEventListener("dragover", (e) => { e.preventDefault(); pad.classList.add("dragging"); });
 pad.addEventListener("dragleave", () => pad.classList.remove("dragging"));
 pad.addEventListener("drop", (e) => { e.preventDefault(); pad.classList.remove("dragging"); classifyFile(e.dataTransfer.files[0]); });
 $("zoom-close").addEventListener("click", () => { $("zoom").hidden = true; });
 $("zoom").addEventListener("click", (e) => { if (e.target === $("zoom")) $("zoom").hidden = true; });
 document.addEventListener("keydown", (e) => { if (e.key === "Escape") $("zoom").hidden = true; });
+// The tab is in the address (#draw): links, reloads and the back button keep it.
+const TABS = ["curves", "sweep", "model", "draw"];
+const hashTab = () => { const t = (location.hash || "#curves").slice(1); return TABS.includes(t) ? t : "curves"; };
+window.addEventListener("hashchange", () => { if (hashTab() !== state.tab) showTab(hashTab()); });
 
 clearPad();
-showTab((location.hash || "#curves").slice(1) in { curves: 1, sweep: 1, model: 1, draw: 1 } ? (location.hash || "#curves").slice(1) : "curves");
+showTab(hashTab());
 loadRuns().then(() => showTab(state.tab)).catch((e) => { $("roots").textContent = e.message; });
 connect();
