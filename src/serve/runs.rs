@@ -35,6 +35,28 @@ pub fn read_plain(path: &Path) -> Option<Vec<u8>> {
     std::fs::read(path).ok()
 }
 
+/// The last `max` bytes of a regular file, from the first whole line in them: a long run's
+/// `steps.csv` shows its latest steps rather than nothing.
+fn read_tail(path: &Path, max: u64) -> Option<String> {
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mut f = std::fs::File::open(path).ok()?;
+    let start = meta.len().saturating_sub(max);
+    f.seek(SeekFrom::Start(start)).ok()?;
+    let mut buf = Vec::new();
+    f.take(max).read_to_end(&mut buf).ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    Some(if start > 0 {
+        text.split_once('\n')
+            .map_or("", |(_, rest)| rest)
+            .to_string()
+    } else {
+        text.into_owned()
+    })
+}
+
 fn read_text(path: &Path) -> Option<String> {
     read_plain(path).and_then(|b| String::from_utf8(b).ok())
 }
@@ -176,7 +198,7 @@ fn parse_steps(text: &str) -> Vec<(u64, f64)> {
 
 /// The per-step losses of `steps.csv` in `dir`, at most `keep` of them (every n-th).
 pub fn read_steps(dir: &Path, keep: usize) -> Vec<(u64, f64)> {
-    let rows = read_text(&dir.join(STEPS))
+    let rows = read_tail(&dir.join(STEPS), MAX_READ)
         .map(|t| parse_steps(&t))
         .unwrap_or_default();
     let every = rows.len().div_ceil(keep.max(1)).max(1);
@@ -488,6 +510,29 @@ mod tests {
         assert_eq!(t.new_lines(&path), Some(vec![]), "caught up after the cut");
         append(&path, "2,1,2.25,0.1\n");
         assert_eq!(t.new_lines(&path).unwrap(), ["2,1,2.25,0.1"]);
+    }
+
+    #[test]
+    fn a_long_log_is_read_from_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("steps.csv");
+        let mut text = String::from("iteration,epoch,loss,lr\n");
+        for i in 1..=1000 {
+            text.push_str(&format!("{i},1,0.5,0.1\n"));
+        }
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(read_tail(&path, 1 << 20).unwrap(), text);
+        let tail = read_tail(&path, 100).unwrap();
+        assert!(
+            tail.len() <= 100 && tail.ends_with("1000,1,0.5,0.1\n"),
+            "{tail}"
+        );
+        assert!(
+            tail.lines().all(|l| l.split(',').count() == 4),
+            "whole lines only"
+        );
+        let steps = parse_steps(&tail);
+        assert_eq!(steps.last(), Some(&(1000, 0.5)));
     }
 
     #[test]
