@@ -1,0 +1,59 @@
+//! The fast convolution alone, one chunk of 8 images at a time on one thread, for the conv
+//! layers of seed-cnn and cnn-plus: forward (training mode, keeping what the backward pass
+//! needs), and backward with the input gradient (weight gradient + input gradient).
+//! GFLOP/s count 2 x multiply-adds of the layer's own arithmetic (no padding or wide-layout
+//! columns). Run: `cargo bench --bench conv` (CONVNET_SIMD=avx2|off for the other paths).
+
+use convnet::bench::{FastConv, Scratch};
+use convnet::nn::ConvShape;
+use convnet::Mode;
+use std::time::Instant;
+
+fn main() {
+    let shapes = [
+        ("seed conv1 1->8 @28", [1, 28, 28], 8, false),
+        ("seed conv2 8->16 @14", [8, 14, 14], 16, false),
+        ("plus conv1 1->16 @28", [1, 28, 28], 16, false),
+        ("plus conv2 16->32 @28", [16, 28, 28], 32, false),
+        ("plus conv3 32->64 @14", [32, 14, 14], 64, false),
+    ];
+    println!("{:<24} {:>12} {:>12} {:>12} {:>12}", "layer", "fwd us", "fwd GFLOP/s", "bwd us", "bwd GFLOP/s");
+    for (name, input, out_c, _) in shapes {
+        let g = ConvShape::new(input, out_c, 3, 1, 1).unwrap();
+        let nb = 8;
+        let mut conv = FastConv::new(g);
+        let w: Vec<f32> = (0..out_c * input[0] * 9).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
+        let b: Vec<f32> = (0..out_c).map(|i| i as f32 * 0.01).collect();
+        let x: Vec<f32> = (0..nb * input.iter().product::<usize>()).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05).collect();
+        let mut y = vec![0.0f32; nb * out_c * g.out_h * g.out_w];
+        let dy: Vec<f32> = (0..y.len()).map(|i| ((i * 7 % 17) as f32 - 8.0) * 0.01).collect();
+        let mut dx = vec![0.0f32; x.len()];
+        let mut s = Scratch::default();
+        conv.prepare(&w);
+        let macs = (nb * out_c * input[0] * 9 * g.out_h * g.out_w) as f64;
+        let time = |f: &mut dyn FnMut()| {
+            let mut best = f64::INFINITY;
+            for _ in 0..7 {
+                let reps = 200;
+                let t = Instant::now();
+                for _ in 0..reps {
+                    f();
+                }
+                best = best.min(t.elapsed().as_secs_f64() / reps as f64);
+            }
+            best
+        };
+        let fwd = time(&mut || conv.forward_chunk((&w, &b), &x, &mut y, &mut s, Mode::Train));
+        let bwd = time(&mut || {
+            conv.forward_chunk((&w, &b), &x, &mut y, &mut s, Mode::Train);
+            conv.backward_chunk((&w, &b), &x, &y, &dy, Some(&mut dx), &mut s);
+        }) - fwd;
+        println!(
+            "{name:<24} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+            fwd * 1e6,
+            2.0 * macs / fwd / 1e9,
+            bwd * 1e6,
+            4.0 * macs / bwd / 1e9
+        );
+    }
+}
