@@ -17,16 +17,25 @@ fn main() {
         ("plus conv2 16->32 @28", [16, 28, 28], 32, false),
         ("plus conv3 32->64 @14", [32, 14, 14], 64, false),
     ];
-    println!("{:<24} {:>12} {:>12} {:>12} {:>12}", "layer", "fwd us", "fwd GFLOP/s", "bwd us", "bwd GFLOP/s");
+    println!(
+        "{:<24} {:>12} {:>12} {:>12} {:>12}",
+        "layer", "fwd us", "fwd GFLOP/s", "bwd us", "bwd GFLOP/s"
+    );
     for (name, input, out_c, _) in shapes {
         let g = ConvShape::new(input, out_c, 3, 1, 1).unwrap();
         let nb = 8;
         let mut conv = FastConv::new(g);
-        let w: Vec<f32> = (0..out_c * input[0] * 9).map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01).collect();
+        let w: Vec<f32> = (0..out_c * input[0] * 9)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
+            .collect();
         let b: Vec<f32> = (0..out_c).map(|i| i as f32 * 0.01).collect();
-        let x: Vec<f32> = (0..nb * input.iter().product::<usize>()).map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05).collect();
+        let x: Vec<f32> = (0..nb * input.iter().product::<usize>())
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) * 0.05)
+            .collect();
         let mut y = vec![0.0f32; nb * out_c * g.out_h * g.out_w];
-        let dy: Vec<f32> = (0..y.len()).map(|i| ((i * 7 % 17) as f32 - 8.0) * 0.01).collect();
+        let dy: Vec<f32> = (0..y.len())
+            .map(|i| ((i * 7 % 17) as f32 - 8.0) * 0.01)
+            .collect();
         let mut dx = vec![0.0f32; x.len()];
         let mut s = Scratch::default();
         conv.prepare(&w);

@@ -16,13 +16,41 @@ pub fn flush_denormals() {
     }
 }
 
-/// Builds the global thread pool with `threads` workers (0 = one per core), each with
+/// What 0 threads means: inside a Slurm job, the CPUs it was given
+/// (`SLURM_CPUS_PER_TASK`; the process itself sees every core of the node); elsewhere 0,
+/// which rayon reads as one per core this process may run on (`RAYON_NUM_THREADS` first).
+pub fn auto(threads: usize) -> usize {
+    if threads > 0 {
+        return threads;
+    }
+    std::env::var("SLURM_CPUS_PER_TASK")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| (1..=1024).contains(&n))
+        .unwrap_or(0)
+}
+
+/// How many threads `init_threads(threads)` will give, without starting any (asking rayon
+/// would start its global pool with the default count, and a later `init_threads` could no
+/// longer choose): for estimates made before the pool exists.
+pub fn expected(threads: usize) -> usize {
+    match auto(threads) {
+        0 => std::env::var("RAYON_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        n => n,
+    }
+}
+
+/// Builds the global thread pool with `threads` workers (0 = see `auto`), each with
 /// denormals flushed. Returns the number of threads in use. Safe to call more than once:
 /// later calls keep the first pool.
 pub fn init_threads(threads: usize) -> usize {
     flush_denormals();
     let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
+        .num_threads(auto(threads))
         .start_handler(|_| flush_denormals())
         .build_global();
     rayon::current_num_threads()
@@ -32,7 +60,7 @@ pub fn init_threads(threads: usize) -> usize {
 /// what a library caller's training runs in, whatever the global pool is.
 pub fn pool(threads: usize) -> Result<rayon::ThreadPool, crate::Error> {
     rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
+        .num_threads(auto(threads))
         .start_handler(|_| flush_denormals())
         .build()
         .map_err(|e| crate::Error::Config(format!("cannot start {threads} threads: {e}")))

@@ -605,3 +605,40 @@ fn an_io_error_is_reported_once() {
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
     assert!(err.contains("/nonexistent/run"), "{err}");
 }
+
+/// `--threads` is honoured, and without it a Slurm task's share (`SLURM_CPUS_PER_TASK`):
+/// the memory check made before the thread pool exists must not start it with the
+/// default count.
+#[test]
+fn the_thread_count_asked_for_is_the_one_used() {
+    let (dir, data) = setup(64);
+    for (k, (flag, slurm, want)) in [
+        (Some("1"), None, "threads 1"),
+        (None, Some("1"), "threads 1"),
+        (Some("2"), Some("1"), "threads 2"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = dir.path().join(format!("run{k}"));
+        let mut cmd = Command::new(BIN);
+        cmd.args(["train", "--epochs", "1", "--val-size", "16", "--no-plot"])
+            .args(["--out", &out_arg(&out)])
+            .env("CONVNET_DATA", &data)
+            .env_remove("SLURM_CPUS_PER_TASK")
+            .env_remove("RAYON_NUM_THREADS");
+        if let Some(t) = flag {
+            cmd.args(["--threads", t]);
+        }
+        if let Some(s) = slurm {
+            cmd.env("SLURM_CPUS_PER_TASK", s);
+        }
+        let o = cmd.output().unwrap();
+        let (stdout, err) = text(&o);
+        assert!(o.status.success(), "{err}");
+        assert!(
+            stdout.contains(want),
+            "--threads {flag:?}, SLURM_CPUS_PER_TASK {slurm:?}: {stdout}"
+        );
+    }
+}

@@ -117,6 +117,9 @@ pub fn run(args: Args) -> Result<(), Error> {
         if status.0 == Status::Invalid {
             return Err(Error::Config(format!("{name}: {}", status.1)));
         }
+        if status.0 == Status::Running {
+            return Err(Error::Busy(status.1));
+        }
         if status.0 == Status::Failed {
             return Err(Error::Io {
                 path: run_dir.clone(),

@@ -86,12 +86,31 @@ pub fn run() -> i32 {
             *last = format!("{msg}{at}");
         }
     }));
-    let cli = Cli::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // The flags given on the command line (not defaults), for commands whose modes take
+    // only some of them.
+    let explicit: Vec<String> = matches
+        .subcommand()
+        .map(|(name, m)| {
+            let cmd = Cli::command();
+            let args: Vec<String> = cmd
+                .find_subcommand(name)
+                .map(|c| c.get_arguments().map(|a| a.get_id().to_string()).collect())
+                .unwrap_or_default();
+            m.ids()
+                .map(|id| id.as_str().to_string())
+                .filter(|id| args.contains(id))
+                .filter(|id| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+                .collect()
+        })
+        .unwrap_or_default();
     let result = common::catch_panic(|| {
         if std::env::var("CONVNET_INJECT_PANIC").is_ok_and(|v| v == "start") {
             panic!("injected by CONVNET_INJECT_PANIC");
         }
-        dispatch(cli.command)
+        dispatch(cli.command, &explicit)
     });
     match result {
         Ok(()) => 0,
@@ -99,13 +118,13 @@ pub fn run() -> i32 {
     }
 }
 
-fn dispatch(command: Command) -> Result<(), Error> {
+fn dispatch(command: Command, explicit: &[String]) -> Result<(), Error> {
     match command {
         Command::Train(a) => train::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Show(a) => show::run(a),
         Command::Compare(a) => compare::run(a),
-        Command::Sweep(a) => sweep::run(a),
+        Command::Sweep(a) => sweep::run(a, explicit),
         Command::Plot(a) => plot::run(a),
         Command::Predict(a) => predict::run(a),
         Command::Viz(a) => viz::run(a),

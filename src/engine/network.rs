@@ -67,7 +67,8 @@ impl Network {
     /// `build` on a chosen engine.
     pub fn build_on(spec: &ModelSpec, engine: Engine) -> Result<Network, Error> {
         let resolved = spec.resolve()?;
-        let threads = rayon::current_num_threads();
+        // Not rayon's count: asking would start its pool before the command chose one.
+        let threads = crate::threads::expected(0);
         let f = memory::estimate(&spec.input, &resolved, 1, Mode::Eval, threads);
         memory::check(&spec.name, f, "its parameters and one evaluation pass")?;
         let mut ops: Vec<Box<dyn Op>> = resolved.iter().map(build_op).collect();

@@ -198,6 +198,12 @@ pub enum Status {
     Interrupted,
     /// An error the sweep cannot blame on the settings: a full disk, a bug.
     Failed,
+    /// Another process is training it now.
+    Running,
+    /// Planned, not started.
+    Missing,
+    /// Its folder holds a run with other settings than the plan's: not trusted.
+    Mismatch,
 }
 
 impl std::fmt::Display for Status {
@@ -208,6 +214,9 @@ impl std::fmt::Display for Status {
             Status::Invalid => "invalid",
             Status::Interrupted => "interrupted",
             Status::Failed => "failed",
+            Status::Running => "running",
+            Status::Missing => "missing",
+            Status::Mismatch => "mismatch",
         })
     }
 }

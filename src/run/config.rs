@@ -189,7 +189,7 @@ impl TrainConfig {
             return bad(format!("--threads {} is more than 1024", self.threads));
         }
         let layers = self.model.resolve()?;
-        let threads = rayon::current_num_threads();
+        let threads = crate::threads::expected(self.threads);
         let (input, name) = (&self.model.input, &self.model.name);
         let train = memory::estimate(input, &layers, self.batch_size, Mode::Train, threads);
         let what = format!(

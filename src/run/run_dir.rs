@@ -210,7 +210,7 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "this machine".into())
 }
 
-/// Removes what interrupted writes left in `dir`: `.<name>.<pid>.tmp` files of processes
+/// Removes what interrupted writes left in `dir`: `.<name>.<token>.<pid>.tmp` files of processes
 /// no longer running (a write in progress is a temporary file until renamed).
 pub fn remove_stale_temporaries(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {

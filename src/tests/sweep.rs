@@ -48,3 +48,29 @@ fn grid_keys_set_settings_and_layer_fields() {
     assert_eq!(trial_name(&combos[1]), "lr=1_conv1.pad=1");
     assert_eq!(trial_name(&combos[5]), "lr=2_conv1.pad=2");
 }
+
+#[test]
+fn config_differences_are_named_by_setting_and_layer() {
+    use crate::report::plan::config_diff;
+    let base = TrainConfig::default_for(crate::spec::ModelSpec::preset("seed-cnn").unwrap());
+    let mut other = base.clone();
+    assert!(config_diff(&base, &other).is_empty());
+    other.threads = 7;
+    assert!(
+        config_diff(&base, &other).is_empty(),
+        "the thread count changes no result"
+    );
+    other.lr = 0.5;
+    other.model.layers[3].out_channels = Some(32);
+    let d = config_diff(&base, &other);
+    assert_eq!(d.len(), 2, "{d:?}");
+    assert!(
+        d.contains(&"lr is 0.5 there, 0.05 in the plan".to_string()),
+        "{d:?}"
+    );
+    assert!(
+        d.iter()
+            .any(|l| l.starts_with("model.layers.conv2.out_channels is 32 there")),
+        "{d:?}"
+    );
+}
