@@ -39,7 +39,13 @@ chmod 400 "$T/munge/munge.key"
 munged --key-file="$T/munge/munge.key" --socket="$T/munge/munge.sock" \
   --pid-file="$T/munged.pid" --log-file="$T/munged.log" --seed-file="$T/munge/munge.seed" --force
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# A port nothing listens on (bash alone: a connection to it is refused).
+free_port() {
+  while :; do
+    p=$((20000 + RANDOM % 40000))
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "$p"; return; fi
+  done
+}
 me=$(id -un)
 cat > "$T/slurm.conf" <<CONF
 ClusterName=convnet-test
