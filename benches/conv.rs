@@ -1,6 +1,7 @@
 //! The fast convolution alone, one chunk of 8 images at a time on one thread, for the conv
 //! layers of seed-cnn and cnn-plus: forward (training mode, keeping what the backward pass
-//! needs), and backward with the input gradient (weight gradient + input gradient).
+//! needs), backward with the input gradient (weight gradient + input gradient), and the
+//! weight gradient alone.
 //! GFLOP/s count 2 x multiply-adds of the layer's own arithmetic (no padding or wide-layout
 //! columns). Run: `cargo bench --bench conv` (CONVNET_SIMD=avx2|off for the other paths).
 
@@ -18,8 +19,8 @@ fn main() {
         ("plus conv3 32->64 @14", [32, 14, 14], 64, false),
     ];
     println!(
-        "{:<24} {:>12} {:>12} {:>12} {:>12}",
-        "layer", "fwd us", "fwd GFLOP/s", "bwd us", "bwd GFLOP/s"
+        "{:<24} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "layer", "fwd us", "fwd GFLOP/s", "bwd us", "bwd GFLOP/s", "dW us", "dW GFLOP/s"
     );
     for (name, input, out_c, _) in shapes {
         let g = ConvShape::new(input, out_c, 3, 1, 1).unwrap();
@@ -57,12 +58,18 @@ fn main() {
             conv.forward_chunk((&w, &b), &x, &mut y, &mut s, Mode::Train);
             conv.backward_chunk((&w, &b), &x, &y, &dy, Some(&mut dx), &mut s);
         }) - fwd;
+        let dw_only = time(&mut || {
+            conv.forward_chunk((&w, &b), &x, &mut y, &mut s, Mode::Train);
+            conv.backward_chunk((&w, &b), &x, &y, &dy, None, &mut s);
+        }) - fwd;
         println!(
-            "{name:<24} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+            "{name:<24} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
             fwd * 1e6,
             2.0 * macs / fwd / 1e9,
             bwd * 1e6,
-            4.0 * macs / bwd / 1e9
+            4.0 * macs / bwd / 1e9,
+            dw_only * 1e6,
+            2.0 * macs / dw_only / 1e9
         );
     }
 }
