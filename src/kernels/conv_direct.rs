@@ -194,12 +194,38 @@ unsafe fn sum_avx2(args: SumArgs) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn dots_avx512(args: &DotArgs) {
-    dots_rows::<super::simd::Avx512, 4, 3>(args)
+    with_accumulators::<super::simd::Avx512>(args, |acc| {
+        dots_rows::<super::simd::Avx512, 4, 3>(args, acc)
+    })
 }
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dots_avx2(args: &DotArgs) {
-    dots_rows::<super::simd::Avx2, 4, 3>(args)
+    with_accumulators::<super::simd::Avx2>(args, |acc| {
+        dots_rows::<super::simd::Avx2, 4, 3>(args, acc)
+    })
+}
+
+thread_local! {
+    /// `dots_rows`' vector accumulators carried between images, one per weight-gradient
+    /// entry; kept per thread so no call allocates.
+    static DOT_ACCUMULATORS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with room for one `S` vector per weight-gradient entry of `d`, 64-byte
+/// aligned.
+#[inline(always)]
+unsafe fn with_accumulators<S: Lanes>(d: &DotArgs, f: impl FnOnce(*mut S::V)) {
+    DOT_ACCUMULATORS.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let need = d.rows * d.planes * d.offsets.len() * S::LANES + 16;
+        if buf.len() < need {
+            buf.resize(need, 0.0);
+        }
+        let p = buf.as_mut_ptr();
+        let p = p.add(p.align_offset(64));
+        f(p.cast::<S::V>())
+    })
 }
 
 /// `shifted_sum` in blocks of R rows x V vectors, then single rows and single vectors.
@@ -272,70 +298,105 @@ unsafe fn sum_block<S: Lanes, const R: usize, const V: usize>(args: BlockArgs) {
     }
 }
 
-/// `shifted_dots` in blocks of R rows x T taps for one plane at a time, then single rows
-/// and single taps.
+/// `shifted_dots` one image at a time, in blocks of R rows x T taps for one plane, then
+/// single rows and single taps. One image's gradient rows and input planes stay in the
+/// core's caches while every block reads them; each block's vector accumulators are kept in
+/// `acc` from one image to the next (so every lane adds in the same order as if the images
+/// were one long row) and summed across the lanes after the last image.
 #[inline(always)]
-unsafe fn dots_rows<S: Lanes, const R: usize, const T: usize>(d: &DotArgs) {
+unsafe fn dots_rows<S: Lanes, const R: usize, const T: usize>(d: &DotArgs, acc: *mut S::V) {
     let taps = d.offsets.len();
     let k = d.planes * taps;
-    let mut r = 0;
-    while r < d.rows {
-        let block = if d.rows - r >= R { R } else { 1 };
-        for c in 0..d.planes {
-            let mut t = 0;
-            while t < taps {
-                let wide = taps - t >= T;
-                let offs = &d.offsets[t..];
-                let a = d.a.add(r * d.a_row);
-                let x = d.x.add(c * d.x_plane);
-                let dw = d.dw.add(r * k + c * taps + t);
-                match (block == R, wide) {
-                    (true, true) => dots_block::<S, R, T>(d, offs, a, x, dw, k),
-                    (true, false) => dots_block::<S, R, 1>(d, offs, a, x, dw, k),
-                    (false, true) => dots_block::<S, 1, T>(d, offs, a, x, dw, k),
-                    (false, false) => dots_block::<S, 1, 1>(d, offs, a, x, dw, k),
+    for img in 0..d.images {
+        let (first, last) = (img == 0, img + 1 == d.images);
+        let (ai, xi) = (d.a.add(img * d.a_img), d.x.add(img * d.x_img));
+        let mut r = 0;
+        while r < d.rows {
+            let block = if d.rows - r >= R { R } else { 1 };
+            for c in 0..d.planes {
+                let mut t = 0;
+                while t < taps {
+                    let wide = taps - t >= T;
+                    let b = DotBlock {
+                        offsets: &d.offsets[t..],
+                        n: d.n,
+                        a: ai.add(r * d.a_row),
+                        a_row: d.a_row,
+                        x: xi.add(c * d.x_plane),
+                        at: r * k + c * taps + t,
+                        k,
+                        first,
+                        last,
+                    };
+                    match (block == R, wide) {
+                        (true, true) => dots_block::<S, R, T>(&b, acc, d.dw),
+                        (true, false) => dots_block::<S, R, 1>(&b, acc, d.dw),
+                        (false, true) => dots_block::<S, 1, T>(&b, acc, d.dw),
+                        (false, false) => dots_block::<S, 1, 1>(&b, acc, d.dw),
+                    }
+                    t += if wide { T } else { 1 };
                 }
-                t += if wide { T } else { 1 };
             }
+            r += block;
         }
-        r += block;
     }
 }
 
-/// R rows x T taps of `shifted_dots` for one plane, summed over every image and position
-/// in registers, then across the lanes once.
+/// One block of `dots_rows` in one image: rows from `a`, the plane at `x`, its
+/// accumulators and weight-gradient entries from index `at` (row stride `k`).
+struct DotBlock<'a> {
+    offsets: &'a [isize],
+    n: usize,
+    a: *const f32,
+    a_row: usize,
+    x: *const f32,
+    at: usize,
+    k: usize,
+    first: bool,
+    last: bool,
+}
+
+/// R rows x T taps of `shifted_dots` for one plane of one image, in registers, the
+/// accumulators carried in from the image before (unless `first`) and out to the next
+/// (or, when `last`, summed across the lanes into `dw`).
 #[inline(always)]
 unsafe fn dots_block<S: Lanes, const R: usize, const T: usize>(
-    d: &DotArgs,
-    offsets: &[isize],
-    a: *const f32,
-    x: *const f32,
+    b: &DotBlock,
+    saved: *mut S::V,
     dw: *mut f32,
-    k: usize,
 ) {
     let mut offs = [0isize; T];
-    offs.copy_from_slice(&offsets[..T]);
+    offs.copy_from_slice(&b.offsets[..T]);
     let mut acc = [[S::zero(); T]; R];
-    for img in 0..d.images {
-        let (ai, xi) = (a.add(img * d.a_img), x.add(img * d.x_img));
-        let mut p = 0;
-        while p < d.n {
-            let mut xv = [S::zero(); T];
-            for (xv, &off) in xv.iter_mut().zip(&offs) {
-                *xv = S::load(xi.offset(off).add(p));
+    if !b.first {
+        for (i, acc) in acc.iter_mut().enumerate() {
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = *saved.add(b.at + i * b.k + j);
             }
-            for (i, acc) in acc.iter_mut().enumerate() {
-                let av = S::load(ai.add(i * d.a_row + p));
-                for (a, &xv) in acc.iter_mut().zip(&xv) {
-                    *a = S::fma(av, xv, *a);
-                }
-            }
-            p += S::LANES;
         }
+    }
+    let mut p = 0;
+    while p < b.n {
+        let mut xv = [S::zero(); T];
+        for (xv, &off) in xv.iter_mut().zip(&offs) {
+            *xv = S::load(b.x.offset(off).add(p));
+        }
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let av = S::load(b.a.add(i * b.a_row + p));
+            for (a, &xv) in acc.iter_mut().zip(&xv) {
+                *a = S::fma(av, xv, *a);
+            }
+        }
+        p += S::LANES;
     }
     for (i, acc) in acc.iter().enumerate() {
         for (j, &a) in acc.iter().enumerate() {
-            *dw.add(i * k + j) += S::reduce(a);
+            let at = b.at + i * b.k + j;
+            if b.last {
+                *dw.add(at) += S::reduce(a);
+            } else {
+                *saved.add(at) = a;
+            }
         }
     }
 }
