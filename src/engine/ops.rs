@@ -25,18 +25,21 @@ pub(crate) enum Absorb {
     Identity,
 }
 
-/// One layer as the engine runs it. Per-chunk layers work on chunks of `CHUNK` samples
-/// (`forward_chunk` reads `x` and writes `y`; `backward_chunk` reads `x`, `y` and `dy` and
-/// writes `dx` when asked); whole-batch layers (batch norm) run `forward_batch` and
-/// `backward_batch`.
+/// One layer as the engine runs it, on chunks of `CHUNK` samples: `forward_chunk` reads `x`
+/// and writes `y`; `backward_chunk` reads `x`, `y` and `dy` and writes `dx` when asked.
+/// A layer whose training pass needs statistics of the whole batch (batch norm) is a
+/// `batch_barrier`: a stage starts at it, the stage before it gathers its statistics chunk
+/// by chunk (`stats_chunk`, then `finish_stats`) and, in the backward pass, writes its input
+/// gradient chunk by chunk (`dx_chunk`) once its own backward pass has summed what the
+/// batch needs (`backward_chunk`, then `finish_backward`).
 pub(crate) trait Op: Send + Sync {
     /// The readable layer: shapes, parameters, buffers.
     fn layer(&self) -> &dyn Layer;
     /// The same, to change.
     fn layer_mut(&mut self) -> &mut dyn Layer;
-    /// Whether the layer runs chunk by chunk (else on whole batches).
-    fn per_chunk(&self) -> bool {
-        true
+    /// Whether a training pass needs the whole batch's statistics before this layer runs.
+    fn batch_barrier(&self) -> bool {
+        false
     }
     /// What a fused pass may skip this layer for, if anything.
     fn absorb(&self) -> Option<Absorb> {
@@ -50,12 +53,11 @@ pub(crate) trait Op: Send + Sync {
         false
     }
     /// Called once before a batch's chunks run forward, with the parameters as they are.
-    fn prepare(&mut self) {}
-    /// Forward pass of chunk `c`: `x` and `y` hold its samples only.
-    fn forward_chunk(&self, c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, mode: Mode) {
-        let _ = (c, x, y, s, mode);
-        unreachable!("{} runs on whole batches", self.layer().name())
+    fn prepare(&mut self, mode: Mode) {
+        let _ = mode;
     }
+    /// Forward pass of chunk `c`: `x` and `y` hold its samples only.
+    fn forward_chunk(&self, c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, mode: Mode);
     /// Backward pass of one chunk: writes `dx` (when wanted) and the chunk's share of the
     /// parameter gradients into `s.grad`.
     fn backward_chunk(
@@ -65,25 +67,24 @@ pub(crate) trait Op: Send + Sync {
         dy: &[f32],
         dx: Option<&mut [f32]>,
         s: &mut Scratch,
-    ) {
-        let _ = (x, y, dy, dx, s);
-        unreachable!("{} runs on whole batches", self.layer().name())
-    }
+    );
     /// After every chunk's backward pass: the parameter gradients of the whole batch,
     /// from the first `chunks` scratches' parts or, where one product over the batch is
     /// faster (a linear layer's weight gradient), from `x` and `dy` directly.
     fn finish_backward(&mut self, x: &Tensor, dy: &Tensor, scratch: &[Scratch], chunks: usize) {
         let _ = (x, dy, scratch, chunks);
     }
-    /// Forward pass of a whole batch (whole-batch layers only).
-    fn forward_batch(&mut self, x: &Tensor, y: &mut Tensor, mode: Mode) {
-        let _ = (x, y, mode);
-        unreachable!("{} runs chunk by chunk", self.layer().name())
+    /// A barrier's share of the batch statistics from one chunk of its input.
+    fn stats_chunk(&self, x: &[f32], s: &mut Scratch) {
+        let _ = (x, s);
     }
-    /// Backward pass of a whole batch (whole-batch layers only).
-    fn backward_batch(&mut self, x: &Tensor, y: &Tensor, dy: &Tensor, dx: Option<&mut Tensor>) {
+    /// A barrier's batch statistics from the first `chunks` scratches' shares.
+    fn finish_stats(&mut self, scratch: &[Scratch], chunks: usize) {
+        let _ = (scratch, chunks);
+    }
+    /// A barrier's input gradient for one chunk, after its `finish_backward`.
+    fn dx_chunk(&self, x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
         let _ = (x, y, dy, dx);
-        unreachable!("{} runs chunk by chunk", self.layer().name())
     }
 }
 
@@ -145,7 +146,7 @@ impl Op for ConvOp {
         }
         true
     }
-    fn prepare(&mut self) {
+    fn prepare(&mut self, _mode: Mode) {
         self.fast.prepare(&self.layer.weight.value);
     }
     fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, mode: Mode) {
@@ -190,7 +191,7 @@ impl Op for LinearOp {
     fn layer_mut(&mut self) -> &mut dyn Layer {
         &mut self.layer
     }
-    fn prepare(&mut self) {
+    fn prepare(&mut self, _mode: Mode) {
         self.fast.prepare(&self.layer.weight.value);
     }
     fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], _s: &mut Scratch, _mode: Mode) {
@@ -363,7 +364,8 @@ impl Op for DropoutOp {
     }
 }
 
-/// Batch norm: `kernels/batchnorm.rs`, on whole batches (its statistics span the batch).
+/// Batch norm: `kernels/batchnorm.rs`, chunk by chunk with the batch's barrier between
+/// its statistics and their use; it can apply the ReLU after it.
 struct BatchNormOp {
     layer: BatchNorm,
     fast: FastBatchNorm,
@@ -376,15 +378,51 @@ impl Op for BatchNormOp {
     fn layer_mut(&mut self) -> &mut dyn Layer {
         &mut self.layer
     }
-    fn per_chunk(&self) -> bool {
-        false
+    fn batch_barrier(&self) -> bool {
+        true
     }
-    fn forward_batch(&mut self, x: &Tensor, y: &mut Tensor, mode: Mode) {
-        self.fast
-            .forward(&mut self.layer, x, y, mode == Mode::Train);
+    fn fuse(&mut self, what: Absorb, on: bool) -> bool {
+        if what != Absorb::Relu {
+            return false;
+        }
+        self.fast.relu = on;
+        true
     }
-    fn backward_batch(&mut self, x: &Tensor, _y: &Tensor, dy: &Tensor, dx: Option<&mut Tensor>) {
-        self.fast.backward(&mut self.layer, x, dy, dx);
+    fn prepare(&mut self, mode: Mode) {
+        // Training passes get their statistics from `finish_stats` before the stage runs.
+        if mode == Mode::Eval {
+            self.fast.use_running(&mut self.layer);
+        }
+    }
+    fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], _s: &mut Scratch, _mode: Mode) {
+        self.fast.apply_chunk(&self.layer, x, y);
+    }
+    fn backward_chunk(
+        &self,
+        x: &[f32],
+        y: &[f32],
+        dy: &[f32],
+        _dx: Option<&mut [f32]>,
+        s: &mut Scratch,
+    ) {
+        let relu_out = self.fast.relu.then_some(y);
+        FastBatchNorm::grad_chunk(&self.layer, x, relu_out, dy, &mut s.sums);
+    }
+    fn finish_backward(&mut self, x: &Tensor, _dy: &Tensor, scratch: &[Scratch], chunks: usize) {
+        let m = x.batch() * self.layer.plane;
+        let parts = scratch[..chunks].iter().map(|s| &s.sums[..]);
+        self.fast.finish_grads(&mut self.layer, parts, m);
+    }
+    fn stats_chunk(&self, x: &[f32], s: &mut Scratch) {
+        FastBatchNorm::stats_chunk(&self.layer, x, &mut s.sums);
+    }
+    fn finish_stats(&mut self, scratch: &[Scratch], chunks: usize) {
+        let parts = scratch[..chunks].iter().map(|s| &s.sums[..]);
+        self.fast.finish_stats(&mut self.layer, parts);
+    }
+    fn dx_chunk(&self, x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        let relu_out = self.fast.relu.then_some(y);
+        self.fast.dx_chunk(&self.layer, x, relu_out, dy, dx);
     }
 }
 

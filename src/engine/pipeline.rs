@@ -4,13 +4,20 @@
 //! passes, which keep nothing for a backward pass), and each chunk goes through a whole run
 //! of layers (a stage) on one thread, the chunks in parallel. What one layer writes, the
 //! next reads while it is still in that core's cache, and threads meet once per stage
-//! instead of once per layer. A layer that needs the whole batch (batch norm) is a stage
-//! of its own. Because chunks are fixed and their gradient parts are added in chunk
-//! order, results do not depend on the number of threads.
+//! instead of once per layer. A layer whose training pass needs statistics of the whole
+//! batch (batch norm, a `batch_barrier`) starts a stage: the stage before it gathers the
+//! statistics from each chunk it writes (still in cache), they are combined once every
+//! chunk is done, and the next stage applies them as it reads its input. Backward, the
+//! mirror image: the barrier's stage sums what its input gradient needs, and the stage
+//! below writes that gradient chunk by chunk before its own layers. Evaluation passes use
+//! the running statistics and need no barrier: the whole network may be one stage. Because
+//! chunks are fixed and their parts are added in chunk order, results do not depend on the
+//! number of threads.
 //!
-//! Fusion: inside a stage, a ReLU after a conv, a 2x2 max pool after a conv (and its ReLU),
-//! and a flatten are skipped: the conv applies the ReLU and the pool to its own output rows
-//! (`kernels/conv.rs`), and the layer after a flatten reads the flatten's input, whose
+//! Fusion: inside a stage, a ReLU after a conv or a batch norm, a 2x2 max pool after a conv
+//! (and its ReLU), and a flatten are skipped: the conv applies the ReLU and the pool to its
+//! own output rows (`kernels/conv.rs`), the batch norm the ReLU to its output
+//! (`kernels/batchnorm.rs`), and the layer after a flatten reads the flatten's input, whose
 //! data is already in order. The layer before a run of skipped layers writes straight into
 //! the last one's output tensor and reads its gradient.
 
@@ -42,9 +49,11 @@ pub type Times = Vec<(Duration, Duration)>;
 
 /// The stages of a network, its fusions and each layer's per-chunk working memory.
 pub(crate) struct Pipeline {
-    /// Runs of layers `[start, end)` executed together, chunk by chunk: maximal runs of
-    /// per-chunk layers, and each whole-batch layer alone.
+    /// Runs of layers `[start, end)` executed together, chunk by chunk, in training passes:
+    /// a new one at each batch barrier.
     stages: Vec<(usize, usize)>,
+    /// The same for evaluation passes: every layer in one run.
+    eval_stages: Vec<(usize, usize)>,
     /// What a fused pass skips layer `i` for, if it does.
     absorbed: Vec<Option<Absorb>>,
     /// The last forward pass ran with the fusions in effect.
@@ -56,13 +65,13 @@ pub(crate) struct Pipeline {
     pub timing: Option<Times>,
 }
 
-/// Splits the layers into runs `[start, end)`: consecutive per-chunk layers together, every
-/// whole-batch layer on its own.
-fn stages(ops: &[Box<dyn Op>]) -> Vec<(usize, usize)> {
+/// Splits the layers into runs `[start, end)`, a new one at each batch barrier when
+/// `barriers`.
+fn stages(ops: &[Box<dyn Op>], barriers: bool) -> Vec<(usize, usize)> {
     let mut out: Vec<(usize, usize)> = Vec::new();
     for (i, op) in ops.iter().enumerate() {
         match out.last_mut() {
-            Some((start, end)) if op.per_chunk() && ops[*start].per_chunk() => *end = i + 1,
+            Some((_, end)) if !(barriers && op.batch_barrier()) => *end = i + 1,
             _ => out.push((i, i + 1)),
         }
     }
@@ -74,7 +83,8 @@ impl Pipeline {
     /// can apply, each 2x2 max pool likewise (after the ReLU when there is one), each
     /// flatten; only inside a stage and not its last layer.
     pub fn new(ops: &mut [Box<dyn Op>]) -> Pipeline {
-        let stages = stages(ops);
+        // Fusions are found inside training stages, which lie inside evaluation ones.
+        let stages = stages(ops, true);
         let mut absorbed: Vec<Option<Absorb>> = vec![None; ops.len()];
         for &(start, end) in &stages {
             for i in start + 1..end.saturating_sub(1) {
@@ -96,6 +106,7 @@ impl Pipeline {
             }
         }
         Pipeline {
+            eval_stages: self::stages(ops, false),
             stages,
             scratch: (0..ops.len()).map(|_| Vec::new()).collect(),
             absorbed,
@@ -150,23 +161,47 @@ impl Pipeline {
     ) {
         let n = acts[0].batch();
         self.set_fusion(ops, fuse);
-        for k in 0..self.stages.len() {
-            let (start, end) = self.stages[k];
-            if ops[start].per_chunk() {
-                self.forward_stage(ops, acts, start, end, n, mode);
-            } else {
-                let begin = Instant::now();
-                let (before, after) = acts.split_at_mut(start + 1);
-                ops[start].forward_batch(&before[start], &mut after[0], mode);
-                if let Some(t) = self.timing.as_mut() {
-                    t[start].0 += begin.elapsed();
-                }
-            }
+        let stages = if mode == Mode::Train {
+            self.stages.clone()
+        } else {
+            self.eval_stages.clone()
+        };
+        if mode == Mode::Train && ops[0].batch_barrier() {
+            self.input_stats(ops, acts, n);
+        }
+        for (start, end) in stages {
+            self.forward_stage(ops, acts, start, end, n, mode);
         }
     }
 
-    /// Layers `start..end`, all per-chunk: each chunk of the batch goes through all of them
-    /// on one thread, so what one layer writes the next reads from the same core's cache.
+    /// A barrier that is the network's first layer: its statistics from the input, chunk
+    /// by chunk, as a stage before it would gather them.
+    fn input_stats(&mut self, ops: &mut [Box<dyn Op>], acts: &[Tensor], n: usize) {
+        let begin = Instant::now();
+        let chunks = n.div_ceil(CHUNK);
+        grow_scratch(&mut self.scratch[..1], n);
+        let per = CHUNK * acts[0].sample_len();
+        let op = &*ops[0];
+        acts[0]
+            .data
+            .par_chunks(per)
+            .zip(self.scratch[0].par_iter_mut())
+            .for_each(|(x, s)| op.stats_chunk(x, s));
+        ops[0].finish_stats(&self.scratch[0], chunks);
+        if let Some(t) = self.timing.as_mut() {
+            t[0].0 += begin.elapsed();
+        }
+    }
+
+    /// Whether a training stage ending before layer `end` is followed by a barrier, whose
+    /// statistics it gathers and whose input gradient it writes.
+    fn tail(ops: &[Box<dyn Op>], end: usize) -> bool {
+        end < ops.len() && ops[end].batch_barrier()
+    }
+
+    /// Layers `start..end`: each chunk of the batch goes through all of them on one thread,
+    /// so what one layer writes the next reads from the same core's cache; in training, the
+    /// barrier after the stage, if any, gathers its statistics from each chunk's output.
     /// Evaluation passes keep nothing per chunk, so they may cut larger chunks.
     fn forward_stage(
         &mut self,
@@ -183,18 +218,21 @@ impl Pipeline {
             EVAL_CHUNK
         };
         let chunks = n.div_ceil(size);
-        prepare_outputs(&mut ops[start..end], &mut acts[start..=end], n);
-        grow_scratch(&mut self.scratch[start..end], n);
+        let tail = mode == Mode::Train && Self::tail(ops, end);
+        let last = if tail { end + 1 } else { end };
+        prepare_outputs(&mut ops[start..end], &mut acts[start..=end], n, mode);
+        grow_scratch(&mut self.scratch[start..last], n);
         let views = chunk_views(
             &mut acts[start..=end],
             None,
-            &mut self.scratch[start..end],
+            &mut self.scratch[start..last],
             (chunks, size),
             false,
         );
         let run = Run::new(
-            &ops[start..end],
-            &self.absorbed[start..end],
+            &ops[start..last],
+            end - start,
+            &self.absorbed[start..],
             self.fused_now,
             self.timing.is_some(),
         );
@@ -204,6 +242,13 @@ impl Pipeline {
             run.forward(c, &mut v, mode, &mut t);
             add_times(&times, &t);
         });
+        if tail {
+            let begin = Instant::now();
+            ops[end].finish_stats(&self.scratch[end], chunks);
+            if let Some(t) = self.timing.as_mut() {
+                t[end].0 += begin.elapsed();
+            }
+        }
         self.record_times(start, times, chunks);
     }
 
@@ -213,26 +258,21 @@ impl Pipeline {
         let batch = acts[0].batch();
         for k in (0..self.stages.len()).rev() {
             let (start, end) = self.stages[k];
-            if ops[start].per_chunk() {
-                self.backward_stage(ops, acts, grads, start, end, batch);
-            } else {
-                let begin = Instant::now();
-                let (gb, ga) = grads.split_at_mut(start + 1);
-                // The input gradient of the first layer is never needed.
-                let dx = if start > 0 {
-                    Some(&mut gb[start])
-                } else {
-                    None
-                };
-                ops[start].backward_batch(&acts[start], &acts[start + 1], &ga[0], dx);
-                if let Some(t) = self.timing.as_mut() {
-                    t[start].1 += begin.elapsed();
-                }
-            }
+            self.backward_stage(ops, acts, grads, start, end, batch);
         }
     }
 
-    /// The backward pass of layers `start..end`, chunk by chunk as in `forward_stage`, then
+    /// Where a barrier at `end` reads its output gradient: past the layers it applies.
+    fn tail_out(&self, end: usize) -> usize {
+        let skips = Skips {
+            absorbed: &self.absorbed[end..],
+            fused: self.fused_now,
+        };
+        end + skips.out(0)
+    }
+
+    /// The backward pass of layers `start..end`, chunk by chunk as in `forward_stage` (the
+    /// barrier after the stage, if any, first writes the chunk's output gradient), then
     /// each layer's parameter gradients over the whole batch.
     fn backward_stage(
         &mut self,
@@ -244,18 +284,25 @@ impl Pipeline {
         n: usize,
     ) {
         let chunks = n.div_ceil(CHUNK);
+        let tail = Self::tail(ops, end);
+        let (last, reach) = if tail {
+            (end + 1, self.tail_out(end))
+        } else {
+            (end, end)
+        };
         prepare_input_grads(&ops[start..end], &mut grads[start..end], start, n);
-        grow_scratch(&mut self.scratch[start..end], n);
+        grow_scratch(&mut self.scratch[start..last], n);
         let views = chunk_views(
-            &mut acts[start..=end],
-            Some(&mut grads[start..=end]),
-            &mut self.scratch[start..end],
+            &mut acts[start..=reach],
+            Some(&mut grads[start..=reach]),
+            &mut self.scratch[start..last],
             (chunks, CHUNK),
             start == 0,
         );
         let run = Run::new(
-            &ops[start..end],
-            &self.absorbed[start..end],
+            &ops[start..last],
+            end - start,
+            &self.absorbed[start..],
             self.fused_now,
             self.timing.is_some(),
         );
@@ -281,18 +328,17 @@ impl Pipeline {
         chunks: usize,
     ) {
         let skips = Skips {
-            absorbed: &self.absorbed[start..end],
+            absorbed: &self.absorbed[start..],
             fused: self.fused_now,
         };
-        let (acts, grads) = (&acts[start..=end], &grads[start..=end]);
         for (j, op) in ops[start..end].iter_mut().enumerate() {
             if skips.skip(j) {
                 continue;
             }
             let begin = Instant::now();
             op.finish_backward(
-                &acts[j],
-                &grads[skips.out(j)],
+                &acts[start + j],
+                &grads[start + skips.out(j)],
                 &self.scratch[start + j],
                 chunks,
             );
@@ -316,7 +362,7 @@ impl Pipeline {
         labels: &[u8],
     ) -> BatchStats {
         let end = ops.len();
-        if self.stages.len() != 1 || !ops[0].per_chunk() {
+        if self.stages.len() != 1 || ops[0].batch_barrier() {
             self.forward(ops, acts, Mode::Train, true);
             let stats = loss.forward_backward(&acts[end], labels, &mut grads[end], smoothing);
             self.backward(ops, acts, grads);
@@ -326,13 +372,19 @@ impl Pipeline {
         assert_eq!(labels.len(), n, "one label per sample");
         let chunks = n.div_ceil(CHUNK);
         self.set_fusion(ops, true);
-        prepare_outputs(ops, &mut acts[..=end], n);
+        prepare_outputs(ops, &mut acts[..=end], n, Mode::Train);
         prepare_input_grads(ops, &mut grads[..end], 0, n);
         let classes = ops[end - 1].layer().output_shape()[0];
         grads[end].resize_batch(n, &[classes]);
         grow_scratch(&mut self.scratch, n);
         let views = chunk_views(acts, Some(grads), &mut self.scratch, (chunks, CHUNK), true);
-        let run = Run::new(ops, &self.absorbed, self.fused_now, self.timing.is_some());
+        let run = Run::new(
+            ops,
+            end,
+            &self.absorbed,
+            self.fused_now,
+            self.timing.is_some(),
+        );
         let times = run.new_times();
         let parts: Vec<BatchStats> = views
             .into_par_iter()
@@ -374,10 +426,15 @@ impl Pipeline {
 
 /// Resizes the outputs of `ops` for `n` samples and lets each layer prepare its forward
 /// pass.
-fn prepare_outputs(ops: &mut [Box<dyn Op>], outputs_from_input: &mut [Tensor], n: usize) {
+fn prepare_outputs(
+    ops: &mut [Box<dyn Op>],
+    outputs_from_input: &mut [Tensor],
+    n: usize,
+    mode: Mode,
+) {
     for (op, y) in ops.iter_mut().zip(&mut outputs_from_input[1..]) {
         y.resize_batch(n, op.layer().output_shape());
-        op.prepare();
+        op.prepare(mode);
     }
 }
 
@@ -486,9 +543,11 @@ impl Skips<'_> {
     }
 }
 
-/// A stage, as one chunk's thread sees it.
+/// A stage, as one chunk's thread sees it: its `len` layers, and after them the barrier
+/// that follows it, if any (the one op past `len`).
 struct Run<'a> {
     ops: &'a [Box<dyn Op>],
+    len: usize,
     skips: Skips<'a>,
     timed: bool,
 }
@@ -496,12 +555,14 @@ struct Run<'a> {
 impl<'a> Run<'a> {
     fn new(
         ops: &'a [Box<dyn Op>],
+        len: usize,
         absorbed: &'a [Option<Absorb>],
         fused: bool,
         timed: bool,
     ) -> Self {
         Run {
             ops,
+            len,
             skips: Skips { absorbed, fused },
             timed,
         }
@@ -512,9 +573,15 @@ impl<'a> Run<'a> {
             .then(|| Mutex::new(vec![(Duration::ZERO, Duration::ZERO); self.ops.len()]))
     }
 
-    /// Chunk `c` forward through every layer of the stage.
+    /// The barrier after the stage.
+    fn tail(&self) -> Option<&dyn Op> {
+        self.ops.get(self.len).map(|op| &**op)
+    }
+
+    /// Chunk `c` forward through every layer of the stage, then the following barrier's
+    /// share of its statistics from the chunk's output.
     fn forward(&self, c: usize, v: &mut ChunkViews, mode: Mode, t: &mut [(Duration, Duration)]) {
-        for (j, op) in self.ops.iter().enumerate() {
+        for (j, op) in self.ops[..self.len].iter().enumerate() {
             if self.skips.skip(j) {
                 continue;
             }
@@ -525,11 +592,32 @@ impl<'a> Run<'a> {
                 t[j.min(MAX_TIMED - 1)].0 += b.elapsed();
             }
         }
+        if let Some(barrier) = self.tail() {
+            let begin = self.timed.then(Instant::now);
+            barrier.stats_chunk(v.acts[self.len], v.scratch[self.len]);
+            if let Some(b) = begin {
+                t[self.len.min(MAX_TIMED - 1)].0 += b.elapsed();
+            }
+        }
     }
 
-    /// One chunk backward through every layer of the stage, last first.
+    /// One chunk backward: the following barrier's input gradient first, then every layer
+    /// of the stage, last first.
     fn backward(&self, v: &mut ChunkViews, t: &mut [(Duration, Duration)]) {
-        for (j, op) in self.ops.iter().enumerate().rev() {
+        if let Some(barrier) = self.tail() {
+            let begin = self.timed.then(Instant::now);
+            let out = self.skips.out(self.len);
+            let (dx, dy) = v.grads.split_at_mut(out);
+            let dx = dx[self.len]
+                .as_deref_mut()
+                .expect("the barrier's input gradient");
+            let dy = dy[0].as_deref().expect("output gradients exist");
+            barrier.dx_chunk(v.acts[self.len], v.acts[out], dy, dx);
+            if let Some(b) = begin {
+                t[self.len.min(MAX_TIMED - 1)].1 += b.elapsed();
+            }
+        }
+        for (j, op) in self.ops[..self.len].iter().enumerate().rev() {
             if self.skips.skip(j) {
                 continue;
             }
@@ -584,17 +672,22 @@ impl Alone {
         }
     }
 
+    /// A barrier's statistics gathered chunk by chunk first, as the stage before it would.
     pub fn forward(&mut self, x: &Tensor, mode: Mode) -> Tensor {
         let n = x.batch();
         let mut y = Tensor::default();
-        if !self.op.per_chunk() {
-            self.op.forward_batch(x, &mut y, mode);
-            return y;
-        }
         y.resize_batch(n, self.op.layer().output_shape());
-        self.op.prepare();
         self.grow(n);
         let (xl, yl) = (x.sample_len(), y.sample_len());
+        if mode == Mode::Train && self.op.batch_barrier() {
+            let op = &*self.op;
+            x.data
+                .par_chunks(CHUNK * xl)
+                .zip(self.scratch.par_iter_mut())
+                .for_each(|(x, s)| op.stats_chunk(x, s));
+            self.op.finish_stats(&self.scratch, n.div_ceil(CHUNK));
+        }
+        self.op.prepare(mode);
         let op = &*self.op;
         y.data
             .par_chunks_mut(CHUNK * yl)
@@ -605,14 +698,10 @@ impl Alone {
         y
     }
 
-    /// Sets the parameter gradients and returns dx.
+    /// Sets the parameter gradients and returns dx (a barrier's after its sums).
     pub fn backward(&mut self, x: &Tensor, y: &Tensor, dy: &Tensor) -> Tensor {
         let n = x.batch();
         let mut dx = Tensor::default();
-        if !self.op.per_chunk() {
-            self.op.backward_batch(x, y, dy, Some(&mut dx));
-            return dx;
-        }
         dx.resize_batch(n, self.op.layer().input_shape());
         self.grow(n);
         let (xl, yl) = (x.sample_len(), y.sample_len());
@@ -629,6 +718,18 @@ impl Alone {
             .for_each(|(((dx, x), (y, dy)), s)| op.backward_chunk(x, y, dy, Some(dx), s));
         let chunks = n.div_ceil(CHUNK);
         self.op.finish_backward(x, dy, &self.scratch, chunks);
+        if self.op.batch_barrier() {
+            let op = &*self.op;
+            dx.data
+                .par_chunks_mut(CHUNK * xl)
+                .zip(x.data.par_chunks(CHUNK * xl))
+                .zip(
+                    y.data
+                        .par_chunks(CHUNK * yl)
+                        .zip(dy.data.par_chunks(CHUNK * yl)),
+                )
+                .for_each(|((dx, x), (y, dy))| op.dx_chunk(x, y, dy, dx));
+        }
         dx
     }
 }

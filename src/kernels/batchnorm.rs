@@ -1,15 +1,64 @@
-//! The fast batch norm: what `nn::BatchNorm` computes, with its sums in 8 interleaved f64
-//! lanes (a single running sum makes every addition wait for the previous one), the
-//! channels in parallel and the samples in parallel. The order of every sum is fixed, so
-//! results repeat on any thread count. It runs on whole batches: its statistics span the
-//! batch.
+//! The fast batch norm: what `nn::BatchNorm` computes, cut into chunks of the batch so that
+//! it runs inside the chunk pipeline instead of as passes of its own over whole-batch
+//! tensors. Its statistics span the batch, so each pass has two halves with the batch's
+//! barrier between them:
+//!
+//! ```text
+//! forward   stats_chunk:  per chunk, per channel (count, mean, M2), right after the layer
+//!                         before wrote the chunk (it is still in cache)
+//!           finish_stats: the chunks' parts combined in chunk order (Chan et al.), the
+//!                         running statistics, scale = w / sqrt(var + eps), shift
+//!           apply_chunk:  y = x * scale + shift (and the ReLU after it, when fused), as the
+//!                         next stage reads its input
+//! backward  grad_chunk:   per chunk, per channel sum(g) and sum(g * (x - mean)), where g
+//!                         is dy (masked by the fused ReLU), after the layers above it
+//!           finish_grads: the parts added in chunk order: dbias, dweight
+//!           dx_chunk:     dx = k * (g - dbias / M - xhat * dweight / M), as the stage
+//!                         below starts its backward pass
+//! ```
+//!
+//! Sums run in f64 (8 interleaved lanes within a chunk); chunks are fixed and combined in
+//! order, so results repeat on any thread count. Evaluation passes need no barrier: the
+//! running statistics give scale and shift before the pass.
 
-use crate::nn::{BatchNorm, Layer};
-use crate::tensor::Tensor;
-use rayon::prelude::*;
+use super::simd::{self, Isa};
+use crate::nn::BatchNorm;
+
+/// Defines `fn $name(args)` whose body is compiled three times — for AVX-512, for AVX2 and
+/// for the baseline — and runs the copy for the vector unit `simd::detect` picks. The
+/// compiler vectorises the plain loops below for each; float operations are never
+/// reordered, so every copy gives the same bits.
+macro_rules! on_best_isa {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($arg: $ty),*) {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) {
+                body($($arg),*)
+            }
+            match simd::detect() {
+                // SAFETY: the CPU has the instruction set (`detect`).
+                #[cfg(target_arch = "x86_64")]
+                Some(Isa::Avx512) => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                Some(Isa::Avx2) => unsafe { avx2($($arg),*) },
+                _ => body($($arg),*),
+            }
+        }
+    };
+}
 
 /// `sum(f(v))` over `values` in 8 interleaved f64 partial sums. The order is fixed, so
 /// results repeat.
+#[inline(always)]
 fn lanes_sum(values: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     let mut acc = [0.0f64; 8];
     let (blocks, rest) = values.as_chunks::<8>();
@@ -21,131 +70,333 @@ fn lanes_sum(values: &[f32], f: impl Fn(f32) -> f64) -> f64 {
     acc.iter().sum::<f64>() + rest.iter().map(|&v| f(v)).sum::<f64>()
 }
 
-/// `sum(f(a, b))` over pairs of `a` and `b`, in 8 interleaved partial sums like `lanes_sum`.
-fn lanes_dot(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f64) -> f64 {
+/// `sum(f(a, b, c))` over triples of `a`, `b` and `c`, in 8 interleaved partial sums like
+/// `lanes_sum`.
+#[inline(always)]
+fn lanes_sum3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f64) -> f64 {
     let mut acc = [0.0f64; 8];
     let (a8, a_rest) = a.as_chunks::<8>();
     let (b8, b_rest) = b.as_chunks::<8>();
-    for (x, y) in a8.iter().zip(b8) {
-        for ((acc, &x), &y) in acc.iter_mut().zip(x).zip(y) {
-            *acc += f(x, y);
+    let (c8, c_rest) = c.as_chunks::<8>();
+    for ((x, y), z) in a8.iter().zip(b8).zip(c8) {
+        for (((acc, &x), &y), &z) in acc.iter_mut().zip(x).zip(y).zip(z) {
+            *acc += f(x, y, z);
         }
     }
-    let rest: f64 = a_rest.iter().zip(b_rest).map(|(&x, &y)| f(x, y)).sum();
+    let rest: f64 = a_rest
+        .iter()
+        .zip(b_rest)
+        .zip(c_rest)
+        .map(|((&x, &y), &z)| f(x, y, z))
+        .sum();
     acc.iter().sum::<f64>() + rest
 }
 
-/// The values of channel `c` of every sample: one (H*W)-long slice per sample.
-fn channel(data: &[f32], channels: usize, plane: usize, c: usize) -> impl Iterator<Item = &[f32]> {
-    data.chunks(channels * plane)
-        .map(move |s| &s[c * plane..(c + 1) * plane])
+/// Channel `c`'s slice of sample `s` of a chunk.
+#[inline(always)]
+fn plane_of(data: &[f32], (channels, plane): (usize, usize), s: usize, c: usize) -> &[f32] {
+    &data[(s * channels + c) * plane..][..plane]
 }
 
-/// Per-channel working sums, kept so that no batch allocates.
-#[derive(Default)]
-pub struct FastBatchNorm {
-    /// (mean, variance) in forward, (sum dy, sum dy * xhat) in backward.
-    sums: Vec<(f64, f64)>,
+/// max(v, 0) as `nn::ActivationKind::Relu` computes it (0 for -0 and NaN).
+#[inline(always)]
+fn relu(v: f32) -> f32 {
+    if v > 0.0 {
+        v
+    } else {
+        0.0
+    }
 }
 
-impl FastBatchNorm {
-    /// The forward pass of a whole batch `x` into `y`.
-    pub fn forward(&mut self, bn: &mut BatchNorm, x: &Tensor, y: &mut Tensor, train: bool) {
-        let n = x.batch();
-        y.resize_batch(n, bn.input_shape());
-        let (channels, plane) = (bn.channels, bn.plane);
-        let m = (n * plane) as f64;
-        bn.trained = train;
-        if train {
-            self.sums.resize(channels, (0.0, 0.0));
-            self.sums.par_iter_mut().enumerate().for_each(|(c, s)| {
-                let values = || channel(&x.data, channels, plane, c);
-                let mean = values().map(|v| lanes_sum(v, |v| v as f64)).sum::<f64>() / m;
-                let var = values()
-                    .map(|v| lanes_sum(v, |v| (v as f64 - mean).powi(2)))
-                    .sum::<f64>()
-                    / m;
-                *s = (mean, var);
-            });
-            for (c, &(mean, var)) in self.sums.iter().enumerate() {
-                bn.record_batch(c, mean, var, m);
-            }
-            bn.num_batches_tracked += 1;
-        } else {
-            bn.use_running();
+/// The ReLU's backward as `nn::ActivationKind::Relu` computes it: `dy` where its output
+/// `y` is positive, else 0.
+#[inline(always)]
+fn relu_grad(y: f32, dy: f32) -> f32 {
+    if y > 0.0 {
+        dy
+    } else {
+        0.0
+    }
+}
+
+on_best_isa! {
+    /// (count, mean, M2) per channel of one chunk into `stats`.
+    fn stats_kernel(x: &[f32], shape: (usize, usize), stats: &mut Vec<f64>) {
+        let (channels, plane) = shape;
+        let samples = x.len() / (channels * plane).max(1);
+        let count = (samples * plane) as f64;
+        stats.clear();
+        for c in 0..channels {
+            let planes = || (0..samples).map(|s| plane_of(x, shape, s, c));
+            let mean = planes().map(|v| lanes_sum(v, |v| v as f64)).sum::<f64>() / count;
+            let m2: f64 = planes()
+                .map(|v| lanes_sum(v, |v| (v as f64 - mean).powi(2)))
+                .sum();
+            stats.extend([count, mean, m2]);
         }
-        let (mean, inv, w, b) = (&bn.mean, &bn.inv_std, &bn.weight.value, &bn.bias.value);
-        y.data
-            .par_chunks_mut(channels * plane)
-            .zip(x.data.par_chunks(channels * plane))
-            .for_each(|(y, x)| {
-                for (c, (y, x)) in y.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
-                    let (scale, shift) = (w[c] * inv[c], b[c] - w[c] * inv[c] * mean[c]);
+    }
+}
+
+on_best_isa! {
+    /// y = x * scale + shift per channel, then the ReLU when `fused_relu`.
+    fn apply_kernel(
+        x: &[f32],
+        y: &mut [f32],
+        shape: (usize, usize),
+        scale: &[f32],
+        shift: &[f32],
+        fused_relu: bool,
+    ) {
+        let (channels, plane) = shape;
+        let per_sample = channels * plane;
+        for (y, x) in y.chunks_mut(per_sample).zip(x.chunks(per_sample)) {
+            for (c, (y, x)) in y.chunks_mut(plane).zip(x.chunks(plane)).enumerate() {
+                let (scale, shift) = (scale[c], shift[c]);
+                if fused_relu {
+                    for (y, &x) in y.iter_mut().zip(x) {
+                        *y = relu(x * scale + shift);
+                    }
+                } else {
                     for (y, &x) in y.iter_mut().zip(x) {
                         *y = x * scale + shift;
                     }
                 }
-            });
-    }
-
-    /// The backward pass of a whole batch: the parameter gradients, and `dx` when wanted.
-    pub fn backward(
-        &mut self,
-        bn: &mut BatchNorm,
-        x: &Tensor,
-        dy: &Tensor,
-        dx: Option<&mut Tensor>,
-    ) {
-        let n = x.batch();
-        let m = (n * bn.plane) as f64;
-        // Per channel: sum(dy) and sum(dy * xhat).
-        let (channels, plane) = (bn.channels, bn.plane);
-        let (mean, inv) = (&bn.mean, &bn.inv_std);
-        self.sums.resize(channels, (0.0, 0.0));
-        self.sums.par_iter_mut().enumerate().for_each(|(c, s)| {
-            let (mean, inv) = (mean[c] as f64, inv[c] as f64);
-            *s = (0.0, 0.0);
-            let xs = channel(&x.data, channels, plane, c);
-            for (xs, gs) in xs.zip(channel(&dy.data, channels, plane, c)) {
-                s.0 += lanes_sum(gs, |g| g as f64);
-                s.1 += lanes_dot(gs, xs, |g, xv| g as f64 * (xv as f64 - mean)) * inv;
             }
-        });
-        let sums = &self.sums;
-        for (c, &(db, dw)) in sums.iter().enumerate() {
-            bn.bias.grad[c] = db as f32;
-            bn.weight.grad[c] = dw as f32;
         }
-        let Some(dx) = dx else { return };
-        dx.resize_batch(n, bn.input_shape());
-        let trained = bn.trained;
-        let (mean, inv, w) = (&bn.mean, &bn.inv_std, &bn.weight.value);
-        dx.data
-            .par_chunks_mut(channels * plane)
-            .zip(
-                x.data
-                    .par_chunks(channels * plane)
-                    .zip(dy.data.par_chunks(channels * plane)),
-            )
-            .for_each(|(dx, (x, dy))| {
-                for (c, (dx, (x, dy))) in dx
-                    .chunks_mut(plane)
-                    .zip(x.chunks(plane).zip(dy.chunks(plane)))
-                    .enumerate()
-                {
-                    let k = w[c] * inv[c];
-                    if trained {
-                        let (mdb, mdw) = ((sums[c].0 / m) as f32, (sums[c].1 / m) as f32);
-                        for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
-                            let xhat = (xv - mean[c]) * inv[c];
-                            *d = k * (g - mdb - xhat * mdw);
+    }
+}
+
+on_best_isa! {
+    /// sum(g) and sum(g * (x - mean)) per channel of one chunk into `sums`, g being `dy`
+    /// masked by the fused ReLU's output `relu_out`.
+    fn grad_kernel(
+        x: &[f32],
+        relu_out: Option<&[f32]>,
+        dy: &[f32],
+        shape: (usize, usize),
+        mean: &[f32],
+        sums: &mut Vec<f64>,
+    ) {
+        let (channels, plane) = shape;
+        let samples = x.len() / (channels * plane).max(1);
+        sums.clear();
+        for (c, &m) in mean.iter().enumerate().take(channels) {
+            let m = m as f64;
+            let (mut sg, mut sgx) = (0.0f64, 0.0f64);
+            for s in 0..samples {
+                let (xs, gs) = (plane_of(x, shape, s, c), plane_of(dy, shape, s, c));
+                match relu_out {
+                    Some(y) => {
+                        let ys = plane_of(y, shape, s, c);
+                        sg += lanes_sum3(gs, ys, ys, |g, y, _| relu_grad(y, g) as f64);
+                        sgx += lanes_sum3(gs, ys, xs, |g, y, x| {
+                            relu_grad(y, g) as f64 * (x as f64 - m)
+                        });
+                    }
+                    None => {
+                        sg += lanes_sum(gs, |g| g as f64);
+                        sgx += lanes_sum3(gs, xs, xs, |g, x, _| g as f64 * (x as f64 - m));
+                    }
+                }
+            }
+            sums.extend([sg, sgx]);
+        }
+    }
+}
+
+/// What `dx_kernel` needs per channel: mean, 1/std, weight, and sum(g)/M, sum(g*xhat)/M
+/// (`None` after an evaluation pass, whose statistics are constants).
+struct DxTerms<'a> {
+    mean: &'a [f32],
+    inv_std: &'a [f32],
+    weight: &'a [f32],
+    trained: Option<(&'a [f32], &'a [f32])>,
+}
+
+on_best_isa! {
+    /// dx = k * (g - mean_dbias - xhat * mean_dweight), or k * g after an evaluation pass,
+    /// for one chunk.
+    fn dx_kernel(
+        x: &[f32],
+        relu_out: Option<&[f32]>,
+        dy: &[f32],
+        dx: &mut [f32],
+        shape: (usize, usize),
+        t: &DxTerms,
+    ) {
+        let (channels, plane) = shape;
+        let samples = x.len() / (channels * plane).max(1);
+        for s in 0..samples {
+            for c in 0..channels {
+                let (x, dy) = (plane_of(x, shape, s, c), plane_of(dy, shape, s, c));
+                let dx = &mut dx[(s * channels + c) * plane..][..plane];
+                let y = relu_out.map(|y| plane_of(y, shape, s, c));
+                let k = t.weight[c] * t.inv_std[c];
+                let (mc, ic) = (t.mean[c], t.inv_std[c]);
+                match (t.trained, y) {
+                    (Some((mdb, mdw)), Some(y)) => {
+                        let (mdb, mdw) = (mdb[c], mdw[c]);
+                        for (((d, &xv), &g), &y) in dx.iter_mut().zip(x).zip(dy).zip(y) {
+                            *d = k * (relu_grad(y, g) - mdb - (xv - mc) * ic * mdw);
                         }
-                    } else {
+                    }
+                    (Some((mdb, mdw)), None) => {
+                        let (mdb, mdw) = (mdb[c], mdw[c]);
+                        for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
+                            *d = k * (g - mdb - (xv - mc) * ic * mdw);
+                        }
+                    }
+                    (None, Some(y)) => {
+                        for ((d, &g), &y) in dx.iter_mut().zip(dy).zip(y) {
+                            *d = k * relu_grad(y, g);
+                        }
+                    }
+                    (None, None) => {
                         for (d, &g) in dx.iter_mut().zip(dy) {
                             *d = k * g;
                         }
                     }
                 }
-            });
+            }
+        }
+    }
+}
+
+/// The batch norm's per-pass state: the scale and shift of the last forward pass and the
+/// gradient sums of the last backward pass, per channel.
+#[derive(Default)]
+pub struct FastBatchNorm {
+    /// y = x * scale + shift, per channel.
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    /// sum(g) / M and sum(g * xhat) / M of the last backward pass, per channel.
+    mean_dbias: Vec<f32>,
+    mean_dweight: Vec<f32>,
+    /// The ReLU after the batch norm is applied here (fused passes).
+    pub relu: bool,
+}
+
+impl FastBatchNorm {
+    /// Chunk statistics: `stats` gets (count, mean, M2 = sum((x - mean)^2)) per channel.
+    pub fn stats_chunk(bn: &BatchNorm, x: &[f32], stats: &mut Vec<f64>) {
+        stats_kernel(x, (bn.channels, bn.plane), stats);
+    }
+
+    /// The batch's mean and variance from every chunk's `stats_chunk`, combined in chunk
+    /// order; records them in `bn` (running statistics, mean, 1/std) and sets scale and
+    /// shift for `apply_chunk`.
+    pub fn finish_stats<'a>(
+        &mut self,
+        bn: &mut BatchNorm,
+        chunks: impl Iterator<Item = &'a [f64]>,
+    ) {
+        let channels = bn.channels;
+        let mut total = vec![(0.0f64, 0.0f64, 0.0f64); channels];
+        for part in chunks {
+            for (t, p) in total.iter_mut().zip(part.chunks_exact(3)) {
+                let (nb, mb, m2b) = (p[0], p[1], p[2]);
+                let (na, ma, m2a) = *t;
+                let n = na + nb;
+                if n == 0.0 {
+                    continue;
+                }
+                let delta = mb - ma;
+                *t = (
+                    n,
+                    ma + delta * nb / n,
+                    m2a + m2b + delta * delta * na * nb / n,
+                );
+            }
+        }
+        for (c, &(n, mean, m2)) in total.iter().enumerate() {
+            bn.record_batch(c, mean, m2 / n.max(1.0), n);
+        }
+        bn.num_batches_tracked += 1;
+        bn.trained = true;
+        self.set_scale_shift(bn);
+    }
+
+    /// Evaluation: the running statistics give scale and shift.
+    pub fn use_running(&mut self, bn: &mut BatchNorm) {
+        bn.use_running();
+        bn.trained = false;
+        self.set_scale_shift(bn);
+    }
+
+    fn set_scale_shift(&mut self, bn: &BatchNorm) {
+        let (w, b) = (&bn.weight.value, &bn.bias.value);
+        self.scale.clear();
+        self.shift.clear();
+        for c in 0..bn.channels {
+            let scale = w[c] * bn.inv_std[c];
+            self.scale.push(scale);
+            self.shift.push(b[c] - scale * bn.mean[c]);
+        }
+    }
+
+    /// y = x * scale + shift for one chunk (then the ReLU, when fused).
+    pub fn apply_chunk(&self, bn: &BatchNorm, x: &[f32], y: &mut [f32]) {
+        let shape = (bn.channels, bn.plane);
+        apply_kernel(x, y, shape, &self.scale, &self.shift, self.relu);
+    }
+
+    /// One chunk's gradient sums: `sums` gets sum(g) and sum(g * (x - mean)) per channel.
+    /// `relu_out`: the fused ReLU's output, which masks `dy`.
+    pub fn grad_chunk(
+        bn: &BatchNorm,
+        x: &[f32],
+        relu_out: Option<&[f32]>,
+        dy: &[f32],
+        sums: &mut Vec<f64>,
+    ) {
+        grad_kernel(x, relu_out, dy, (bn.channels, bn.plane), &bn.mean, sums);
+    }
+
+    /// The batch's parameter gradients from every chunk's `grad_chunk`, added in chunk
+    /// order over `m` values per channel; keeps what `dx_chunk` needs.
+    pub fn finish_grads<'a>(
+        &mut self,
+        bn: &mut BatchNorm,
+        chunks: impl Iterator<Item = &'a [f64]>,
+        m: usize,
+    ) {
+        let channels = bn.channels;
+        let mut total = vec![(0.0f64, 0.0f64); channels];
+        for part in chunks {
+            for (t, p) in total.iter_mut().zip(part.chunks_exact(2)) {
+                t.0 += p[0];
+                t.1 += p[1];
+            }
+        }
+        let m = m.max(1) as f64;
+        self.mean_dbias.clear();
+        self.mean_dweight.clear();
+        for (c, &(sg, sgx)) in total.iter().enumerate() {
+            let dweight = sgx * bn.inv_std[c] as f64;
+            bn.bias.grad[c] = sg as f32;
+            bn.weight.grad[c] = dweight as f32;
+            self.mean_dbias.push((sg / m) as f32);
+            self.mean_dweight.push((dweight / m) as f32);
+        }
+    }
+
+    /// One chunk's input gradient, after `finish_grads`.
+    pub fn dx_chunk(
+        &self,
+        bn: &BatchNorm,
+        x: &[f32],
+        relu_out: Option<&[f32]>,
+        dy: &[f32],
+        dx: &mut [f32],
+    ) {
+        let terms = DxTerms {
+            mean: &bn.mean,
+            inv_std: &bn.inv_std,
+            weight: &bn.weight.value,
+            trained: bn
+                .trained
+                .then_some((&self.mean_dbias[..], &self.mean_dweight[..])),
+        };
+        dx_kernel(x, relu_out, dy, dx, (bn.channels, bn.plane), &terms);
     }
 }

@@ -10,7 +10,7 @@
 //! | `im2col.rs` | the conv's loops over the window | unfolding into columns for one GEMM |
 //! | `pool.rs` | `nn::Pool2d` | a vector 2x2 max pool; the plain loops per chunk otherwise |
 //! | `linear.rs` | `nn::Linear` | GEMM calls on a transposed copy of the weights |
-//! | `batchnorm.rs` | `nn::BatchNorm` | interleaved f64 sums, channels in parallel |
+//! | `batchnorm.rs` | `nn::BatchNorm` (+ the ReLU after it) | per chunk inside the pipeline: statistics and gradient sums per chunk in f64, combined in chunk order at the batch's barrier |
 //! | `gemm.rs` | — | the one place that calls a GEMM crate |
 //! | `simd.rs` | — | run-time choice of AVX-512 / AVX2 and the vector operations used |
 //!
@@ -42,6 +42,9 @@ pub struct Scratch {
     /// This chunk's part of the parameter gradients (weight, then bias), summed over the
     /// chunks in order once every chunk is done.
     pub grad: Vec<f32>,
+    /// Sums in f64 (batch norm: the chunk's statistics in the forward pass, its gradient
+    /// sums in the backward pass).
+    pub sums: Vec<f64>,
     /// A training-mode forward filled `saved` and no backward has consumed it yet.
     pub ready: bool,
 }

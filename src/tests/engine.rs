@@ -68,20 +68,62 @@ type = "linear"
 out_features = 10
 "#;
 
+/// Batch norms where the pipeline has no stage before them to gather their statistics
+/// (the network's first layer) and back to back (a stage of one barrier), a ReLU fused
+/// into the second, and one before a linear layer (1-d) whose ReLU is the last layer.
+const BARRIERS: &str = r#"
+name = "barriers"
+input = [1, 28, 28]
+[[layers]]
+name = "bn0"
+type = "batch_norm2d"
+[[layers]]
+name = "conv"
+type = "conv2d"
+out_channels = 4
+kernel = 3
+stride = 2
+[[layers]]
+name = "bn1"
+type = "batch_norm2d"
+[[layers]]
+name = "bn2"
+type = "batch_norm2d"
+momentum = 0.5
+[[layers]]
+name = "relu"
+type = "relu"
+[[layers]]
+name = "flatten"
+type = "flatten"
+[[layers]]
+name = "fc"
+type = "linear"
+out_features = 10
+[[layers]]
+name = "bn3"
+type = "batch_norm1d"
+[[layers]]
+name = "relu3"
+type = "relu"
+"#;
+
 fn networks() -> Vec<ModelSpec> {
     vec![
         ModelSpec::preset("seed-cnn").unwrap(),
         ModelSpec::preset("cnn-plus").unwrap(),
         spec(SKIPS),
         spec(POOLS),
+        spec(BARRIERS),
     ]
 }
 
 /// The network runs each chunk through a whole stage of layers, skipping the fused ones;
 /// the plain way is one layer at a time over the whole batch. Both must give the same
-/// bits: for a network of per-chunk layers only, for one whose batch norms split it into
-/// several stages, and for one with two skipped layers in a row; and `train_step` (each
-/// chunk forward, through the loss and backward at once) the same again.
+/// bits: for a network of per-chunk layers only, for ones whose batch norms split it into
+/// several stages (statistics gathered by the stage before, ReLUs fused into them, a batch
+/// norm first and two in a row), and for one with two skipped layers in a row; and
+/// `train_step` (each chunk forward, through the loss and backward at once) the same again.
 #[test]
 fn the_chunk_pipeline_matches_running_layers_one_at_a_time() {
     for spec in networks() {

@@ -309,7 +309,7 @@ fn fast_linear_matches_the_readable_linear() {
     }
 }
 
-/// The fast batch norm (interleaved sums, channels and samples in parallel) against
+/// The fast batch norm (per-chunk statistics and gradient sums combined in chunk order) against
 /// `nn::BatchNorm`: outputs, running statistics and gradients within 1e-5, in training and
 /// evaluation mode, 2-d and 1-d.
 #[test]
