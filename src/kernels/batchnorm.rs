@@ -24,14 +24,14 @@
 use super::simd::{self, Isa};
 use crate::nn::BatchNorm;
 
-/// Defines `fn $name(args)` whose body is compiled three times — for AVX-512, for AVX2 and
-/// for the baseline — and runs the copy for the vector unit `simd::detect` picks. The
-/// compiler vectorises the plain loops below for each; float operations are never
-/// reordered, so every copy gives the same bits.
+/// Defines `fn $name(isa, args)` whose body is compiled three times — for AVX-512, for AVX2
+/// and for the baseline — and runs the copy for `isa` (`simd::detect()` in use; a test runs
+/// every one the CPU has). The compiler vectorises the plain loops below for each; float
+/// operations are never reordered, so every copy gives the same bits.
 macro_rules! on_best_isa {
     ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$m])*
-        fn $name($($arg: $ty),*) {
+        pub(crate) fn $name(isa: Option<Isa>, $($arg: $ty),*) {
             #[inline(always)]
             fn body($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
@@ -44,8 +44,11 @@ macro_rules! on_best_isa {
             unsafe fn avx2($($arg: $ty),*) {
                 body($($arg),*)
             }
-            match simd::detect() {
-                // SAFETY: the CPU has the instruction set (`detect`).
+            if let Some(isa) = isa {
+                assert!(simd::has(isa), "{isa:?} is not on this CPU");
+            }
+            match isa {
+                // SAFETY: the CPU has the instruction set (checked above).
                 #[cfg(target_arch = "x86_64")]
                 Some(Isa::Avx512) => unsafe { avx512($($arg),*) },
                 #[cfg(target_arch = "x86_64")]
@@ -206,11 +209,11 @@ on_best_isa! {
 
 /// What `dx_kernel` needs per channel: mean, 1/std, weight, and sum(g)/M, sum(g*xhat)/M
 /// (`None` after an evaluation pass, whose statistics are constants).
-struct DxTerms<'a> {
-    mean: &'a [f32],
-    inv_std: &'a [f32],
-    weight: &'a [f32],
-    trained: Option<(&'a [f32], &'a [f32])>,
+pub(crate) struct DxTerms<'a> {
+    pub mean: &'a [f32],
+    pub inv_std: &'a [f32],
+    pub weight: &'a [f32],
+    pub trained: Option<(&'a [f32], &'a [f32])>,
 }
 
 on_best_isa! {
@@ -279,7 +282,7 @@ pub struct FastBatchNorm {
 impl FastBatchNorm {
     /// Chunk statistics: `stats` gets (count, mean, M2 = sum((x - mean)^2)) per channel.
     pub fn stats_chunk(bn: &BatchNorm, x: &[f32], stats: &mut Vec<f64>) {
-        stats_kernel(x, (bn.channels, bn.plane), stats);
+        stats_kernel(simd::detect(), x, (bn.channels, bn.plane), stats);
     }
 
     /// The batch's mean and variance from every chunk's `stats_chunk`, combined in chunk
@@ -337,7 +340,15 @@ impl FastBatchNorm {
     /// y = x * scale + shift for one chunk (then the ReLU, when fused).
     pub fn apply_chunk(&self, bn: &BatchNorm, x: &[f32], y: &mut [f32]) {
         let shape = (bn.channels, bn.plane);
-        apply_kernel(x, y, shape, &self.scale, &self.shift, self.relu);
+        apply_kernel(
+            simd::detect(),
+            x,
+            y,
+            shape,
+            &self.scale,
+            &self.shift,
+            self.relu,
+        );
     }
 
     /// One chunk's gradient sums: `sums` gets sum(g) and sum(g * (x - mean)) per channel.
@@ -349,7 +360,8 @@ impl FastBatchNorm {
         dy: &[f32],
         sums: &mut Vec<f64>,
     ) {
-        grad_kernel(x, relu_out, dy, (bn.channels, bn.plane), &bn.mean, sums);
+        let shape = (bn.channels, bn.plane);
+        grad_kernel(simd::detect(), x, relu_out, dy, shape, &bn.mean, sums);
     }
 
     /// The batch's parameter gradients from every chunk's `grad_chunk`, added in chunk
@@ -397,6 +409,14 @@ impl FastBatchNorm {
                 .trained
                 .then_some((&self.mean_dbias[..], &self.mean_dweight[..])),
         };
-        dx_kernel(x, relu_out, dy, dx, (bn.channels, bn.plane), &terms);
+        dx_kernel(
+            simd::detect(),
+            x,
+            relu_out,
+            dy,
+            dx,
+            (bn.channels, bn.plane),
+            &terms,
+        );
     }
 }

@@ -68,18 +68,29 @@ fn names(all: &[Isa]) -> String {
 
 /// Every vector unit this CPU can run, widest first (the tests run each).
 pub fn supported() -> Vec<Isa> {
-    let mut all = Vec::new();
+    [Isa::Avx512, Isa::Avx2]
+        .into_iter()
+        .filter(|&i| has(i))
+        .collect()
+}
+
+/// Whether this CPU can run `isa` (the standard library caches the answer).
+pub fn has(isa: Isa) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            all.push(Isa::Avx512);
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            all.push(Isa::Avx2);
+        match isa {
+            Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
         }
     }
-    all
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
 }
 
 /// Defines `$avx512` and `$avx2`: the generic `$generic::<S, ...>` compiled once for each

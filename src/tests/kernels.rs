@@ -437,3 +437,62 @@ fn vector_transpose_matches_the_plain_loop() {
         }
     }
 }
+
+/// The batch norm's four kernels, compiled for each vector unit from one body, give the
+/// same bits on every one this CPU has as the baseline copy (the compiler vectorises the
+/// loops but never reorders float operations).
+#[test]
+fn batch_norm_kernels_give_the_same_bits_on_every_vector_unit() {
+    use crate::kernels::batchnorm::{apply_kernel, dx_kernel, grad_kernel, stats_kernel, DxTerms};
+    let mut r = rng(77);
+    // 3 samples of 5 channels of 7x5: planes that are not whole vectors.
+    let shape = (5, 35);
+    let n = 3 * 5 * 35;
+    let x = random(&[n], &mut r).data;
+    let dy = random(&[n], &mut r).data;
+    let y_relu: Vec<f32> = x.iter().map(|&v| if v > 0.1 { v } else { 0.0 }).collect();
+    let mut per_channel = |k: usize| {
+        random(&[5], &mut r)
+            .data
+            .iter()
+            .map(|v| v * k as f32)
+            .collect::<Vec<f32>>()
+    };
+    let (scale, shift, mean) = (per_channel(2), per_channel(1), per_channel(1));
+    let inv_std: Vec<f32> = per_channel(1).iter().map(|v| v.abs() + 0.5).collect();
+    let (mdb, mdw) = (per_channel(1), per_channel(1));
+    let run = |isa: Option<Isa>| {
+        let mut out: Vec<Vec<u64>> = Vec::new();
+        let mut stats = Vec::new();
+        stats_kernel(isa, &x, shape, &mut stats);
+        out.push(stats.iter().map(|v| v.to_bits()).collect());
+        for relu in [false, true] {
+            let mut y = vec![0.0f32; n];
+            apply_kernel(isa, &x, &mut y, shape, &scale, &shift, relu);
+            out.push(y.iter().map(|v| v.to_bits() as u64).collect());
+            let mask = relu.then_some(&y_relu[..]);
+            grad_kernel(isa, &x, mask, &dy, shape, &mean, &mut stats);
+            out.push(stats.iter().map(|v| v.to_bits()).collect());
+            for trained in [None, Some((&mdb[..], &mdw[..]))] {
+                let terms = DxTerms {
+                    mean: &mean,
+                    inv_std: &inv_std,
+                    weight: &scale,
+                    trained,
+                };
+                let mut dx = vec![0.0f32; n];
+                dx_kernel(isa, &x, mask, &dy, &mut dx, shape, &terms);
+                out.push(dx.iter().map(|v| v.to_bits() as u64).collect());
+            }
+        }
+        out
+    };
+    let baseline = run(None);
+    assert!(
+        baseline[1].iter().any(|&b| b != 0),
+        "the outputs are not all zero"
+    );
+    for isa in simd::supported() {
+        assert_eq!(run(Some(isa)), baseline, "{isa:?}");
+    }
+}
