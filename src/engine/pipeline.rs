@@ -704,6 +704,26 @@ impl Alone {
         let mut dx = Tensor::default();
         dx.resize_batch(n, self.op.layer().input_shape());
         self.grow(n);
+        self.each_chunk(&mut dx, (x, y, dy), |op, dx, (x, y, dy), s| {
+            op.backward_chunk(x, y, dy, Some(dx), s)
+        });
+        self.op
+            .finish_backward(x, dy, &self.scratch, n.div_ceil(CHUNK));
+        if self.op.batch_barrier() {
+            self.each_chunk(&mut dx, (x, y, dy), |op, dx, (x, y, dy), _| {
+                op.dx_chunk(x, y, dy, dx)
+            });
+        }
+        dx
+    }
+
+    /// `f` on every chunk's slices of dx, (x, y, dy) and its scratch, in parallel.
+    fn each_chunk(
+        &mut self,
+        dx: &mut Tensor,
+        (x, y, dy): (&Tensor, &Tensor, &Tensor),
+        f: impl Fn(&dyn Op, &mut [f32], (&[f32], &[f32], &[f32]), &mut Scratch) + Sync,
+    ) {
         let (xl, yl) = (x.sample_len(), y.sample_len());
         let op = &*self.op;
         dx.data
@@ -715,21 +735,6 @@ impl Alone {
                     .zip(dy.data.par_chunks(CHUNK * yl)),
             )
             .zip(self.scratch.par_iter_mut())
-            .for_each(|(((dx, x), (y, dy)), s)| op.backward_chunk(x, y, dy, Some(dx), s));
-        let chunks = n.div_ceil(CHUNK);
-        self.op.finish_backward(x, dy, &self.scratch, chunks);
-        if self.op.batch_barrier() {
-            let op = &*self.op;
-            dx.data
-                .par_chunks_mut(CHUNK * xl)
-                .zip(x.data.par_chunks(CHUNK * xl))
-                .zip(
-                    y.data
-                        .par_chunks(CHUNK * yl)
-                        .zip(dy.data.par_chunks(CHUNK * yl)),
-                )
-                .for_each(|((dx, x), (y, dy))| op.dx_chunk(x, y, dy, dx));
-        }
-        dx
+            .for_each(|(((dx, x), (y, dy)), s)| f(op, dx, (x, y, dy), s));
     }
 }
