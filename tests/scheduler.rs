@@ -93,12 +93,19 @@ fn setup(n: u32, limit: &str) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     fake_mnist(&data.join("mnist"), n);
-    let reference = dir.path().join("in-process");
+    let reference = in_process_sweep(&data, dir.path(), limit);
+    (dir, data, reference)
+}
+
+/// The sweep of `sweep_args` on `limit` images, run in one process into `dir/in-process`:
+/// what a scheduler's run of the same plan must equal.
+fn in_process_sweep(data: &Path, dir: &Path, limit: &str) -> PathBuf {
+    let reference = dir.join("in-process");
     ok(
-        &data,
+        data,
         &sweep_args(&["--limit", limit, "--out", s(&reference)]),
     );
-    (dir, data, reference)
+    reference
 }
 
 fn assert_same_sweep(got: &Path, want: &Path) {
@@ -467,12 +474,8 @@ fn killed_trials_and_collectors_lose_nothing_and_count_every_trial_once() {
 fn gnu_parallel_runs_the_plan() {
     let data = PathBuf::from(common::data());
     let dir = tempfile::tempdir().unwrap();
-    let reference = dir.path().join("in-process");
+    let reference = in_process_sweep(&data, dir.path(), "2000");
     let plan = dir.path().join("planned");
-    ok(
-        &data,
-        &sweep_args(&["--limit", "2000", "--out", s(&reference)]),
-    );
     ok(
         &data,
         &sweep_args(&["--limit", "2000", "--out", s(&plan), "--plan"]),
@@ -525,12 +528,8 @@ impl Drop for Cluster {
 fn a_real_slurm_job_array_runs_the_plan() {
     let data = PathBuf::from(common::data());
     let dir = tempfile::tempdir().unwrap();
-    let reference = dir.path().join("in-process");
+    let reference = in_process_sweep(&data, dir.path(), "2000");
     let plan = dir.path().join("planned");
-    ok(
-        &data,
-        &sweep_args(&["--limit", "2000", "--out", s(&reference)]),
-    );
     let start = Instant::now();
     let state = dir.path().join("slurm");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slurm/cluster.sh");

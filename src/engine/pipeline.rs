@@ -161,15 +161,21 @@ impl Pipeline {
     ) {
         let n = acts[0].batch();
         self.set_fusion(ops, fuse);
-        let stages = if mode == Mode::Train {
-            self.stages.clone()
-        } else {
-            self.eval_stages.clone()
-        };
-        if mode == Mode::Train && ops[0].batch_barrier() {
+        let train = mode == Mode::Train;
+        if train && ops[0].batch_barrier() {
             self.input_stats(ops, acts, n);
         }
-        for (start, end) in stages {
+        let count = if train {
+            self.stages.len()
+        } else {
+            self.eval_stages.len()
+        };
+        for k in 0..count {
+            let (start, end) = if train {
+                self.stages[k]
+            } else {
+                self.eval_stages[k]
+            };
             self.forward_stage(ops, acts, start, end, n, mode);
         }
     }

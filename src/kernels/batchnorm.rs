@@ -22,7 +22,7 @@
 //! running statistics give scale and shift before the pass.
 
 use super::simd::{self, Isa};
-use crate::nn::BatchNorm;
+use crate::nn::{ActivationKind, BatchNorm};
 
 /// Defines `fn $name(isa, args)` whose body is compiled three times — for AVX-512, for AVX2
 /// and for the baseline — and runs the copy for `isa` (`simd::detect()` in use; a test runs
@@ -101,25 +101,16 @@ fn plane_of(data: &[f32], (channels, plane): (usize, usize), s: usize, c: usize)
     &data[(s * channels + c) * plane..][..plane]
 }
 
-/// max(v, 0) as `nn::ActivationKind::Relu` computes it (0 for -0 and NaN).
+/// The fused ReLU: `nn::ActivationKind::Relu` itself (inlined and vectorised here).
 #[inline(always)]
 fn relu(v: f32) -> f32 {
-    if v > 0.0 {
-        v
-    } else {
-        0.0
-    }
+    ActivationKind::Relu.apply(v)
 }
 
-/// The ReLU's backward as `nn::ActivationKind::Relu` computes it: `dy` where its output
-/// `y` is positive, else 0.
+/// The fused ReLU's backward: `dy` where its output `y` is positive, else 0.
 #[inline(always)]
 fn relu_grad(y: f32, dy: f32) -> f32 {
-    if y > 0.0 {
-        dy
-    } else {
-        0.0
-    }
+    ActivationKind::Relu.gradient(y, dy)
 }
 
 on_best_isa! {
@@ -300,7 +291,8 @@ impl FastBatchNorm {
                 let (nb, mb, m2b) = (p[0], p[1], p[2]);
                 let (na, ma, m2a) = *t;
                 let n = na + nb;
-                if n == 0.0 {
+                // A part without values (its mean is 0/0) adds nothing.
+                if nb == 0.0 {
                     continue;
                 }
                 let delta = mb - ma;
