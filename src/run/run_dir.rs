@@ -142,8 +142,17 @@ impl RunLock {
                 .open(&path)
                 .map_err(|e| Error::io(&path, e))?;
             if !try_lock(&file) {
+                // The holder writes its pid right after it takes the lock: give it up to
+                // 100 ms to appear before saying "another process".
                 let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
+                for _ in 0..50 {
+                    holder.clear();
+                    let _ = file.rewind().and_then(|_| file.read_to_string(&mut holder));
+                    if !holder.trim().is_empty() {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
                 let holder = holder.trim();
                 let who = if holder.is_empty() {
                     "another process".to_string()
