@@ -1,7 +1,8 @@
 //! The fast convolution alone, one chunk of 8 images at a time on one thread, for the conv
 //! layers of seed-cnn and cnn-plus: forward (training mode, keeping what the backward pass
 //! needs), backward with the input gradient (weight gradient + input gradient), and the
-//! weight gradient alone.
+//! weight gradient alone; each on the direct shifted sums and as Winograd F(2x2, 3x3)
+//! (forward and input gradient; the weight gradient is direct in both).
 //! GFLOP/s count 2 x multiply-adds of the layer's own arithmetic (no padding or wide-layout
 //! columns). Run: `cargo bench --bench conv` (CONVNET_SIMD=avx2|off for the other paths).
 
@@ -19,13 +20,25 @@ fn main() {
         ("plus conv3 32->64 @14", [32, 14, 14], 64, false),
     ];
     println!(
-        "{:<24} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "{:<30} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
         "layer", "fwd us", "fwd GFLOP/s", "bwd us", "bwd GFLOP/s", "dW us", "dW GFLOP/s"
     );
-    for (name, input, out_c, _) in shapes {
+    for ((name, input, out_c, _), winograd) in
+        shapes.into_iter().flat_map(|s| [(s, false), (s, true)])
+    {
         let g = ConvShape::new(input, out_c, 3, 1, 1).unwrap();
         let nb = 8;
         let mut conv = FastConv::new(g);
+        if conv.set_winograd(winograd).is_err() {
+            continue;
+        }
+        let name = format!("{name} {}", if winograd { "wino" } else { "direct" });
+        // CONVNET_BENCH_ONLY=<part of a row's name>: only those rows (for a profiler).
+        if let Ok(only) = std::env::var("CONVNET_BENCH_ONLY") {
+            if !name.contains(&only) {
+                continue;
+            }
+        }
         let w: Vec<f32> = (0..out_c * input[0] * 9)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.01)
             .collect();
@@ -54,6 +67,7 @@ fn main() {
             best
         };
         let fwd = time(&mut || conv.forward_chunk((&w, &b), &x, &mut y, &mut s, Mode::Train));
+
         let bwd = time(&mut || {
             conv.forward_chunk((&w, &b), &x, &mut y, &mut s, Mode::Train);
             conv.backward_chunk((&w, &b), &x, &y, &dy, Some(&mut dx), &mut s);
@@ -63,7 +77,7 @@ fn main() {
             conv.backward_chunk((&w, &b), &x, &y, &dy, None, &mut s);
         }) - fwd;
         println!(
-            "{name:<24} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+            "{name:<30} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
             fwd * 1e6,
             2.0 * macs / fwd / 1e9,
             bwd * 1e6,

@@ -117,11 +117,14 @@ pub fn run(args: Args) -> Result<(), Error> {
     let macs = net.macs() as f64;
     // Forward = 2*MACs flops; backward ~ twice that (input and weight gradients).
     let train_flops = 6.0 * macs;
-    let convs = match (engine, simd::detect()) {
+    let mut convs = match (engine, simd::detect()) {
         (Engine::Reference, _) => "the readable layers of nn/ (reference engine)".to_string(),
         (_, Some(isa)) => format!("direct {isa} kernels"),
         (_, None) => "im2col + GEMM".to_string(),
     };
+    for (layer, path) in net.kernel_paths() {
+        convs += &format!(" · {layer} {path}");
+    }
     println!(
         "convnet bench: model {} · {} mult-adds/image · {:.2} MFLOP per training image · {threads} threads · GEMM crate {} · stride-1 convs: {convs}",
         cfg.model.name,

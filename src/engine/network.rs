@@ -231,6 +231,19 @@ impl Network {
         }
     }
 
+    /// Layers whose fast kernels take a path worth naming (`convnet bench` prints them):
+    /// (layer name, path), e.g. a conv whose forward pass runs as Winograd.
+    pub fn kernel_paths(&self) -> Vec<(String, &'static str)> {
+        if self.engine == Engine::Reference {
+            return Vec::new();
+        }
+        let named = self
+            .ops
+            .iter()
+            .filter_map(|op| Some((op.layer().name().to_string(), op.kernel_path()?)));
+        named.collect()
+    }
+
     /// The layer that applied layer `i` itself in the last pass (a fused ReLU or max pool;
     /// a skipped flatten gives the layer before it), or `None` if layer `i` ran.
     pub fn applied_by(&self, i: usize) -> Option<usize> {

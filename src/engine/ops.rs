@@ -52,6 +52,10 @@ pub(crate) trait Op: Send + Sync {
         let _ = (what, on);
         false
     }
+    /// A fast path worth naming that this layer takes, if any.
+    fn kernel_path(&self) -> Option<&'static str> {
+        None
+    }
     /// Called once before a batch's chunks run forward, with the parameters as they are.
     fn prepare(&mut self, mode: Mode) {
         let _ = mode;
@@ -145,6 +149,11 @@ impl Op for ConvOp {
             Absorb::Identity => return false,
         }
         true
+    }
+    fn kernel_path(&self) -> Option<&'static str> {
+        self.fast
+            .winograd()
+            .then_some("forward as Winograd F(2x2, 3x3)")
     }
     fn prepare(&mut self, _mode: Mode) {
         self.fast.prepare(&self.layer.weight.value);

@@ -21,43 +21,8 @@
 //! order, so results repeat on any thread count. Evaluation passes need no barrier: the
 //! running statistics give scale and shift before the pass.
 
-use super::simd::{self, Isa};
+use super::simd::{self, on_best_isa};
 use crate::nn::{ActivationKind, BatchNorm};
-
-/// Defines `fn $name(isa, args)` whose body is compiled three times — for AVX-512, for AVX2
-/// and for the baseline — and runs the copy for `isa` (`simd::detect()` in use; a test runs
-/// every one the CPU has). The compiler vectorises the plain loops below for each; float
-/// operations are never reordered, so every copy gives the same bits.
-macro_rules! on_best_isa {
-    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$m])*
-        pub(crate) fn $name(isa: Option<Isa>, $($arg: $ty),*) {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx512f")]
-            unsafe fn avx512($($arg: $ty),*) {
-                body($($arg),*)
-            }
-            #[cfg(target_arch = "x86_64")]
-            #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) {
-                body($($arg),*)
-            }
-            if let Some(isa) = isa {
-                assert!(simd::has(isa), "{isa:?} is not on this CPU");
-            }
-            match isa {
-                // SAFETY: the CPU has the instruction set (checked above).
-                #[cfg(target_arch = "x86_64")]
-                Some(Isa::Avx512) => unsafe { avx512($($arg),*) },
-                #[cfg(target_arch = "x86_64")]
-                Some(Isa::Avx2) => unsafe { avx2($($arg),*) },
-                _ => body($($arg),*),
-            }
-        }
-    };
-}
 
 /// `sum(f(v))` over `values` in 8 interleaved f64 partial sums. The order is fixed, so
 /// results repeat.

@@ -17,6 +17,7 @@ use super::gemm::sgemm;
 use super::im2col::{col2im, pad_whole, unfold_chunk, unpad_from, wide_col2im, ConvLayout};
 use super::pool::max_pool_2x2;
 use super::simd::{self, round_up, Isa, MAX_LANES};
+use super::winograd::{self, Finish, Source};
 use super::{grow, sum, Scratch};
 use crate::nn::{ConvShape, Mode};
 use std::cell::RefCell;
@@ -61,6 +62,26 @@ pub struct FastConv {
     /// The weights as (C, O, K*K), for the direct path's input gradient; refreshed once
     /// per forward pass (`prepare`), not per chunk.
     weight_t: Vec<f32>,
+    /// A 3x3 stride-1 layer with enough channels on the direct path: the forward pass runs
+    /// as Winograd F(2x2, 3x3) (`winograd.rs`); the backward pass stays direct (run as
+    /// Winograd too, the input gradient was no faster: BENCHMARKS.md).
+    winograd: bool,
+    /// The weights transformed for it (`prepare`).
+    wino_u: Vec<f32>,
+}
+
+/// How thin a 3x3 layer may be and still gain from Winograd: per tile its input transform
+/// costs in proportion to C, its output transform to O, the products saved to C * O; so
+/// it pays when 1/C + 1/O is small. Measured with `cargo bench --bench conv` and `convnet
+/// bench` (BENCHMARKS.md): 32 -> 64 channels gain, 16 -> 32 a little, 8 -> 16 lose.
+const WINOGRAD_MAX_THINNESS: f64 = 0.1;
+
+/// Whether `shape` can and should run as Winograd F(2x2, 3x3) on the direct path.
+fn wants_winograd(g: &ConvShape) -> bool {
+    winograd::allowed()
+        && g.kernel == 3
+        && g.stride == 1
+        && 1.0 / g.in_c as f64 + 1.0 / g.out_c as f64 <= WINOGRAD_MAX_THINNESS
 }
 
 // Per chunk, `Scratch::work`. im2col + GEMM: the output (or its gradient) in the column
@@ -78,15 +99,37 @@ impl FastConv {
     /// is 1, im2col + GEMM otherwise.
     pub fn new(shape: ConvShape) -> FastConv {
         let g = shape;
+        let direct = if g.is_wide() { simd::detect() } else { None };
         FastConv {
             shape: g,
             relu: false,
             pool: false,
-            direct: if g.is_wide() { simd::detect() } else { None },
+            direct,
             offsets: g.tap_offsets(),
             back_offsets: g.tap_offsets().iter().map(|o| -o).collect(),
             weight_t: Vec::new(),
+            winograd: direct.is_some() && wants_winograd(&g),
+            wino_u: Vec::new(),
         }
+    }
+
+    /// Runs the forward pass as Winograd F(2x2, 3x3) while `on` (the default for 3x3,
+    /// stride-1 layers wide enough, `WINOGRAD_MAX_THINNESS`, on the direct path). Refuses what the shape or
+    /// path cannot run.
+    pub fn set_winograd(&mut self, on: bool) -> Result<(), String> {
+        let g = &self.shape;
+        if on && (self.direct.is_none() || g.kernel != 3 || g.stride != 1) {
+            return Err(
+                "Winograd F(2x2, 3x3) needs a 3x3, stride-1 conv on the direct path".into(),
+            );
+        }
+        self.winograd = on;
+        Ok(())
+    }
+
+    /// Whether the forward pass runs as Winograd.
+    pub fn winograd(&self) -> bool {
+        self.winograd
     }
 
     /// Chooses the direct path on vector unit `isa` (one of `simd::supported()`, stride 1
@@ -103,6 +146,9 @@ impl FastConv {
             }
         }
         self.direct = isa;
+        if isa.is_none() {
+            self.winograd = false;
+        }
         Ok(())
     }
 
@@ -128,6 +174,9 @@ impl FastConv {
             return;
         }
         let (g, taps) = (&self.shape, self.offsets.len());
+        if self.winograd {
+            winograd::transform_weights(weight, g.out_c, g.in_c, &mut self.wino_u);
+        }
         self.weight_t.resize(weight.len(), 0.0);
         for (o, w) in weight.chunks(g.in_c * taps).enumerate() {
             for (c, w) in w.chunks(taps).enumerate() {
@@ -276,6 +325,15 @@ impl FastConv {
         // Two rows of slack: the pooling reads whole vectors past the last plane's end.
         grow(&mut s.work, padded_len + g.out_c * img + 2 * MAX_LANES);
         let (padded, block) = s.work.split_at_mut(padded_len);
+        if self.winograd {
+            // The padded images only serve the weight gradient.
+            if train {
+                for (x, p) in x.chunks(g.in_len()).zip(padded.chunks_mut(g.in_c * plane)) {
+                    pad_whole(g, self.direct, x, p);
+                }
+            }
+            return self.winograd_forward(isa, b, x, y, &mut s.indices, train);
+        }
         for (x, p) in x.chunks(g.in_len()).zip(padded.chunks_mut(g.in_c * plane)) {
             pad_whole(g, self.direct, x, p);
         }
@@ -290,6 +348,57 @@ impl FastConv {
             shifted_sum(isa, &self.offsets, cols_len, w, rows, g.in_c, x, block, img);
             self.write_image(b, i, block, img, 0, y, &mut s.indices, train);
         }
+    }
+
+    /// The forward pass of a chunk as Winograd F(2x2, 3x3), bias, ReLU and pool included.
+    fn winograd_forward(
+        &self,
+        isa: Isa,
+        bias: &[f32],
+        x: &[f32],
+        y: &mut [f32],
+        indices: &mut [u32],
+        train: bool,
+    ) {
+        let g = &self.shape;
+        let src = Source {
+            start: 0,
+            plane: g.in_h * g.in_w,
+            row: g.in_w,
+            h: g.in_h,
+            w: g.in_w,
+            pad: g.pad,
+        };
+        let nb = x.len() / g.in_len();
+        let plane = self.out_plane();
+        let finish = Finish {
+            relu: self.relu,
+            pool: self.pool.then(|| g.row_step()),
+        };
+        let keep_arg = self.pool && train;
+        let (u, out) = (&self.wino_u, (g.out_h, g.out_w));
+        winograd::convolve(
+            isa,
+            x,
+            src,
+            g.in_len(),
+            nb,
+            g.in_c,
+            u,
+            g.out_c,
+            out,
+            |i, p| {
+                for (o, &bias) in bias.iter().enumerate() {
+                    let k = i * g.out_c + o;
+                    let arg = if keep_arg {
+                        &mut indices[k * plane..][..plane]
+                    } else {
+                        &mut []
+                    };
+                    p.plane(o, bias, finish, &mut y[k * plane..][..plane], arg);
+                }
+            },
+        );
     }
 
     /// Image `i`'s outputs, from `block` (its rows `ld` apart, the image's columns from

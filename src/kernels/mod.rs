@@ -25,6 +25,7 @@ pub mod im2col;
 pub mod linear;
 pub mod pool;
 pub mod simd;
+pub mod winograd;
 
 /// One chunk's working memory in one layer: what the forward pass leaves for the backward
 /// pass (padded images, argmax positions, dropout masks) and the chunk's share of the

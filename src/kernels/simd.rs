@@ -116,6 +116,42 @@ macro_rules! isa_copies {
 }
 pub(crate) use isa_copies;
 
+/// Defines `fn $name(isa, args)` whose body is compiled three times — for AVX-512, for AVX2
+/// and for the baseline — and runs the copy for `isa` (`simd::detect()` in use; a test runs
+/// every one the CPU has). The compiler vectorises the plain loops below for each; float
+/// operations are never reordered, so every copy gives the same bits.
+macro_rules! on_best_isa {
+    ($(#[$m:meta])* fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$m])*
+        pub(crate) fn $name(isa: Option<$crate::kernels::simd::Isa>, $($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($arg: $ty),*) {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) {
+                body($($arg),*)
+            }
+            if let Some(isa) = isa {
+                assert!($crate::kernels::simd::has(isa), "{isa:?} is not on this CPU");
+            }
+            match isa {
+                // SAFETY: the CPU has the instruction set (checked above).
+                #[cfg(target_arch = "x86_64")]
+                Some($crate::kernels::simd::Isa::Avx512) => unsafe { avx512($($arg),*) },
+                #[cfg(target_arch = "x86_64")]
+                Some($crate::kernels::simd::Isa::Avx2) => unsafe { avx2($($arg),*) },
+                _ => body($($arg),*),
+            }
+        }
+    };
+}
+pub(crate) use on_best_isa;
+
 /// Most lanes of any vector type here: buffers the kernels read or write in whole
 /// vectors are rounded up to a multiple of this.
 pub const MAX_LANES: usize = 16;
@@ -141,7 +177,16 @@ pub(crate) trait Lanes {
     /// The first `n` values at `p` (`n < LANES`), zero in the other lanes, which are not
     /// read.
     unsafe fn load_first(p: *const f32, n: usize) -> Self::V;
+    /// Lanes `lo..hi` (`lo < hi <= LANES`) from `p + lane`, zero in the others, which are
+    /// not read (`p` itself may point outside the buffer).
+    unsafe fn load_lanes(p: *const f32, lo: usize, hi: usize) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
+    unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
+    /// Stores the first `n` lanes at `p` (`n <= LANES`); the memory past them is not
+    /// touched.
+    unsafe fn store_first(p: *mut f32, v: Self::V, n: usize);
+    /// `a0 b0 a1 b1 ...`: the lanes of `a` and `b` alternating, as two vectors.
+    unsafe fn interleave(a: Self::V, b: Self::V) -> (Self::V, Self::V);
     /// max(v, 0) per lane, +0 for -0 and NaN (as `if v > 0 { v } else { 0 }`).
     unsafe fn relu(v: Self::V) -> Self::V;
     /// `v` where `m > 0`, else 0 (a ReLU's backward, `m` its output).
@@ -258,8 +303,30 @@ mod x86 {
             _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, p)
         }
         #[inline(always)]
+        unsafe fn load_lanes(p: *const f32, lo: usize, hi: usize) -> __m512 {
+            _mm512_maskz_loadu_ps((((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16, p)
+        }
+        #[inline(always)]
         unsafe fn add(a: __m512, b: __m512) -> __m512 {
             _mm512_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m512, b: __m512) -> __m512 {
+            _mm512_sub_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn store_first(p: *mut f32, v: __m512, n: usize) {
+            _mm512_mask_storeu_ps(p, ((1u32 << n) - 1) as u16, v)
+        }
+        #[inline(always)]
+        unsafe fn interleave(a: __m512, b: __m512) -> (__m512, __m512) {
+            let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            let hi =
+                _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            (
+                _mm512_permutex2var_ps(a, lo, b),
+                _mm512_permutex2var_ps(a, hi, b),
+            )
         }
         #[inline(always)]
         unsafe fn relu(v: __m512) -> __m512 {
@@ -338,8 +405,35 @@ mod x86 {
             _mm256_maskload_ps(p, mask)
         }
         #[inline(always)]
+        unsafe fn load_lanes(p: *const f32, lo: usize, hi: usize) -> __m256 {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let from = _mm256_cmpgt_epi32(lanes, _mm256_set1_epi32(lo as i32 - 1));
+            let below = _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), lanes);
+            _mm256_maskload_ps(p, _mm256_and_si256(from, below))
+        }
+        #[inline(always)]
         unsafe fn add(a: __m256, b: __m256) -> __m256 {
             _mm256_add_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m256, b: __m256) -> __m256 {
+            _mm256_sub_ps(a, b)
+        }
+        #[inline(always)]
+        unsafe fn store_first(p: *mut f32, v: __m256, n: usize) {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+            _mm256_maskstore_ps(p, mask, v)
+        }
+        #[inline(always)]
+        unsafe fn interleave(a: __m256, b: __m256) -> (__m256, __m256) {
+            // Within each 128-bit half: a0 b0 a1 b1 | a4 b4 a5 b5 and a2 b2 a3 b3 | a6 ...;
+            // then the halves regrouped.
+            let (l, h) = (_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+            (
+                _mm256_permute2f128_ps::<0x20>(l, h),
+                _mm256_permute2f128_ps::<0x31>(l, h),
+            )
         }
         #[inline(always)]
         unsafe fn relu(v: __m256) -> __m256 {

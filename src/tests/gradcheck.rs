@@ -342,17 +342,23 @@ fn reference_network_backpropagation_matches_finite_differences() {
 /// The fused fast training path end to end: `train_step` on a seed-cnn-shaped network,
 /// where each conv applies its ReLU and 2x2 max pool itself and the flatten is skipped,
 /// against finite differences of the loss, on the coordinates whose nudges leave every ReLU
-/// and pool decision as it was (most of them).
+/// and pool decision as it was (most of them). Twice: thin convs (direct kernels), and a
+/// 16 -> 32 second conv, wide enough that its forward pass runs as Winograd F(2x2, 3x3).
 #[test]
 fn fused_fast_training_step_matches_finite_differences() {
-    let spec = ModelSpec::from_toml(
-        r#"
+    for widths in [(4, 5), (16, 32)] {
+        fused_step_gradient_check(widths);
+    }
+}
+
+fn fused_step_gradient_check((c1, c2): (usize, usize)) {
+    let text = r#"
         name = "mini-seed"
         input = [1, 8, 8]
         [[layers]]
         name = "conv1"
         type = "conv2d"
-        out_channels = 4
+        out_channels = C1
         kernel = 3
         pad = 1
         [[layers]]
@@ -365,7 +371,7 @@ fn fused_fast_training_step_matches_finite_differences() {
         [[layers]]
         name = "conv2"
         type = "conv2d"
-        out_channels = 5
+        out_channels = C2
         kernel = 3
         pad = 1
         [[layers]]
@@ -389,10 +395,11 @@ fn fused_fast_training_step_matches_finite_differences() {
         name = "fc2"
         type = "linear"
         out_features = 10
-        "#,
-        "test",
-    )
-    .unwrap();
+        "#;
+    let text = text
+        .replace("C1", &c1.to_string())
+        .replace("C2", &c2.to_string());
+    let spec = ModelSpec::from_toml(&text, "test").unwrap();
     let mut net = Network::build_on(&spec, Engine::Fast).unwrap();
     net.initialize(&mut rng(11), None);
     let mut r = rng(15);
@@ -411,5 +418,5 @@ fn fused_fast_training_step_matches_finite_differences() {
         "only {:.0}% of a parameter's coordinates stayed on their pieces",
         100.0 * share
     );
-    assert!(e < 1e-3, "worst relative error {e}");
+    assert!(e < 1e-3, "widths {c1}, {c2}: worst relative error {e}");
 }

@@ -15,14 +15,40 @@ use crate::spec::{LayerSpec, ModelSpec};
 use crate::tensor::Tensor;
 
 /// The ways a convolution can run here: im2col + GEMM (`None`), and the direct path on
-/// every vector unit this CPU has (stride 1 only).
-fn conv_paths(g: &ConvShape) -> Vec<Option<Isa>> {
-    let mut paths = vec![None];
+/// every vector unit this CPU has (stride 1 only), with its exact shifted sums (`false`)
+/// and, for 3x3 kernels, with the forward pass as Winograd F(2x2, 3x3) (`true`).
+fn conv_paths(g: &ConvShape) -> Vec<(Option<Isa>, bool)> {
+    let mut paths = vec![(None, false)];
     if g.stride == 1 {
-        paths.extend(simd::supported().into_iter().map(Some));
+        for isa in simd::supported() {
+            paths.push((Some(isa), false));
+            if g.kernel == 3 {
+                paths.push((Some(isa), true));
+            }
+        }
     }
     paths
 }
+
+/// `FastConv` for `g` on `path`.
+fn fast_conv_on(g: ConvShape, (isa, winograd): (Option<Isa>, bool)) -> FastConv {
+    let mut fast = FastConv::new(g);
+    fast.set_direct(isa).unwrap();
+    fast.set_winograd(winograd).unwrap();
+    assert_eq!((fast.direct(), fast.winograd()), (isa, winograd));
+    fast
+}
+
+/// Shapes beyond the gradient checks' small ones: channels enough for Winograd by
+/// default, odd sizes (a half-outside last tile), pads 0 and 2, and chunks of several
+/// images in one Winograd group.
+const WIDE_CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
+    (3, 16, 14, 14, 32, 3, 1, 1),
+    (2, 9, 7, 5, 10, 3, 1, 0),
+    (2, 8, 5, 6, 8, 3, 1, 2),
+    (2, 8, 4, 5, 9, 3, 1, 3),
+    (21, 8, 7, 7, 12, 3, 1, 1),
+];
 
 /// The fast conv over a whole batch, chunk by chunk as the engine runs it; returns y and
 /// the scratches (for the backward pass).
@@ -89,7 +115,7 @@ fn fast_conv_backward(
 /// against `nn::Conv2d` (f64 sums): forward, dx, dw and db within 1e-4 relative.
 #[test]
 fn every_conv_path_matches_the_readable_conv() {
-    for (ci, &(n, c, h, w, o, k, s, p)) in CONV_CASES.iter().enumerate() {
+    for (ci, &(n, c, h, w, o, k, s, p)) in CONV_CASES.iter().chain(WIDE_CONV_CASES).enumerate() {
         let g = ConvShape::new([c, h, w], o, k, s, p).unwrap();
         let mut r = rng(50 + ci as u64);
         let mut conv = Conv2d::new("conv", g);
@@ -100,9 +126,7 @@ fn every_conv_path_matches_the_readable_conv() {
         for path in conv_paths(&g) {
             for relu in [false, true] {
                 let case = format!("case {ci} on {path:?}, fused ReLU {relu}");
-                let mut fast = FastConv::new(g);
-                fast.set_direct(path).unwrap();
-                assert_eq!(fast.direct(), path);
+                let mut fast = fast_conv_on(g, path);
                 fast.set_relu(relu);
                 let (y, mut scratch) =
                     fast_conv_forward(&mut fast, &conv, &x, g.out_len(), Mode::Train);
@@ -165,8 +189,7 @@ fn a_conv_with_its_relu_and_max_pool_fused_matches_the_separate_layers() {
             for relu in [false, true] {
                 let case = format!("kernel {k} pad {pad} stride {stride} on {path:?}, ReLU {relu}");
                 // The separate layers: the fast conv alone, then the readable ReLU and pool.
-                let mut plain = FastConv::new(g);
-                plain.set_direct(path).unwrap();
+                let mut plain = fast_conv_on(g, path);
                 let (y1, mut s1) =
                     fast_conv_forward(&mut plain, &conv, &x, g.out_len(), Mode::Train);
                 let f = ActivationKind::Relu;
@@ -189,8 +212,7 @@ fn a_conv_with_its_relu_and_max_pool_fused_matches_the_separate_layers() {
                 };
                 let (dx, dw, db) = fast_conv_backward(&plain, &conv, &x, &y1, &d1, &mut s1);
                 // Fused.
-                let mut fused = FastConv::new(g);
-                fused.set_direct(path).unwrap();
+                let mut fused = fast_conv_on(g, path);
                 fused.set_relu(relu);
                 fused.set_max_pool(true);
                 let (y, mut s) = fast_conv_forward(&mut fused, &conv, &x, pooled_len, Mode::Train);

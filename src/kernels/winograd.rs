@@ -1,0 +1,508 @@
+//! Winograd F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural
+//! Networks", 2015): a 3x3, stride-1 convolution computed 2x2 outputs at a time with 16
+//! multiplications per (input, output) channel pair instead of 36. `conv.rs` uses it for
+//! the forward pass of layers wide enough to pay (`WINOGRAD_MAX_THINNESS` in conv.rs); `nn::Conv2d`
+//! is the reference, and `conv_direct.rs` keeps the exact shifted sums it replaces.
+//!
+//! Per 4x4 tile `d` of the padded input (tiles 2 apart) and 3x3 kernel `g`:
+//!
+//! ```text
+//! Y (2x2) = A^T [ U ⊙ V ] A,   U = G g G^T (4x4),   V = B^T d B (4x4)
+//!
+//! B^T = | 1  0 -1  0 |    G = | 1    0    0  |    A^T = | 1  1  1  0 |
+//!       | 0  1  1  0 |        | 1/2  1/2  1/2 |          | 0  1 -1 -1 |
+//!       | 0 -1  1  0 |        | 1/2 -1/2  1/2 |
+//!       | 0  1  0 -1 |        | 0    0    1  |
+//! ```
+//!
+//! Summed over input channels, each of the 16 positions `ξ` of the tile is a matrix
+//! product, `M[ξ] (O, tiles) = U[ξ] (O, C) . V[ξ] (C, tiles)`, which runs on the direct
+//! kernels' `shifted_sum` with one tap. Only the forward pass runs here: the input
+//! gradient (the same convolution of the output gradient, kernels flipped, channels
+//! swapped) was no faster this way (BENCHMARKS.md), so the backward pass stays direct.
+//!
+//! The transforms add and subtract in a different order than the direct sums, so results
+//! differ from them in the last bits: the tests bound the difference against the f64
+//! reference (`nn::Conv2d`) at the same 1e-5 as every other path.
+
+use super::conv_direct::{shifted_sum, Planes};
+use super::simd::{round_up, Isa, Lanes, MAX_LANES};
+use std::cell::RefCell;
+
+/// Where one image's planes sit in a slice: value (row `r`, column `c`) of plane `k` is at
+/// `start + k * plane + r * row + c`, for `r < h`, `c < w`; the convolution pads it with
+/// `pad` zeros on every side.
+#[derive(Clone, Copy, Debug)]
+pub struct Source {
+    pub start: usize,
+    pub plane: usize,
+    pub row: usize,
+    pub h: usize,
+    pub w: usize,
+    pub pad: usize,
+}
+
+/// Whether layers may run as Winograd: yes unless `CONVNET_WINOGRAD=off` (to measure or
+/// rule out the path, like `CONVNET_SIMD`). Read once per process.
+pub fn allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| {
+        let v = std::env::var("CONVNET_WINOGRAD").unwrap_or_default();
+        !matches!(
+            v.to_ascii_lowercase().as_str(),
+            "off" | "0" | "no" | "false"
+        )
+    })
+}
+
+/// The 2x2 output tiles covering an `out_h` x `out_w` plane: (tile rows, tile columns).
+/// An odd size gets a last tile half outside, whose extra outputs are dropped.
+pub fn tiles(out_h: usize, out_w: usize) -> (usize, usize) {
+    (out_h.div_ceil(2), out_w.div_ceil(2))
+}
+
+/// `U[ξ][o][c] = (G g G^T)[ξ]` into `u` (16 * O * C values) for every kernel
+/// `g = w[o][c]` of the weights `w`, (O, C, 3, 3).
+pub fn transform_weights(w: &[f32], out_c: usize, in_c: usize, u: &mut Vec<f32>) {
+    assert_eq!(w.len(), out_c * in_c * 9, "weights are not (O, C, 3, 3)");
+    let pairs = out_c * in_c;
+    u.clear();
+    u.resize(16 * pairs, 0.0);
+    for o in 0..out_c {
+        for c in 0..in_c {
+            let k = &w[(o * in_c + c) * 9..][..9];
+            let g = |a: usize, b: usize| k[a * 3 + b];
+            // t = G g (4x3), then U = t G^T (4x4).
+            let mut t = [[0.0f32; 3]; 4];
+            for (j, _) in [(); 3].iter().enumerate() {
+                let (g0, g1, g2) = (g(0, j), g(1, j), g(2, j));
+                t[0][j] = g0;
+                t[1][j] = 0.5 * (g0 + g1 + g2);
+                t[2][j] = 0.5 * (g0 - g1 + g2);
+                t[3][j] = g2;
+            }
+            let at = o * in_c + c;
+            for (i, t) in t.iter().enumerate() {
+                let row = [
+                    t[0],
+                    0.5 * (t[0] + t[1] + t[2]),
+                    0.5 * (t[0] - t[1] + t[2]),
+                    t[2],
+                ];
+                for (j, v) in row.into_iter().enumerate() {
+                    u[(4 * i + j) * pairs + at] = v;
+                }
+            }
+        }
+    }
+}
+
+/// `V[ξ][k][at + tile] = (B^T d B)[ξ]` for every tile `d` of plane `k < planes` of the
+/// image at `src` (tiles row by row, `grid` of them), the planes `ld` apart in `v`.
+#[allow(clippy::too_many_arguments)]
+fn input_kernel(
+    isa: Isa,
+    x: &[f32],
+    src: Source,
+    planes: usize,
+    grid: (usize, usize),
+    v: &mut [f32],
+    ld: usize,
+    at: usize,
+) {
+    let (th, tw) = grid;
+    assert!(src.pad + src.w <= 2 * tw + 2 && src.h <= 2 * th + 2);
+    let last = (planes.max(1) - 1) * src.plane + (src.h.max(1) - 1) * src.row + src.w;
+    assert!(planes == 0 || src.h == 0 || src.start + last <= x.len());
+    assert!(at + th * tw <= ld && v.len() >= 16 * planes * ld);
+    // SAFETY: the reads of `x` are cut to the image's columns and rows (`load_row`), the
+    // plane and row bounds were checked above; every store into `v` is cut at the tile
+    // row's end, inside the plane (checked above).
+    unsafe {
+        let args = (x, src, planes, grid, v.as_mut_ptr(), ld, at);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => input_avx512(args),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => input_avx2(args),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("no vector kernels for {isa:?} on this target"),
+        }
+    }
+}
+
+type InputArgs<'a> = (
+    &'a [f32],
+    Source,
+    usize,
+    (usize, usize),
+    *mut f32,
+    usize,
+    usize,
+);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn input_avx512(args: InputArgs) {
+    input_tiles::<super::simd::Avx512>(args)
+}
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn input_avx2(args: InputArgs) {
+    input_tiles::<super::simd::Avx2>(args)
+}
+
+/// The values of columns `col..col + LANES` of the row at `row` (`w` wide), zero outside
+/// it.
+#[inline(always)]
+unsafe fn load_row<S: Lanes>(row: *const f32, w: usize, col: isize) -> S::V {
+    let lanes = S::LANES as isize;
+    if col >= 0 && col + lanes <= w as isize {
+        return S::load(row.offset(col));
+    }
+    let lo = (-col).clamp(0, lanes) as usize;
+    let hi = (w as isize - col).clamp(0, lanes) as usize;
+    if lo >= hi {
+        return S::zero();
+    }
+    S::load_lanes(row.wrapping_offset(col), lo, hi)
+}
+
+#[inline(always)]
+unsafe fn input_tiles<S: Lanes>(args: InputArgs) {
+    let (x, src, planes, (th, tw), v, ld, at) = args;
+    let pad = src.pad as isize;
+    for k in 0..planes {
+        let plane = x.as_ptr().add(src.start + k * src.plane);
+        for ty in 0..th {
+            let tile0 = at + ty * tw;
+            let mut t = 0;
+            while t < tw {
+                // B along each of the tile row's four padded input rows: with e = even
+                // columns, o = odd ones, tile t's four values are e[t] - e[t+1],
+                // o[t] + e[t+1], e[t+1] - o[t], o[t] - o[t+1].
+                let mut h = [[S::zero(); 4]; 4];
+                for (i, h) in h.iter_mut().enumerate() {
+                    let y = (2 * ty + i) as isize - pad;
+                    if y < 0 || y >= src.h as isize {
+                        continue;
+                    }
+                    let row = plane.add(y as usize * src.row);
+                    let col = (2 * t) as isize - pad;
+                    let at = |c: isize| load_row::<S>(row, src.w, c);
+                    let lanes = S::LANES as isize;
+                    let (e0, o0) = S::deinterleave(at(col), at(col + lanes));
+                    let (e1, o1) = S::deinterleave(at(col + 2), at(col + 2 + lanes));
+                    *h = [
+                        S::sub(e0, e1),
+                        S::add(o0, e1),
+                        S::sub(e1, o0),
+                        S::sub(o0, o1),
+                    ];
+                }
+                // B^T down the columns: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3.
+                let n = (tw - t).min(S::LANES);
+                let [h0, h1, h2, h3] = h;
+                for j in 0..4 {
+                    let out = |i: usize| v.add(((4 * i + j) * planes + k) * ld + tile0 + t);
+                    S::store_first(out(0), S::sub(h0[j], h2[j]), n);
+                    S::store_first(out(1), S::add(h1[j], h2[j]), n);
+                    S::store_first(out(2), S::sub(h2[j], h1[j]), n);
+                    S::store_first(out(3), S::sub(h1[j], h3[j]), n);
+                }
+                t += S::LANES;
+            }
+        }
+    }
+}
+
+/// What `output_kernel` does with a tile's 2x2 outputs besides adding the bias.
+#[derive(Clone, Copy, Debug)]
+pub struct Finish {
+    /// Apply the ReLU.
+    pub relu: bool,
+    /// Keep only each tile's maximum (the fused 2x2 max pool: a pool window is a tile),
+    /// the pooled plane `out_h / 2` x `out_w / 2`; the winner's position, as
+    /// `row * step + column` (the direct path's layout, which its backward pass reads),
+    /// into `arg` when that is not empty.
+    pub pool: Option<usize>,
+}
+
+/// One output plane from the products: tile `t`'s 16 values are
+/// `m[start + ξ * stride + t]`; `A^T M A`, plus `bias`, into `y` (`out` = its height
+/// and width; pooled per `finish`).
+#[allow(clippy::too_many_arguments)]
+fn output_kernel(
+    isa: Isa,
+    m: &[f32],
+    start: usize,
+    stride: usize,
+    grid: (usize, usize),
+    out: (usize, usize),
+    bias: f32,
+    finish: Finish,
+    y: &mut [f32],
+    arg: &mut [u32],
+) {
+    let (th, tw) = grid;
+    let (oh, ow) = out;
+    assert!(oh <= 2 * th && ow <= 2 * tw);
+    let per_image = th * tw;
+    // Whole vectors read past the image's last tile: `convolve` leaves the slack.
+    assert!(start + 15 * stride + round_up(per_image) <= m.len());
+    match finish.pool {
+        Some(step) => {
+            let (ph, pw) = (oh / 2, ow / 2);
+            assert!(y.len() >= ph * pw && (arg.is_empty() || arg.len() >= ph * pw));
+            assert!(ph == 0 || pw == 0 || (2 * ph - 1) * step + 2 * pw <= 1 << 24);
+        }
+        None => assert!(y.len() >= oh * ow),
+    }
+    let lane_room = round_up(per_image) + MAX_LANES;
+    ROWS.with(|r| {
+        let mut r = r.borrow_mut();
+        if r.len() < 5 * lane_room {
+            r.resize(5 * lane_room, 0.0);
+        }
+        let pm = m[start..].as_ptr();
+        // SAFETY: checked above: reads of `m` in whole vectors up to `round_up(per_image)`
+        // from each of its 16 planes; `y` and `arg` written only inside the plane; the
+        // buffers hold 5 rows of `lane_room`.
+        unsafe {
+            let args = (
+                pm,
+                stride,
+                grid,
+                out,
+                bias,
+                finish,
+                y.as_mut_ptr(),
+                arg,
+                r.as_mut_ptr(),
+                lane_room,
+            );
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => output_avx512(args),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => output_avx2(args),
+                #[allow(unreachable_patterns)]
+                _ => unreachable!("no vector kernels for {isa:?} on this target"),
+            }
+        }
+    });
+}
+
+type OutputArgs<'a> = (
+    *const f32,
+    usize,
+    (usize, usize),
+    (usize, usize),
+    f32,
+    Finish,
+    *mut f32,
+    &'a mut [u32],
+    *mut f32,
+    usize,
+);
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn output_avx512(args: OutputArgs) {
+    output_tiles::<super::simd::Avx512>(args)
+}
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_avx2(args: OutputArgs) {
+    output_tiles::<super::simd::Avx2>(args)
+}
+
+#[inline(always)]
+unsafe fn output_tiles<S: Lanes>(args: OutputArgs) {
+    let (m, stride, (th, tw), (oh, ow), bias, finish, y, arg, rows, room) = args;
+    let per_image = th * tw;
+    let yv: [*mut f32; 4] = std::array::from_fn(|i| rows.add(i * room));
+    let b = S::splat(bias);
+    let relu = |v: S::V| if finish.relu { S::relu(v) } else { v };
+    // A^T down the columns, then along the rows, for all tiles in whole vectors.
+    let mut t = 0;
+    while t < per_image {
+        let p: [S::V; 16] = std::array::from_fn(|x| S::load(m.add(x * stride + t)));
+        let s0: [S::V; 4] = std::array::from_fn(|j| S::add(S::add(p[j], p[4 + j]), p[8 + j]));
+        let s1: [S::V; 4] = std::array::from_fn(|j| S::sub(S::sub(p[4 + j], p[8 + j]), p[12 + j]));
+        for (i, s) in [s0, s1].iter().enumerate() {
+            let even = S::add(S::add(S::add(s[0], s[1]), s[2]), b);
+            let odd = S::add(S::sub(S::sub(s[1], s[2]), s[3]), b);
+            S::store(yv[2 * i].add(t), relu(even));
+            S::store(yv[2 * i + 1].add(t), relu(odd));
+        }
+        t += S::LANES;
+    }
+    if let Some(step) = finish.pool {
+        // A pool window is a tile: the first of tied values wins, in row-major order
+        // (as `nn::Pool2d`); the winner's position is kept as a float (whole numbers
+        // below 2^24, checked) and stored as `u32`.
+        let (ph, pw) = (oh / 2, ow / 2);
+        let pos = rows.add(4 * room);
+        let offsets = [0.0, 1.0, step as f32, step as f32 + 1.0].map(|o| S::splat(o));
+        let two_iota = S::add(S::iota(), S::iota());
+        for ty in 0..ph {
+            let mut t = 0;
+            while t < pw {
+                let at = ty * tw + t;
+                let (mut best, mut off) = (S::load(yv[0].add(at)), offsets[0]);
+                for k in 1..4 {
+                    let v = S::load(yv[k].add(at));
+                    off = S::select_gt(v, best, offsets[k], off);
+                    best = S::select_gt(v, best, v, best);
+                }
+                let n = (pw - t).min(S::LANES);
+                S::store_first(y.add(ty * pw + t), best, n);
+                let base = S::splat((2 * ty * step + 2 * t) as f32);
+                S::store(pos.add(t), S::add(S::add(base, two_iota), off));
+                t += S::LANES;
+            }
+            if !arg.is_empty() {
+                let dst = &mut arg[ty * pw..][..pw];
+                for (j, a) in dst.iter_mut().enumerate() {
+                    *a = *pos.add(j) as u32;
+                }
+            }
+        }
+        return;
+    }
+    for ty in 0..th {
+        for r in 0..2 {
+            let row = 2 * ty + r;
+            if row >= oh {
+                continue;
+            }
+            let (a, c) = (yv[2 * r], yv[2 * r + 1]);
+            let dst = y.add(row * ow);
+            let mut t = 0;
+            while t < tw {
+                let at = ty * tw + t;
+                let (lo, hi) = S::interleave(S::load(a.add(at)), S::load(c.add(at)));
+                let col = 2 * t;
+                S::store_first(dst.add(col), lo, (ow - col).min(S::LANES));
+                if ow > col + S::LANES {
+                    S::store_first(
+                        dst.add(col + S::LANES),
+                        hi,
+                        (ow - col - S::LANES).min(S::LANES),
+                    );
+                }
+                t += S::LANES;
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// Each worker thread's transformed inputs and products: reused by every group of
+    /// images the thread runs, so they stay in its cache.
+    static BUFFERS: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
+    /// The transforms' row buffers.
+    static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// One Winograd convolution over `images` images: image `i`'s `planes` input planes are
+/// at `src` moved on by `i * image_len`; `u` is from `transform_weights`, with `rows`
+/// output planes of size `out`. Once image `i`'s products are ready, `write(i, products)`
+/// turns them into its output planes (`Products::plane`). Images go in groups of about
+/// 200 tiles, so each product is long enough for the vector kernel's blocks.
+#[allow(clippy::too_many_arguments)]
+pub fn convolve(
+    isa: Isa,
+    x: &[f32],
+    src: Source,
+    image_len: usize,
+    images: usize,
+    planes: usize,
+    u: &[f32],
+    rows: usize,
+    out: (usize, usize),
+    mut write: impl FnMut(usize, &mut Products),
+) {
+    assert_eq!(
+        u.len(),
+        16 * rows * planes,
+        "transformed weights of another shape"
+    );
+    let grid = tiles(out.0, out.1);
+    let per_image = grid.0 * grid.1;
+    if per_image == 0 {
+        return;
+    }
+    let group = 192usize.div_ceil(per_image).clamp(1, images.max(1));
+    BUFFERS.with(|b| {
+        let mut b = b.borrow_mut();
+        let [v, m] = &mut *b;
+        let mut first = 0;
+        while first < images {
+            let count = group.min(images - first);
+            let n = count * per_image;
+            let ld = round_up(n);
+            if v.len() < 16 * planes * ld {
+                v.resize(16 * planes * ld, 0.0);
+            }
+            // Slack: the output transform reads whole vectors past the last tile.
+            if m.len() < 16 * rows * ld + MAX_LANES {
+                m.resize(16 * rows * ld + MAX_LANES, 0.0);
+            }
+            for i in 0..count {
+                let s = Source {
+                    start: src.start + (first + i) * image_len,
+                    ..src
+                };
+                input_kernel(isa, x, s, planes, grid, v, ld, i * per_image);
+            }
+            for xi in 0..16 {
+                let vx = Planes {
+                    data: v,
+                    start: xi * planes * ld,
+                    plane: ld,
+                    image: 0,
+                };
+                let ux = &u[xi * rows * planes..][..rows * planes];
+                let mx = &mut m[xi * rows * ld..][..rows * ld];
+                shifted_sum(isa, &[0], n, ux, rows, planes, vx, mx, ld);
+            }
+            for i in 0..count {
+                let mut p = Products {
+                    isa,
+                    m,
+                    ld,
+                    rows,
+                    at: i * per_image,
+                    grid,
+                    out,
+                };
+                write(first + i, &mut p);
+            }
+            first += count;
+        }
+    });
+}
+
+/// One image's products, ready to be turned into output planes.
+pub struct Products<'a> {
+    isa: Isa,
+    m: &'a [f32],
+    ld: usize,
+    rows: usize,
+    at: usize,
+    grid: (usize, usize),
+    out: (usize, usize),
+}
+
+impl Products<'_> {
+    /// Output plane `r` (< rows) of the image, plus `bias`, finished per `finish`, into `y`
+    /// (and the pool's winners into `arg`, unless it is empty).
+    pub fn plane(&mut self, r: usize, bias: f32, finish: Finish, y: &mut [f32], arg: &mut [u32]) {
+        assert!(r < self.rows);
+        let (start, stride) = (r * self.ld + self.at, self.rows * self.ld);
+        let (m, grid, out) = (self.m, self.grid, self.out);
+        output_kernel(self.isa, m, start, stride, grid, out, bias, finish, y, arg);
+    }
+}
