@@ -322,21 +322,20 @@ impl FastConv {
         };
         let (plane, img) = (g.padded_plane(), round_up(cols_len));
         let padded_len = nb * g.in_c * plane;
-        // Two rows of slack: the pooling reads whole vectors past the last plane's end.
-        grow(&mut s.work, padded_len + g.out_c * img + 2 * MAX_LANES);
-        let (padded, block) = s.work.split_at_mut(padded_len);
-        if self.winograd {
-            // The padded images only serve the weight gradient.
-            if train {
-                for (x, p) in x.chunks(g.in_len()).zip(padded.chunks_mut(g.in_c * plane)) {
-                    pad_whole(g, self.direct, x, p);
-                }
-            }
-            return self.winograd_forward(isa, b, x, y, &mut s.indices, train);
-        }
-        for (x, p) in x.chunks(g.in_len()).zip(padded.chunks_mut(g.in_c * plane)) {
+        // Two rows of slack: the pooling reads whole vectors past the last plane's end; the
+        // Winograd input transform reads past it as well.
+        let room = winograd::convolve_room((g.out_h, g.out_w), g.padded_w(), plane);
+        grow(
+            &mut s.work,
+            padded_len + (g.out_c * img + 2 * MAX_LANES).max(room),
+        );
+        for (x, p) in x.chunks(g.in_len()).zip(s.work.chunks_mut(g.in_c * plane)) {
             pad_whole(g, self.direct, x, p);
         }
+        if self.winograd {
+            return self.winograd_forward(isa, b, &s.work, nb, y, &mut s.indices, train);
+        }
+        let (padded, block) = s.work.split_at_mut(padded_len);
         let rows = g.out_c;
         for i in 0..nb {
             let x = Planes {
@@ -350,12 +349,15 @@ impl FastConv {
         }
     }
 
-    /// The forward pass of a chunk as Winograd F(2x2, 3x3), bias, ReLU and pool included.
+    /// The forward pass of a chunk as Winograd F(2x2, 3x3), bias, ReLU and pool included,
+    /// from the `nb` padded images at the start of `padded`.
+    #[allow(clippy::too_many_arguments)]
     fn winograd_forward(
         &self,
         isa: Isa,
         bias: &[f32],
-        x: &[f32],
+        padded: &[f32],
+        nb: usize,
         y: &mut [f32],
         indices: &mut [u32],
         train: bool,
@@ -363,13 +365,10 @@ impl FastConv {
         let g = &self.shape;
         let src = Source {
             start: 0,
-            plane: g.in_h * g.in_w,
-            row: g.in_w,
-            h: g.in_h,
-            w: g.in_w,
-            pad: g.pad,
+            plane: g.padded_plane(),
+            row: g.padded_w(),
         };
-        let nb = x.len() / g.in_len();
+        let image = g.in_c * g.padded_plane();
         let plane = self.out_plane();
         let finish = Finish {
             relu: self.relu,
@@ -379,9 +378,9 @@ impl FastConv {
         let (u, out) = (&self.wino_u, (g.out_h, g.out_w));
         winograd::convolve(
             isa,
-            x,
+            padded,
             src,
-            g.in_len(),
+            image,
             nb,
             g.in_c,
             u,

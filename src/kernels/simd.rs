@@ -177,9 +177,6 @@ pub(crate) trait Lanes {
     /// The first `n` values at `p` (`n < LANES`), zero in the other lanes, which are not
     /// read.
     unsafe fn load_first(p: *const f32, n: usize) -> Self::V;
-    /// Lanes `lo..hi` (`lo < hi <= LANES`) from `p + lane`, zero in the others, which are
-    /// not read (`p` itself may point outside the buffer).
-    unsafe fn load_lanes(p: *const f32, lo: usize, hi: usize) -> Self::V;
     unsafe fn add(a: Self::V, b: Self::V) -> Self::V;
     unsafe fn sub(a: Self::V, b: Self::V) -> Self::V;
     /// Stores the first `n` lanes at `p` (`n <= LANES`); the memory past them is not
@@ -302,10 +299,7 @@ mod x86 {
         unsafe fn load_first(p: *const f32, n: usize) -> __m512 {
             _mm512_maskz_loadu_ps(((1u32 << n) - 1) as u16, p)
         }
-        #[inline(always)]
-        unsafe fn load_lanes(p: *const f32, lo: usize, hi: usize) -> __m512 {
-            _mm512_maskz_loadu_ps((((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as u16, p)
-        }
+
         #[inline(always)]
         unsafe fn add(a: __m512, b: __m512) -> __m512 {
             _mm512_add_ps(a, b)
@@ -404,13 +398,7 @@ mod x86 {
             let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
             _mm256_maskload_ps(p, mask)
         }
-        #[inline(always)]
-        unsafe fn load_lanes(p: *const f32, lo: usize, hi: usize) -> __m256 {
-            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            let from = _mm256_cmpgt_epi32(lanes, _mm256_set1_epi32(lo as i32 - 1));
-            let below = _mm256_cmpgt_epi32(_mm256_set1_epi32(hi as i32), lanes);
-            _mm256_maskload_ps(p, _mm256_and_si256(from, below))
-        }
+
         #[inline(always)]
         unsafe fn add(a: __m256, b: __m256) -> __m256 {
             _mm256_add_ps(a, b)

@@ -29,17 +29,22 @@ use super::conv_direct::{shifted_sum, Planes};
 use super::simd::{round_up, Isa, Lanes, MAX_LANES};
 use std::cell::RefCell;
 
-/// Where one image's planes sit in a slice: value (row `r`, column `c`) of plane `k` is at
-/// `start + k * plane + r * row + c`, for `r < h`, `c < w`; the convolution pads it with
-/// `pad` zeros on every side.
+/// Where one image's zero-padded planes sit in a slice: padded value (row `r`, column
+/// `c`) of plane `k` is at `start + k * plane + r * row + c`. The kernels read whole
+/// vectors from it, past its last row and column: `convolve` checks that the slice has
+/// room. What is read past the padded plane reaches only the outputs past an odd-sized
+/// plane's end, which are dropped.
 #[derive(Clone, Copy, Debug)]
 pub struct Source {
     pub start: usize,
     pub plane: usize,
     pub row: usize,
-    pub h: usize,
-    pub w: usize,
-    pub pad: usize,
+}
+
+/// Values read per plane from `Source::start + k * plane` by the input transform of a
+/// `grid` of tiles with rows `row` apart.
+fn reach(grid: (usize, usize), row: usize) -> usize {
+    (2 * grid.0 + 1) * row + 2 * round_up(grid.1) + 2 * MAX_LANES + 2
 }
 
 /// Whether layers may run as Winograd: yes unless `CONVNET_WINOGRAD=off` (to measure or
@@ -98,7 +103,8 @@ pub fn transform_weights(w: &[f32], out_c: usize, in_c: usize, u: &mut Vec<f32>)
 }
 
 /// `V[ξ][k][at + tile] = (B^T d B)[ξ]` for every tile `d` of plane `k < planes` of the
-/// image at `src` (tiles row by row, `grid` of them), the planes `ld` apart in `v`.
+/// image at `src` (tiles row by row, `grid` of them), the planes `ld` apart in `v` and the
+/// positions `ξ` `vstride` apart.
 #[allow(clippy::too_many_arguments)]
 fn input_kernel(
     isa: Isa,
@@ -106,20 +112,23 @@ fn input_kernel(
     src: Source,
     planes: usize,
     grid: (usize, usize),
-    v: &mut [f32],
-    ld: usize,
+    (v, ld, vstride): (&mut [f32], usize, usize),
     at: usize,
 ) {
     let (th, tw) = grid;
-    assert!(src.pad + src.w <= 2 * tw + 2 && src.h <= 2 * th + 2);
-    let last = (planes.max(1) - 1) * src.plane + (src.h.max(1) - 1) * src.row + src.w;
-    assert!(planes == 0 || src.h == 0 || src.start + last <= x.len());
-    assert!(at + th * tw <= ld && v.len() >= 16 * planes * ld);
-    // SAFETY: the reads of `x` are cut to the image's columns and rows (`load_row`), the
-    // plane and row bounds were checked above; every store into `v` is cut at the tile
-    // row's end, inside the plane (checked above).
+    assert!(planes == 0 || src.start + (planes - 1) * src.plane + reach(grid, src.row) <= x.len());
+    assert!(at + th * tw <= ld && planes * ld <= vstride && v.len() >= 16 * vstride);
+    // SAFETY: the reads of `x` stay within `reach` of each plane's start, checked above;
+    // every store into `v` is cut at the tile row's end, inside the plane (checked above).
     unsafe {
-        let args = (x, src, planes, grid, v.as_mut_ptr(), ld, at);
+        let args = (
+            x.as_ptr(),
+            src,
+            planes,
+            grid,
+            (v.as_mut_ptr(), ld, vstride),
+            at,
+        );
         match isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => input_avx512(args),
@@ -131,13 +140,12 @@ fn input_kernel(
     }
 }
 
-type InputArgs<'a> = (
-    &'a [f32],
+type InputArgs = (
+    *const f32,
     Source,
     usize,
     (usize, usize),
-    *mut f32,
-    usize,
+    (*mut f32, usize, usize),
     usize,
 );
 
@@ -152,63 +160,39 @@ unsafe fn input_avx2(args: InputArgs) {
     input_tiles::<super::simd::Avx2>(args)
 }
 
-/// The values of columns `col..col + LANES` of the row at `row` (`w` wide), zero outside
-/// it.
-#[inline(always)]
-unsafe fn load_row<S: Lanes>(row: *const f32, w: usize, col: isize) -> S::V {
-    let lanes = S::LANES as isize;
-    if col >= 0 && col + lanes <= w as isize {
-        return S::load(row.offset(col));
-    }
-    let lo = (-col).clamp(0, lanes) as usize;
-    let hi = (w as isize - col).clamp(0, lanes) as usize;
-    if lo >= hi {
-        return S::zero();
-    }
-    S::load_lanes(row.wrapping_offset(col), lo, hi)
-}
-
 #[inline(always)]
 unsafe fn input_tiles<S: Lanes>(args: InputArgs) {
-    let (x, src, planes, (th, tw), v, ld, at) = args;
-    let pad = src.pad as isize;
+    let (x, src, planes, (th, tw), (v, ld, step), at) = args;
     for k in 0..planes {
-        let plane = x.as_ptr().add(src.start + k * src.plane);
+        let plane = x.add(src.start + k * src.plane);
+        let vk = v.add(k * ld + at);
         for ty in 0..th {
-            let tile0 = at + ty * tw;
+            let rows = plane.add(2 * ty * src.row);
             let mut t = 0;
             while t < tw {
                 // B along each of the tile row's four padded input rows: with e = even
                 // columns, o = odd ones, tile t's four values are e[t] - e[t+1],
                 // o[t] + e[t+1], e[t+1] - o[t], o[t] - o[t+1].
-                let mut h = [[S::zero(); 4]; 4];
-                for (i, h) in h.iter_mut().enumerate() {
-                    let y = (2 * ty + i) as isize - pad;
-                    if y < 0 || y >= src.h as isize {
-                        continue;
-                    }
-                    let row = plane.add(y as usize * src.row);
-                    let col = (2 * t) as isize - pad;
-                    let at = |c: isize| load_row::<S>(row, src.w, c);
-                    let lanes = S::LANES as isize;
-                    let (e0, o0) = S::deinterleave(at(col), at(col + lanes));
-                    let (e1, o1) = S::deinterleave(at(col + 2), at(col + 2 + lanes));
-                    *h = [
+                let h: [[S::V; 4]; 4] = std::array::from_fn(|i| {
+                    let p = rows.add(i * src.row + 2 * t);
+                    let (e0, o0) = S::deinterleave(S::load(p), S::load(p.add(S::LANES)));
+                    let (e1, o1) = S::deinterleave(S::load(p.add(2)), S::load(p.add(2 + S::LANES)));
+                    [
                         S::sub(e0, e1),
                         S::add(o0, e1),
                         S::sub(e1, o0),
                         S::sub(o0, o1),
-                    ];
-                }
+                    ]
+                });
                 // B^T down the columns: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3.
                 let n = (tw - t).min(S::LANES);
                 let [h0, h1, h2, h3] = h;
+                let out = vk.add(ty * tw + t);
                 for j in 0..4 {
-                    let out = |i: usize| v.add(((4 * i + j) * planes + k) * ld + tile0 + t);
-                    S::store_first(out(0), S::sub(h0[j], h2[j]), n);
-                    S::store_first(out(1), S::add(h1[j], h2[j]), n);
-                    S::store_first(out(2), S::sub(h2[j], h1[j]), n);
-                    S::store_first(out(3), S::sub(h1[j], h3[j]), n);
+                    S::store_first(out.add(j * step), S::sub(h0[j], h2[j]), n);
+                    S::store_first(out.add((4 + j) * step), S::add(h1[j], h2[j]), n);
+                    S::store_first(out.add((8 + j) * step), S::sub(h2[j], h1[j]), n);
+                    S::store_first(out.add((12 + j) * step), S::sub(h1[j], h3[j]), n);
                 }
                 t += S::LANES;
             }
@@ -249,7 +233,7 @@ fn output_kernel(
     assert!(oh <= 2 * th && ow <= 2 * tw);
     let per_image = th * tw;
     // Whole vectors read past the image's last tile: `convolve` leaves the slack.
-    assert!(start + 15 * stride + round_up(per_image) <= m.len());
+    assert!(start + 15 * stride + per_image + MAX_LANES <= m.len());
     match finish.pool {
         Some(step) => {
             let (ph, pw) = (oh / 2, ow / 2);
@@ -258,39 +242,20 @@ fn output_kernel(
         }
         None => assert!(y.len() >= oh * ow),
     }
-    let lane_room = round_up(per_image) + MAX_LANES;
-    ROWS.with(|r| {
-        let mut r = r.borrow_mut();
-        if r.len() < 5 * lane_room {
-            r.resize(5 * lane_room, 0.0);
+    let pm = m[start..].as_ptr();
+    // SAFETY: checked above: reads of `m` in whole vectors up to the last tile's vector
+    // from each of its 16 planes; `y` and `arg` written only inside the plane.
+    unsafe {
+        let args = (pm, stride, grid, out, bias, finish, y.as_mut_ptr(), arg);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => output_avx512(args),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => output_avx2(args),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("no vector kernels for {isa:?} on this target"),
         }
-        let pm = m[start..].as_ptr();
-        // SAFETY: checked above: reads of `m` in whole vectors up to `round_up(per_image)`
-        // from each of its 16 planes; `y` and `arg` written only inside the plane; the
-        // buffers hold 5 rows of `lane_room`.
-        unsafe {
-            let args = (
-                pm,
-                stride,
-                grid,
-                out,
-                bias,
-                finish,
-                y.as_mut_ptr(),
-                arg,
-                r.as_mut_ptr(),
-                lane_room,
-            );
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => output_avx512(args),
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => output_avx2(args),
-                #[allow(unreachable_patterns)]
-                _ => unreachable!("no vector kernels for {isa:?} on this target"),
-            }
-        }
-    });
+    }
 }
 
 type OutputArgs<'a> = (
@@ -302,8 +267,6 @@ type OutputArgs<'a> = (
     Finish,
     *mut f32,
     &'a mut [u32],
-    *mut f32,
-    usize,
 );
 
 #[cfg(target_arch = "x86_64")]
@@ -319,81 +282,73 @@ unsafe fn output_avx2(args: OutputArgs) {
 
 #[inline(always)]
 unsafe fn output_tiles<S: Lanes>(args: OutputArgs) {
-    let (m, stride, (th, tw), (oh, ow), bias, finish, y, arg, rows, room) = args;
-    let per_image = th * tw;
-    let yv: [*mut f32; 4] = std::array::from_fn(|i| rows.add(i * room));
+    let (m, stride, (th, tw), (oh, ow), bias, finish, y, arg) = args;
+    let mut pos = [0.0f32; MAX_LANES];
     let b = S::splat(bias);
     let relu = |v: S::V| if finish.relu { S::relu(v) } else { v };
-    // A^T down the columns, then along the rows, for all tiles in whole vectors.
-    let mut t = 0;
-    while t < per_image {
-        let p: [S::V; 16] = std::array::from_fn(|x| S::load(m.add(x * stride + t)));
-        let s0: [S::V; 4] = std::array::from_fn(|j| S::add(S::add(p[j], p[4 + j]), p[8 + j]));
-        let s1: [S::V; 4] = std::array::from_fn(|j| S::sub(S::sub(p[4 + j], p[8 + j]), p[12 + j]));
-        for (i, s) in [s0, s1].iter().enumerate() {
-            let even = S::add(S::add(S::add(s[0], s[1]), s[2]), b);
-            let odd = S::add(S::sub(S::sub(s[1], s[2]), s[3]), b);
-            S::store(yv[2 * i].add(t), relu(even));
-            S::store(yv[2 * i + 1].add(t), relu(odd));
-        }
-        t += S::LANES;
-    }
-    if let Some(step) = finish.pool {
-        // A pool window is a tile: the first of tied values wins, in row-major order
-        // (as `nn::Pool2d`); the winner's position is kept as a float (whole numbers
-        // below 2^24, checked) and stored as `u32`.
-        let (ph, pw) = (oh / 2, ow / 2);
-        let pos = rows.add(4 * room);
-        let offsets = [0.0, 1.0, step as f32, step as f32 + 1.0].map(|o| S::splat(o));
-        let two_iota = S::add(S::iota(), S::iota());
-        for ty in 0..ph {
-            let mut t = 0;
-            while t < pw {
-                let at = ty * tw + t;
-                let (mut best, mut off) = (S::load(yv[0].add(at)), offsets[0]);
-                for k in 1..4 {
-                    let v = S::load(yv[k].add(at));
-                    off = S::select_gt(v, best, offsets[k], off);
-                    best = S::select_gt(v, best, v, best);
-                }
-                let n = (pw - t).min(S::LANES);
-                S::store_first(y.add(ty * pw + t), best, n);
-                let base = S::splat((2 * ty * step + 2 * t) as f32);
-                S::store(pos.add(t), S::add(S::add(base, two_iota), off));
-                t += S::LANES;
-            }
-            if !arg.is_empty() {
-                let dst = &mut arg[ty * pw..][..pw];
-                for (j, a) in dst.iter_mut().enumerate() {
-                    *a = *pos.add(j) as u32;
-                }
-            }
-        }
-        return;
-    }
+    // Tile row by tile row, reading the products in place: staging all tiles in a buffer
+    // and reading it back a tile row at a time (at another alignment) stalled on every
+    // load, the store-to-load forwarding failing.
     for ty in 0..th {
-        for r in 0..2 {
-            let row = 2 * ty + r;
-            if row >= oh {
-                continue;
-            }
-            let (a, c) = (yv[2 * r], yv[2 * r + 1]);
-            let dst = y.add(row * ow);
-            let mut t = 0;
-            while t < tw {
-                let at = ty * tw + t;
-                let (lo, hi) = S::interleave(S::load(a.add(at)), S::load(c.add(at)));
-                let col = 2 * t;
-                S::store_first(dst.add(col), lo, (ow - col).min(S::LANES));
-                if ow > col + S::LANES {
-                    S::store_first(
-                        dst.add(col + S::LANES),
-                        hi,
-                        (ow - col - S::LANES).min(S::LANES),
-                    );
+        let mut t = 0;
+        while t < tw {
+            let at = ty * tw + t;
+            // A^T down the columns, then along the rows.
+            let p: [S::V; 16] = std::array::from_fn(|x| S::load(m.add(x * stride + at)));
+            let s0: [S::V; 4] = std::array::from_fn(|j| S::add(S::add(p[j], p[4 + j]), p[8 + j]));
+            let s1: [S::V; 4] =
+                std::array::from_fn(|j| S::sub(S::sub(p[4 + j], p[8 + j]), p[12 + j]));
+            let yv: [S::V; 4] = std::array::from_fn(|k| {
+                let s = if k < 2 { &s0 } else { &s1 };
+                let v = if k % 2 == 0 {
+                    S::add(S::add(s[0], s[1]), s[2])
+                } else {
+                    S::sub(S::sub(s[1], s[2]), s[3])
+                };
+                relu(S::add(v, b))
+            });
+            match finish.pool {
+                Some(step) => {
+                    // A pool window is a tile: the first of tied values wins, in row-major
+                    // order (as `nn::Pool2d`); the winner's position is kept as a float
+                    // (whole numbers below 2^24, checked) until it is stored.
+                    let (ph, pw) = (oh / 2, ow / 2);
+                    if ty < ph && t < pw {
+                        let offsets = [0.0, 1.0, step as f32, step as f32 + 1.0];
+                        let (mut best, mut off) = (yv[0], S::splat(0.0));
+                        for k in 1..4 {
+                            off = S::select_gt(yv[k], best, S::splat(offsets[k]), off);
+                            best = S::select_gt(yv[k], best, yv[k], best);
+                        }
+                        let n = (pw - t).min(S::LANES);
+                        S::store_first(y.add(ty * pw + t), best, n);
+                        if !arg.is_empty() {
+                            let two_iota = S::add(S::iota(), S::iota());
+                            let base = S::splat((2 * ty * step + 2 * t) as f32);
+                            S::store(pos.as_mut_ptr(), S::add(S::add(base, two_iota), off));
+                            for (a, &p) in arg[ty * pw + t..][..n].iter_mut().zip(&pos) {
+                                *a = p as u32;
+                            }
+                        }
+                    }
                 }
-                t += S::LANES;
+                None => {
+                    for r in 0..2 {
+                        let row = 2 * ty + r;
+                        if row >= oh {
+                            continue;
+                        }
+                        let (lo, hi) = S::interleave(yv[2 * r], yv[2 * r + 1]);
+                        let (dst, col) = (y.add(row * ow), 2 * t);
+                        S::store_first(dst.add(col), lo, (ow - col).min(S::LANES));
+                        if ow > col + S::LANES {
+                            let n = (ow - col - S::LANES).min(S::LANES);
+                            S::store_first(dst.add(col + S::LANES), hi, n);
+                        }
+                    }
+                }
             }
+            t += S::LANES;
         }
     }
 }
@@ -402,12 +357,11 @@ thread_local! {
     /// Each worker thread's transformed inputs and products: reused by every group of
     /// images the thread runs, so they stay in its cache.
     static BUFFERS: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
-    /// The transforms' row buffers.
-    static ROWS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// One Winograd convolution over `images` images: image `i`'s `planes` input planes are
-/// at `src` moved on by `i * image_len`; `u` is from `transform_weights`, with `rows`
+/// One Winograd convolution over `images` images: image `i`'s `planes` padded input
+/// planes are at `src` moved on by `i * image_len` (with room after the last one for
+/// whole-vector reads: `convolve_room`); `u` is from `transform_weights`, with `rows`
 /// output planes of size `out`. Once image `i`'s products are ready, `write(i, products)`
 /// turns them into its output planes (`Products::plane`). Images go in groups of about
 /// 200 tiles, so each product is long enough for the vector kernel's blocks.
@@ -443,29 +397,33 @@ pub fn convolve(
             let count = group.min(images - first);
             let n = count * per_image;
             let ld = round_up(n);
-            if v.len() < 16 * planes * ld {
-                v.resize(16 * planes * ld, 0.0);
+            // Each tile's 16 values lie `vstride` (`mstride`) apart: 16 streams, which must
+            // not be a multiple of 4 KiB apart, or they fall into the same few L1 sets and
+            // evict each other (the output transform ran 5x slower so).
+            let (vstride, mstride) = (planes * ld + MAX_LANES, rows * ld + MAX_LANES);
+            if v.len() < 16 * vstride {
+                v.resize(16 * vstride, 0.0);
             }
             // Slack: the output transform reads whole vectors past the last tile.
-            if m.len() < 16 * rows * ld + MAX_LANES {
-                m.resize(16 * rows * ld + MAX_LANES, 0.0);
+            if m.len() < 16 * mstride + MAX_LANES {
+                m.resize(16 * mstride + MAX_LANES, 0.0);
             }
             for i in 0..count {
                 let s = Source {
                     start: src.start + (first + i) * image_len,
                     ..src
                 };
-                input_kernel(isa, x, s, planes, grid, v, ld, i * per_image);
+                input_kernel(isa, x, s, planes, grid, (v, ld, vstride), i * per_image);
             }
             for xi in 0..16 {
                 let vx = Planes {
                     data: v,
-                    start: xi * planes * ld,
+                    start: xi * vstride,
                     plane: ld,
                     image: 0,
                 };
                 let ux = &u[xi * rows * planes..][..rows * planes];
-                let mx = &mut m[xi * rows * ld..][..rows * ld];
+                let mx = &mut m[xi * mstride..][..rows * ld];
                 shifted_sum(isa, &[0], n, ux, rows, planes, vx, mx, ld);
             }
             for i in 0..count {
@@ -473,7 +431,7 @@ pub fn convolve(
                     isa,
                     m,
                     ld,
-                    rows,
+                    mstride,
                     at: i * per_image,
                     grid,
                     out,
@@ -485,12 +443,18 @@ pub fn convolve(
     });
 }
 
+/// Values a caller of `convolve` must leave readable after its last image's last plane
+/// (beyond `plane` values), for the input transform's whole-vector reads.
+pub fn convolve_room(out: (usize, usize), row: usize, plane: usize) -> usize {
+    reach(tiles(out.0, out.1), row).saturating_sub(plane)
+}
+
 /// One image's products, ready to be turned into output planes.
 pub struct Products<'a> {
     isa: Isa,
     m: &'a [f32],
     ld: usize,
-    rows: usize,
+    mstride: usize,
     at: usize,
     grid: (usize, usize),
     out: (usize, usize),
@@ -500,8 +464,8 @@ impl Products<'_> {
     /// Output plane `r` (< rows) of the image, plus `bias`, finished per `finish`, into `y`
     /// (and the pool's winners into `arg`, unless it is empty).
     pub fn plane(&mut self, r: usize, bias: f32, finish: Finish, y: &mut [f32], arg: &mut [u32]) {
-        assert!(r < self.rows);
-        let (start, stride) = (r * self.ld + self.at, self.rows * self.ld);
+        assert!((r + 1) * self.ld <= self.mstride);
+        let (start, stride) = (r * self.ld + self.at, self.mstride);
         let (m, grid, out) = (self.m, self.grid, self.out);
         output_kernel(self.isa, m, start, stride, grid, out, bias, finish, y, arg);
     }
