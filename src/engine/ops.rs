@@ -151,9 +151,11 @@ impl Op for ConvOp {
         true
     }
     fn kernel_path(&self) -> Option<&'static str> {
-        self.fast
-            .winograd()
-            .then_some("forward as Winograd F(2x2, 3x3)")
+        match (self.fast.winograd(), self.fast.winograd_dx()) {
+            (true, true) => Some("forward and input gradient as Winograd F(2x2, 3x3)"),
+            (true, false) => Some("forward as Winograd F(2x2, 3x3)"),
+            _ => None,
+        }
     }
     fn prepare(&mut self, _mode: Mode) {
         self.fast.prepare(&self.layer.weight.value);

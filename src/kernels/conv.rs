@@ -62,12 +62,13 @@ pub struct FastConv {
     /// The weights as (C, O, K*K), for the direct path's input gradient; refreshed once
     /// per forward pass (`prepare`), not per chunk.
     weight_t: Vec<f32>,
-    /// A 3x3 stride-1 layer with enough channels on the direct path: the forward pass runs
-    /// as Winograd F(2x2, 3x3) (`winograd.rs`); the backward pass stays direct (run as
-    /// Winograd too, the input gradient was no faster: BENCHMARKS.md).
+    /// A 3x3 stride-1 layer with enough channels on the direct path: the forward pass and
+    /// (pad <= 2) the input gradient run as Winograd F(2x2, 3x3) (`winograd.rs`); the
+    /// weight gradient stays direct.
     winograd: bool,
-    /// The weights transformed for it (`prepare`).
+    /// The weights transformed for it, forward and for the input gradient (`prepare`).
     wino_u: Vec<f32>,
+    wino_back: Vec<f32>,
 }
 
 /// How thin a 3x3 layer may be and still gain from Winograd: per tile its input transform
@@ -110,12 +111,14 @@ impl FastConv {
             weight_t: Vec::new(),
             winograd: direct.is_some() && wants_winograd(&g),
             wino_u: Vec::new(),
+            wino_back: Vec::new(),
         }
     }
 
-    /// Runs the forward pass as Winograd F(2x2, 3x3) while `on` (the default for 3x3,
-    /// stride-1 layers wide enough, `WINOGRAD_MAX_THINNESS`, on the direct path). Refuses what the shape or
-    /// path cannot run.
+    /// Runs the forward pass and (pad <= 2) the input gradient as Winograd F(2x2, 3x3)
+    /// while `on` (the default for 3x3, stride-1 layers wide enough,
+    /// `WINOGRAD_MAX_THINNESS`, on the direct path). Refuses what the shape or path cannot
+    /// run.
     pub fn set_winograd(&mut self, on: bool) -> Result<(), String> {
         let g = &self.shape;
         if on && (self.direct.is_none() || g.kernel != 3 || g.stride != 1) {
@@ -127,7 +130,13 @@ impl FastConv {
         Ok(())
     }
 
-    /// Whether the forward pass runs as Winograd.
+    /// Whether the input gradient runs as Winograd too: with the forward pass, when the pad
+    /// is at most 2 (the output gradient then needs padding, not cropping).
+    pub fn winograd_dx(&self) -> bool {
+        self.winograd && self.shape.pad <= 2
+    }
+
+    /// Whether the forward pass runs as Winograd (and the input gradient, `winograd_dx`).
     pub fn winograd(&self) -> bool {
         self.winograd
     }
@@ -175,7 +184,10 @@ impl FastConv {
         }
         let (g, taps) = (&self.shape, self.offsets.len());
         if self.winograd {
-            winograd::transform_weights(weight, g.out_c, g.in_c, &mut self.wino_u);
+            winograd::transform_weights(weight, g.out_c, g.in_c, false, &mut self.wino_u);
+        }
+        if self.winograd_dx() {
+            winograd::transform_weights(weight, g.out_c, g.in_c, true, &mut self.wino_back);
         }
         self.weight_t.resize(weight.len(), 0.0);
         for (o, w) in weight.chunks(g.in_c * taps).enumerate() {
@@ -486,7 +498,12 @@ impl FastConv {
         let (cols_len, dxw_row) = (g.cols_per_image(), round_up(g.dx_wide()));
         let padded_len = nb * g.in_c * plane;
         let dyw_len = nb * g.out_c * row;
-        grow(&mut s.work, padded_len + dyw_len + g.in_c * dxw_row);
+        // The Winograd input gradient reads past the last gradient row (into `dxw`).
+        let room = margin + winograd::convolve_room((g.in_h, g.in_w), g.padded_w(), row);
+        grow(
+            &mut s.work,
+            padded_len + dyw_len + (g.in_c * dxw_row).max(room),
+        );
         let (padded, rest) = s.work.split_at_mut(padded_len);
         let (dyw, dxw) = rest.split_at_mut(dyw_len);
         // dy in the wide layout, one row per image and channel, with zero margins.
@@ -524,6 +541,42 @@ impl FastConv {
             *d = rows.map(sum).sum();
         }
         let Some(dx) = dx else { return };
+        if self.winograd_dx() {
+            // The same convolution of dy, padded by 2 - pad, with the kernels flipped and the
+            // channels swapped (`wino_back`). The wide layout holds dy padded already: its
+            // margins and the zeros past each row's `out_w` values are the padding.
+            let (wp, back) = (g.padded_w(), 2 - g.pad);
+            let src = Source {
+                start: margin - back * wp - back,
+                plane: row,
+                row: wp,
+            };
+            let (u, out, hw) = (&self.wino_back, (g.in_h, g.in_w), g.in_h * g.in_w);
+            let finish = Finish {
+                relu: false,
+                pool: None,
+            };
+            let image = g.out_c * row;
+            let rest = &*rest;
+            winograd::convolve(
+                isa,
+                rest,
+                src,
+                image,
+                nb,
+                g.out_c,
+                u,
+                g.in_c,
+                out,
+                |i, p| {
+                    for c in 0..g.in_c {
+                        let k = i * g.in_c + c;
+                        p.plane(c, 0.0, finish, &mut dx[k * hw..][..hw], &mut []);
+                    }
+                },
+            );
+            return;
+        }
         // dx_padded[c][q] = sum over o, t of w[o][c][t] * dy[o][q - offset[t]]: the same
         // shifted sum with the weights transposed (`weight_t`) and the offsets negated.
         let wt = &self.weight_t;

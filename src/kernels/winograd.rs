@@ -1,7 +1,7 @@
 //! Winograd F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural
 //! Networks", 2015): a 3x3, stride-1 convolution computed 2x2 outputs at a time with 16
 //! multiplications per (input, output) channel pair instead of 36. `conv.rs` uses it for
-//! the forward pass of layers wide enough to pay (`WINOGRAD_MAX_THINNESS` in conv.rs); `nn::Conv2d`
+//! the forward pass and input gradient of layers wide enough to pay (`WINOGRAD_MAX_THINNESS` in conv.rs); `nn::Conv2d`
 //! is the reference, and `conv_direct.rs` keeps the exact shifted sums it replaces.
 //!
 //! Per 4x4 tile `d` of the padded input (tiles 2 apart) and 3x3 kernel `g`:
@@ -17,9 +17,10 @@
 //!
 //! Summed over input channels, each of the 16 positions `ξ` of the tile is a matrix
 //! product, `M[ξ] (O, tiles) = U[ξ] (O, C) . V[ξ] (C, tiles)`, which runs on the direct
-//! kernels' `shifted_sum` with one tap. Only the forward pass runs here: the input
-//! gradient (the same convolution of the output gradient, kernels flipped, channels
-//! swapped) was no faster this way (BENCHMARKS.md), so the backward pass stays direct.
+//! kernels' `shifted_sum` with one tap. The input gradient of a stride-1 conv with pad
+//! `p <= 2` is the same convolution of the output gradient, padded by `2 - p`, with each
+//! kernel flipped and the channels swapped (`transform_weights` with `flip`), so it runs
+//! through the same three steps. The weight gradient stays direct.
 //!
 //! The transforms add and subtract in a different order than the direct sums, so results
 //! differ from them in the last bits: the tests bound the difference against the f64
@@ -66,9 +67,11 @@ pub fn tiles(out_h: usize, out_w: usize) -> (usize, usize) {
     (out_h.div_ceil(2), out_w.div_ceil(2))
 }
 
-/// `U[ξ][o][c] = (G g G^T)[ξ]` into `u` (16 * O * C values) for every kernel
-/// `g = w[o][c]` of the weights `w`, (O, C, 3, 3).
-pub fn transform_weights(w: &[f32], out_c: usize, in_c: usize, u: &mut Vec<f32>) {
+/// `U[ξ][row][col] = (G g G^T)[ξ]` into `u` (16 * O * C values) for every kernel of the
+/// weights `w`, (O, C, 3, 3). Forward (`flip` false): rows are the output channels,
+/// columns the input channels, `g = w[o][c]`. Input gradient (`flip` true): rows are the
+/// input channels, columns the output channels, `g[a][b] = w[o][c][2 - a][2 - b]`.
+pub fn transform_weights(w: &[f32], out_c: usize, in_c: usize, flip: bool, u: &mut Vec<f32>) {
     assert_eq!(w.len(), out_c * in_c * 9, "weights are not (O, C, 3, 3)");
     let pairs = out_c * in_c;
     u.clear();
@@ -76,7 +79,13 @@ pub fn transform_weights(w: &[f32], out_c: usize, in_c: usize, u: &mut Vec<f32>)
     for o in 0..out_c {
         for c in 0..in_c {
             let k = &w[(o * in_c + c) * 9..][..9];
-            let g = |a: usize, b: usize| k[a * 3 + b];
+            let g = |a: usize, b: usize| {
+                if flip {
+                    k[(2 - a) * 3 + 2 - b]
+                } else {
+                    k[a * 3 + b]
+                }
+            };
             // t = G g (4x3), then U = t G^T (4x4).
             let mut t = [[0.0f32; 3]; 4];
             for (j, _) in [(); 3].iter().enumerate() {
@@ -86,7 +95,7 @@ pub fn transform_weights(w: &[f32], out_c: usize, in_c: usize, u: &mut Vec<f32>)
                 t[2][j] = 0.5 * (g0 - g1 + g2);
                 t[3][j] = g2;
             }
-            let at = o * in_c + c;
+            let at = if flip { c * out_c + o } else { o * in_c + c };
             for (i, t) in t.iter().enumerate() {
                 let row = [
                     t[0],

@@ -16,7 +16,8 @@ use crate::tensor::Tensor;
 
 /// The ways a convolution can run here: im2col + GEMM (`None`), and the direct path on
 /// every vector unit this CPU has (stride 1 only), with its exact shifted sums (`false`)
-/// and, for 3x3 kernels, with the forward pass as Winograd F(2x2, 3x3) (`true`).
+/// and, for 3x3 kernels, with the forward pass (and for pad <= 2 the input gradient) as
+/// Winograd F(2x2, 3x3) (`true`).
 fn conv_paths(g: &ConvShape) -> Vec<(Option<Isa>, bool)> {
     let mut paths = vec![(None, false)];
     if g.stride == 1 {
