@@ -23,6 +23,9 @@ pub(crate) enum Absorb {
     MaxPool2x2,
     /// A layer that leaves the data as it is (flatten): the next layer reads its input.
     Identity,
+    /// In evaluation, a batch norm right after a conv: its per-channel scale and shift
+    /// (from the running statistics) are folded into the conv's weights and bias.
+    BatchNorm,
 }
 
 /// One layer as the engine runs it, on chunks of `CHUNK` samples: `forward_chunk` reads `x`
@@ -50,6 +53,22 @@ pub(crate) trait Op: Send + Sync {
     /// it can.
     fn fuse(&mut self, what: Absorb, on: bool) -> bool {
         let _ = (what, on);
+        false
+    }
+    /// Whether the layer is a per-channel affine map in evaluation (a batch norm), which
+    /// `eval_affine` gives.
+    fn is_affine(&self) -> bool {
+        false
+    }
+    /// In evaluation, the per-channel `(scale, shift)` this layer applies (a batch norm),
+    /// computed now from its running statistics; `None` for other layers.
+    fn eval_affine(&mut self) -> Option<(Vec<f32>, Vec<f32>)> {
+        None
+    }
+    /// Folds `affine`, the `(scale, shift)` of the batch norm after it, into the weights
+    /// of the next evaluation passes (`None`: stop). Returns whether the layer can.
+    fn fold_affine(&mut self, affine: Option<(Vec<f32>, Vec<f32>)>) -> bool {
+        let _ = affine;
         false
     }
     /// A fast path worth naming that this layer takes, if any.
@@ -122,16 +141,37 @@ pub(crate) fn build_op(l: &ResolvedLayer) -> Box<dyn Op> {
 }
 
 /// A convolution: `kernels/conv.rs`, which can also apply the ReLU and the 2x2 max pool
-/// after it.
+/// after it, and in evaluation the batch norm after it (folded into the weights).
 struct ConvOp {
     layer: Conv2d,
     fast: FastConv,
+    /// The folded batch norm's (scale, shift), while evaluation passes apply it.
+    affine: Option<(Vec<f32>, Vec<f32>)>,
+    /// The weights and bias with it folded in (`prepare`): `w[o] * scale[o]` and
+    /// `b[o] * scale[o] + shift[o]`.
+    folded: (Vec<f32>, Vec<f32>),
+}
+
+impl ConvOp {
+    /// The weights and bias an evaluation (`eval`) or training pass uses.
+    fn params(&self, eval: bool) -> (&[f32], &[f32]) {
+        if eval && self.affine.is_some() {
+            (&self.folded.0, &self.folded.1)
+        } else {
+            (&self.layer.weight.value, &self.layer.bias.value)
+        }
+    }
 }
 
 impl ConvOp {
     fn new(layer: Conv2d) -> ConvOp {
         let fast = FastConv::new(layer.shape);
-        ConvOp { layer, fast }
+        ConvOp {
+            layer,
+            fast,
+            affine: None,
+            folded: (Vec::new(), Vec::new()),
+        }
     }
 }
 
@@ -146,8 +186,14 @@ impl Op for ConvOp {
         match what {
             Absorb::Relu => self.fast.set_relu(on),
             Absorb::MaxPool2x2 => self.fast.set_max_pool(on),
+            // Folded by `fold_affine`.
+            Absorb::BatchNorm => {}
             Absorb::Identity => return false,
         }
+        true
+    }
+    fn fold_affine(&mut self, affine: Option<(Vec<f32>, Vec<f32>)>) -> bool {
+        self.affine = affine;
         true
     }
     fn kernel_path(&self) -> Option<&'static str> {
@@ -157,12 +203,28 @@ impl Op for ConvOp {
             _ => None,
         }
     }
-    fn prepare(&mut self, _mode: Mode) {
-        self.fast.prepare(&self.layer.weight.value);
+    fn prepare(&mut self, mode: Mode) {
+        if let (Mode::Eval, Some((scale, shift))) = (mode, &self.affine) {
+            let (w, b) = (&self.layer.weight.value, &self.layer.bias.value);
+            let per_out = w.len() / b.len().max(1);
+            let (fw, fb) = &mut self.folded;
+            fw.clear();
+            fb.clear();
+            for (o, w) in w.chunks(per_out).enumerate() {
+                fw.extend(w.iter().map(|&v| v * scale[o]));
+                fb.push(b[o] * scale[o] + shift[o]);
+            }
+        }
+        let w = if mode == Mode::Eval && self.affine.is_some() {
+            &self.folded.0
+        } else {
+            &self.layer.weight.value
+        };
+        self.fast.prepare(w);
     }
     fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, mode: Mode) {
-        let params = (&self.layer.weight.value[..], &self.layer.bias.value[..]);
-        self.fast.forward_chunk(params, x, y, s, mode);
+        self.fast
+            .forward_chunk(self.params(mode == Mode::Eval), x, y, s, mode);
     }
     fn backward_chunk(
         &self,
@@ -404,6 +466,13 @@ impl Op for BatchNormOp {
         if mode == Mode::Eval {
             self.fast.use_running(&mut self.layer);
         }
+    }
+    fn is_affine(&self) -> bool {
+        true
+    }
+    fn eval_affine(&mut self) -> Option<(Vec<f32>, Vec<f32>)> {
+        self.fast.use_running(&mut self.layer);
+        Some(self.fast.scale_shift())
     }
     fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], _s: &mut Scratch, _mode: Mode) {
         self.fast.apply_chunk(&self.layer, x, y);

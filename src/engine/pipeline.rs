@@ -18,8 +18,11 @@
 //! (and its ReLU), and a flatten are skipped: the conv applies the ReLU and the pool to its
 //! own output rows (`kernels/conv.rs`), the batch norm the ReLU to its output
 //! (`kernels/batchnorm.rs`), and the layer after a flatten reads the flatten's input, whose
-//! data is already in order. The layer before a run of skipped layers writes straight into
-//! the last one's output tensor and reads its gradient.
+//! data is already in order. In evaluation passes a batch norm right after a conv is
+//! skipped too: its scale and shift (running statistics) are folded into the conv's weights
+//! and bias, and the conv then applies the ReLU and the pool after the batch norm. The
+//! layer before a run of skipped layers writes straight into the last one's output tensor
+//! and reads its gradient.
 
 use super::ops::{Absorb, Op};
 use crate::kernels::Scratch;
@@ -54,10 +57,16 @@ pub(crate) struct Pipeline {
     stages: Vec<(usize, usize)>,
     /// The same for evaluation passes: every layer in one run.
     eval_stages: Vec<(usize, usize)>,
-    /// What a fused pass skips layer `i` for, if it does.
+    /// What a fused training pass skips layer `i` for, if it does, and which layer applies
+    /// it instead.
     absorbed: Vec<Option<Absorb>>,
-    /// The last forward pass ran with the fusions in effect.
-    fused_now: bool,
+    hosts: Vec<usize>,
+    /// The same for evaluation passes, where a batch norm after a conv is folded into it
+    /// as well (and the conv then applies the ReLU and pool after the batch norm).
+    eval_absorbed: Vec<Option<Absorb>>,
+    eval_hosts: Vec<usize>,
+    /// The fusions of the last forward pass: `Some(mode)` when they were in effect.
+    fused_now: Option<Mode>,
     /// Per layer, one `Scratch` per chunk; never shrinks.
     scratch: Vec<Vec<Scratch>>,
     /// Per-layer time, accumulated while `Some`. Layers that run chunk by chunk on several
@@ -78,6 +87,52 @@ fn stages(ops: &[Box<dyn Op>], barriers: bool) -> Vec<(usize, usize)> {
     out
 }
 
+/// The fusions of passes in `mode` over `stages`: each layer a fused pass skips, with
+/// what for and the layer that applies it instead (its host). Only inside a stage and not
+/// its last layer: each flatten; each ReLU the layer before it can apply; each 2x2 max pool
+/// likewise (the conv before it and its ReLU); in evaluation, each batch norm right after
+/// a conv (folded into it; the conv then also applies the ReLU and pool after it).
+fn fusions(
+    ops: &mut [Box<dyn Op>],
+    stages: &[(usize, usize)],
+    mode: Mode,
+) -> (Vec<Option<Absorb>>, Vec<usize>) {
+    let mut absorbed: Vec<Option<Absorb>> = vec![None; ops.len()];
+    let mut hosts: Vec<usize> = (0..ops.len()).collect();
+    for &(start, end) in stages {
+        for i in start + 1..end.saturating_sub(1) {
+            let what = match ops[i].absorb() {
+                None if mode == Mode::Eval && ops[i].is_affine() => Absorb::BatchNorm,
+                None => continue,
+                Some(what) => what,
+            };
+            let host = match what {
+                Absorb::Identity => {
+                    absorbed[i] = Some(what);
+                    continue;
+                }
+                // Right after its conv, nothing between.
+                Absorb::BatchNorm if absorbed[i - 1].is_some() => continue,
+                Absorb::BatchNorm => i - 1,
+                // The layer before, or the conv a batch norm was folded into.
+                Absorb::Relu if absorbed[i - 1] == Some(Absorb::BatchNorm) => hosts[i - 1],
+                Absorb::Relu => i - 1,
+                Absorb::MaxPool2x2 if absorbed[i - 1].is_some() => hosts[i - 1],
+                Absorb::MaxPool2x2 => i - 1,
+            };
+            let can = match what {
+                Absorb::BatchNorm => ops[host].fold_affine(None),
+                _ => ops[host].fuse(what, false),
+            };
+            if can {
+                absorbed[i] = Some(what);
+                hosts[i] = host;
+            }
+        }
+    }
+    (absorbed, hosts)
+}
+
 impl Pipeline {
     /// Finds the stages and which layers fused passes skip: each ReLU the layer before it
     /// can apply, each 2x2 max pool likewise (after the ReLU when there is one), each
@@ -85,69 +140,70 @@ impl Pipeline {
     pub fn new(ops: &mut [Box<dyn Op>]) -> Pipeline {
         // Fusions are found inside training stages, which lie inside evaluation ones.
         let stages = stages(ops, true);
-        let mut absorbed: Vec<Option<Absorb>> = vec![None; ops.len()];
-        for &(start, end) in &stages {
-            for i in start + 1..end.saturating_sub(1) {
-                let Some(what) = ops[i].absorb() else {
-                    continue;
-                };
-                let host = match what {
-                    Absorb::Identity => {
-                        absorbed[i] = Some(what);
-                        continue;
-                    }
-                    Absorb::Relu => i - 1,
-                    Absorb::MaxPool2x2 if absorbed[i - 1].is_some() => i - 2,
-                    Absorb::MaxPool2x2 => i - 1,
-                };
-                if ops[host].fuse(what, false) {
-                    absorbed[i] = Some(what);
-                }
-            }
-        }
+        let eval_stages = self::stages(ops, false);
+        let (absorbed, hosts) = fusions(ops, &stages, Mode::Train);
+        let (eval_absorbed, eval_hosts) = fusions(ops, &eval_stages, Mode::Eval);
         Pipeline {
-            eval_stages: self::stages(ops, false),
+            eval_stages,
             stages,
             scratch: (0..ops.len()).map(|_| Vec::new()).collect(),
             absorbed,
-            fused_now: false,
+            hosts,
+            eval_absorbed,
+            eval_hosts,
+            fused_now: None,
             timing: None,
         }
     }
 
-    /// The host layer that applies absorbed layer `i` in fused passes.
-    fn host(&self, i: usize) -> usize {
-        if self.absorbed[i - 1].is_some() {
-            i - 2
-        } else {
-            i - 1
+    /// The fusions of passes in `mode`: what each layer is skipped for, and its host.
+    fn table(&self, mode: Mode) -> (&[Option<Absorb>], &[usize]) {
+        match mode {
+            Mode::Train => (&self.absorbed, &self.hosts),
+            Mode::Eval => (&self.eval_absorbed, &self.eval_hosts),
         }
     }
 
-    /// Turns the fusions on or off for the next passes.
-    fn set_fusion(&mut self, ops: &mut [Box<dyn Op>], fuse: bool) {
-        for i in 1..ops.len() {
-            match self.absorbed[i] {
-                Some(Absorb::Relu) => {
-                    ops[i - 1].fuse(Absorb::Relu, fuse);
+    /// Turns every fusion off, then those of `mode` on when `fuse`, for the next passes.
+    fn set_fusion(&mut self, ops: &mut [Box<dyn Op>], fuse: bool, mode: Mode) {
+        for m in [Mode::Train, Mode::Eval] {
+            let (absorbed, hosts) = self.table(m);
+            for (i, what) in absorbed.iter().enumerate() {
+                match what {
+                    Some(what @ (Absorb::Relu | Absorb::MaxPool2x2)) => {
+                        ops[hosts[i]].fuse(*what, false);
+                    }
+                    Some(Absorb::BatchNorm) => {
+                        ops[hosts[i]].fold_affine(None);
+                    }
+                    Some(Absorb::Identity) | None => {}
                 }
-                Some(Absorb::MaxPool2x2) => {
-                    let host = self.host(i);
-                    ops[host].fuse(Absorb::MaxPool2x2, fuse);
-                }
-                Some(Absorb::Identity) | None => {}
             }
         }
-        self.fused_now = fuse;
+        if fuse {
+            let (absorbed, hosts) = self.table(mode);
+            for (i, what) in absorbed.iter().enumerate() {
+                match what {
+                    Some(what @ (Absorb::Relu | Absorb::MaxPool2x2)) => {
+                        ops[hosts[i]].fuse(*what, true);
+                    }
+                    Some(Absorb::BatchNorm) => {
+                        let affine = ops[i].eval_affine();
+                        ops[hosts[i]].fold_affine(affine);
+                    }
+                    Some(Absorb::Identity) | None => {}
+                }
+            }
+        }
+        self.fused_now = fuse.then_some(mode);
     }
 
     /// The layer that applied layer `i` itself in the last pass (a fused ReLU or max pool;
     /// a skipped flatten gives the layer before it), or `None` if layer `i` ran.
     pub fn applied_by(&self, i: usize) -> Option<usize> {
-        if !(self.fused_now && self.absorbed[i].is_some()) {
-            return None;
-        }
-        (0..i).rev().find(|&j| self.absorbed[j].is_none())
+        let (absorbed, _) = self.table(self.fused_now?);
+        absorbed[i]?;
+        (0..i).rev().find(|&j| absorbed[j].is_none())
     }
 
     /// The forward pass over `acts[0]`, every layer's output into `acts[i + 1]` (only the
@@ -160,7 +216,7 @@ impl Pipeline {
         fuse: bool,
     ) {
         let n = acts[0].batch();
-        self.set_fusion(ops, fuse);
+        self.set_fusion(ops, fuse, mode);
         let train = mode == Mode::Train;
         if train && ops[0].batch_barrier() {
             self.input_stats(ops, acts, n);
@@ -238,8 +294,11 @@ impl Pipeline {
         let run = Run::new(
             &ops[start..last],
             end - start,
-            &self.absorbed[start..],
-            self.fused_now,
+            match mode {
+                Mode::Train => &self.absorbed[start..],
+                Mode::Eval => &self.eval_absorbed[start..],
+            },
+            self.fused_now.is_some(),
             self.timing.is_some(),
         );
         let times = run.new_times();
@@ -272,7 +331,7 @@ impl Pipeline {
     fn tail_out(&self, end: usize) -> usize {
         let skips = Skips {
             absorbed: &self.absorbed[end..],
-            fused: self.fused_now,
+            fused: self.fused_now.is_some(),
         };
         end + skips.out(0)
     }
@@ -309,7 +368,7 @@ impl Pipeline {
             &ops[start..last],
             end - start,
             &self.absorbed[start..],
-            self.fused_now,
+            self.fused_now.is_some(),
             self.timing.is_some(),
         );
         let times = run.new_times();
@@ -335,7 +394,7 @@ impl Pipeline {
     ) {
         let skips = Skips {
             absorbed: &self.absorbed[start..],
-            fused: self.fused_now,
+            fused: self.fused_now.is_some(),
         };
         for (j, op) in ops[start..end].iter_mut().enumerate() {
             if skips.skip(j) {
@@ -377,7 +436,7 @@ impl Pipeline {
         let n = acts[0].batch();
         assert_eq!(labels.len(), n, "one label per sample");
         let chunks = n.div_ceil(CHUNK);
-        self.set_fusion(ops, true);
+        self.set_fusion(ops, true, Mode::Train);
         prepare_outputs(ops, &mut acts[..=end], n, Mode::Train);
         prepare_input_grads(ops, &mut grads[..end], 0, n);
         let classes = ops[end - 1].layer().output_shape()[0];
@@ -388,7 +447,7 @@ impl Pipeline {
             ops,
             end,
             &self.absorbed,
-            self.fused_now,
+            self.fused_now.is_some(),
             self.timing.is_some(),
         );
         let times = run.new_times();

@@ -283,6 +283,12 @@ impl FastBatchNorm {
         self.set_scale_shift(bn);
     }
 
+    /// The per-channel (scale, shift) the last `finish_stats` or `use_running` set:
+    /// `y = x * scale + shift`.
+    pub fn scale_shift(&self) -> (Vec<f32>, Vec<f32>) {
+        (self.scale.clone(), self.shift.clone())
+    }
+
     fn set_scale_shift(&mut self, bn: &BatchNorm) {
         let (w, b) = (&bn.weight.value, &bn.bias.value);
         self.scale.clear();

@@ -338,3 +338,64 @@ fn the_fast_engine_agrees_with_the_reference_engine() {
         }
     }
 }
+
+/// In evaluation a batch norm right after a conv is folded into the conv's weights and
+/// bias (its running statistics' scale and shift), and the conv then applies the ReLU and
+/// pool after it: cnn-plus's conv2 takes bn2, relu2 and pool1, conv1 and conv3 their batch
+/// norm and ReLU (and conv3 its pool), while training passes keep each batch norm. The
+/// logits stay within rounding of the unfused pass (every output kept), with running
+/// statistics far from their start.
+#[test]
+fn evaluation_folds_a_batch_norm_into_the_conv_before_it() {
+    let spec = ModelSpec::preset("cnn-plus").unwrap();
+    let mut net = Network::build_on(&spec, Engine::Fast).unwrap();
+    net.initialize(&mut rng(8), None);
+    let n = 30;
+    let fill = |net: &mut Network, shift: usize| {
+        for (i, v) in net.input_mut(n).iter_mut().enumerate() {
+            *v = (((i + shift) * 37) % 101) as f32 / 25.0 - 1.5;
+        }
+    };
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    for step in 0..5 {
+        fill(&mut net, step);
+        net.train_step(&labels);
+    }
+    let names: Vec<String> = net.layers().map(|l| l.name().to_string()).collect();
+    let at = |name: &str| names.iter().position(|n| n == name).unwrap();
+    assert_eq!(
+        net.applied_by(at("bn2")),
+        None,
+        "training keeps the batch norm"
+    );
+    fill(&mut net, 99);
+    let fused = net.forward(Mode::Eval).data.clone();
+    for (layer, host) in [
+        ("bn1", "conv1"),
+        ("relu1", "conv1"),
+        ("bn2", "conv2"),
+        ("relu2", "conv2"),
+        ("pool1", "conv2"),
+        ("bn3", "conv3"),
+        ("relu3", "conv3"),
+        ("pool2", "conv3"),
+    ] {
+        assert_eq!(
+            net.applied_by(at(layer)),
+            Some(at(host)),
+            "{layer} by {host}"
+        );
+    }
+    // The 1-d batch norm after fc1 is not folded (only into convs).
+    assert_eq!(net.applied_by(at("bn4")), None);
+    net.keep_every_output = true;
+    fill(&mut net, 99);
+    let unfused = net.forward(Mode::Eval).data.clone();
+    assert_eq!(net.applied_by(at("bn2")), None);
+    assert_ne!(
+        fused, unfused,
+        "folding changes the rounding, so the test sees it"
+    );
+    let e = max_rel_diff(&fused, &unfused);
+    assert!(e < 1e-4, "folded logits differ by {e}");
+}
