@@ -1,8 +1,9 @@
 //! Winograd F(2x2, 3x3) (Lavin & Gray, "Fast Algorithms for Convolutional Neural
 //! Networks", 2015): a 3x3, stride-1 convolution computed 2x2 outputs at a time with 16
 //! multiplications per (input, output) channel pair instead of 36. `conv.rs` uses it for
-//! the forward pass and input gradient of layers wide enough to pay (`WINOGRAD_MAX_THINNESS` in conv.rs); `nn::Conv2d`
-//! is the reference, and `conv_direct.rs` keeps the exact shifted sums it replaces.
+//! the forward pass and input gradient of layers wide enough to pay
+//! (`WINOGRAD_MAX_THINNESS` there); `nn::Conv2d` is the reference, and `conv_direct.rs`
+//! keeps the exact shifted sums it replaces.
 //!
 //! Per 4x4 tile `d` of the padded input (tiles 2 apart) and 3x3 kernel `g`:
 //!
@@ -24,7 +25,8 @@
 //!
 //! The transforms add and subtract in a different order than the direct sums, so results
 //! differ from them in the last bits: the tests bound the difference against the f64
-//! reference (`nn::Conv2d`) at the same 1e-5 as every other path.
+//! reference (`nn::Conv2d`) at the same tolerances as every other path (1e-5 forward,
+//! 1e-4 gradients).
 
 use super::conv_direct::{shifted_sum, Planes};
 use super::simd::{round_up, Isa, Lanes, MAX_LANES};
