@@ -133,6 +133,23 @@ fn fusions(
     (absorbed, hosts)
 }
 
+/// Asks each host in a table of fusions to apply (`on`) or stop applying what it absorbs:
+/// a ReLU or pool, or a batch norm's scale and shift, taken from the batch norm now.
+fn switch_fusions(ops: &mut [Box<dyn Op>], absorbed: &[Option<Absorb>], hosts: &[usize], on: bool) {
+    for (i, what) in absorbed.iter().enumerate() {
+        match what {
+            Some(what @ (Absorb::Relu | Absorb::MaxPool2x2)) => {
+                ops[hosts[i]].fuse(*what, on);
+            }
+            Some(Absorb::BatchNorm) => {
+                let affine = if on { ops[i].eval_affine() } else { None };
+                ops[hosts[i]].fold_affine(affine);
+            }
+            Some(Absorb::Identity) | None => {}
+        }
+    }
+}
+
 impl Pipeline {
     /// Finds the stages and which layers fused passes skip: each ReLU the layer before it
     /// can apply, each 2x2 max pool likewise (after the ReLU when there is one), each
@@ -168,32 +185,11 @@ impl Pipeline {
     fn set_fusion(&mut self, ops: &mut [Box<dyn Op>], fuse: bool, mode: Mode) {
         for m in [Mode::Train, Mode::Eval] {
             let (absorbed, hosts) = self.table(m);
-            for (i, what) in absorbed.iter().enumerate() {
-                match what {
-                    Some(what @ (Absorb::Relu | Absorb::MaxPool2x2)) => {
-                        ops[hosts[i]].fuse(*what, false);
-                    }
-                    Some(Absorb::BatchNorm) => {
-                        ops[hosts[i]].fold_affine(None);
-                    }
-                    Some(Absorb::Identity) | None => {}
-                }
-            }
+            switch_fusions(ops, absorbed, hosts, false);
         }
         if fuse {
             let (absorbed, hosts) = self.table(mode);
-            for (i, what) in absorbed.iter().enumerate() {
-                match what {
-                    Some(what @ (Absorb::Relu | Absorb::MaxPool2x2)) => {
-                        ops[hosts[i]].fuse(*what, true);
-                    }
-                    Some(Absorb::BatchNorm) => {
-                        let affine = ops[i].eval_affine();
-                        ops[hosts[i]].fold_affine(affine);
-                    }
-                    Some(Absorb::Identity) | None => {}
-                }
-            }
+            switch_fusions(ops, absorbed, hosts, true);
         }
         self.fused_now = fuse.then_some(mode);
     }

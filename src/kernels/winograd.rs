@@ -29,7 +29,7 @@
 //! 1e-4 gradients).
 
 use super::conv_direct::{shifted_sum, Planes};
-use super::simd::{round_up, Isa, Lanes, MAX_LANES};
+use super::simd::{isa_copies, round_up, Isa, Lanes, MAX_LANES};
 use std::cell::RefCell;
 
 /// Where one image's zero-padded planes sit in a slice: padded value (row `r`, column
@@ -160,16 +160,7 @@ type InputArgs = (
     usize,
 );
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn input_avx512(args: InputArgs) {
-    input_tiles::<super::simd::Avx512>(args)
-}
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn input_avx2(args: InputArgs) {
-    input_tiles::<super::simd::Avx2>(args)
-}
+isa_copies!(input_avx512, input_avx2 = input_tiles(args: InputArgs));
 
 #[inline(always)]
 unsafe fn input_tiles<S: Lanes>(args: InputArgs) {
@@ -280,16 +271,7 @@ type OutputArgs<'a> = (
     &'a mut [u32],
 );
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn output_avx512(args: OutputArgs) {
-    output_tiles::<super::simd::Avx512>(args)
-}
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn output_avx2(args: OutputArgs) {
-    output_tiles::<super::simd::Avx2>(args)
-}
+isa_copies!(output_avx512, output_avx2 = output_tiles(args: OutputArgs));
 
 #[inline(always)]
 unsafe fn output_tiles<S: Lanes>(args: OutputArgs) {
