@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | `conv.rs` | `nn::Conv2d` (+ the ReLU and 2x2 max pool after it) | direct vector kernels or im2col + GEMM, per chunk of images, with the ReLU and pool applied on the output rows |
 //! | `conv_direct.rs` | the conv's inner sums | AVX-512 / AVX2 kernels reading the padded input in place |
+//! | `winograd.rs` | a wide 3x3 conv's forward pass and input gradient | Winograd F(2x2, 3x3): transformed tiles, 16 products on the direct kernels, the ReLU and pool on the way out |
 //! | `im2col.rs` | the conv's loops over the window | unfolding into columns for one GEMM |
 //! | `pool.rs` | `nn::Pool2d` | a vector 2x2 max pool; the plain loops per chunk otherwise |
 //! | `linear.rs` | `nn::Linear` | GEMM calls on a transposed copy of the weights |
