@@ -498,4 +498,30 @@ fn bench_reports_the_conv_path_that_convnet_simd_picks() {
         "stride-1 convs: im2col + GEMM"
     };
     assert!(stdout.contains(default), "{stdout}");
+    // cnn-plus's conv2 and conv3 are wide enough for Winograd; CONVNET_WINOGRAD=off keeps
+    // them on the direct kernels.
+    let winograd = |setting: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_convnet"))
+            .args(["bench", "--preset", "cnn-plus", "--seconds", "0.05"])
+            .args([
+                "--batch-size",
+                "8",
+                "--eval-batch-size",
+                "16",
+                "--threads",
+                "1",
+            ])
+            .env("CONVNET_WINOGRAD", setting)
+            .output()
+            .expect("the binary runs");
+        assert!(out.status.success(), "{:?}", text(&out));
+        text(&out).0
+    };
+    let named = "conv2 forward and input gradient as Winograd F(2x2, 3x3) · conv3 forward";
+    assert_eq!(winograd("on").contains(named), has_vectors, "winograd on");
+    let off = winograd("off");
+    assert!(
+        !off.contains("Winograd") && off.contains("stride-1 convs:"),
+        "{off}"
+    );
 }

@@ -153,9 +153,14 @@ struct ConvOp {
 }
 
 impl ConvOp {
-    /// The weights and bias an evaluation (`eval`) or training pass uses.
-    fn params(&self, eval: bool) -> (&[f32], &[f32]) {
-        if eval && self.affine.is_some() {
+    /// Whether passes in `mode` use the weights with the batch norm folded in.
+    fn folds(&self, mode: Mode) -> bool {
+        mode == Mode::Eval && self.affine.is_some()
+    }
+
+    /// The weights and bias passes in `mode` use.
+    fn params(&self, mode: Mode) -> (&[f32], &[f32]) {
+        if self.folds(mode) {
             (&self.folded.0, &self.folded.1)
         } else {
             (&self.layer.weight.value, &self.layer.bias.value)
@@ -215,7 +220,7 @@ impl Op for ConvOp {
                 fb.push(b[o] * scale[o] + shift[o]);
             }
         }
-        let w = if mode == Mode::Eval && self.affine.is_some() {
+        let w = if self.folds(mode) {
             &self.folded.0
         } else {
             &self.layer.weight.value
@@ -223,8 +228,7 @@ impl Op for ConvOp {
         self.fast.prepare(w);
     }
     fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, mode: Mode) {
-        self.fast
-            .forward_chunk(self.params(mode == Mode::Eval), x, y, s, mode);
+        self.fast.forward_chunk(self.params(mode), x, y, s, mode);
     }
     fn backward_chunk(
         &self,

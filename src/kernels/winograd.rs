@@ -369,7 +369,7 @@ pub fn convolve(
     u: &[f32],
     rows: usize,
     out: (usize, usize),
-    mut write: impl FnMut(usize, &mut Products),
+    mut write: impl FnMut(usize, &Products),
 ) {
     assert_eq!(
         u.len(),
@@ -390,9 +390,9 @@ pub fn convolve(
             let count = group.min(images - first);
             let n = count * per_image;
             let ld = round_up(n);
-            // Each tile's 16 values lie `vstride` (`mstride`) apart: 16 streams, which must
-            // not be a multiple of 4 KiB apart, or they fall into the same few L1 sets and
-            // evict each other (the output transform ran 5x slower so).
+            // Each tile's 16 values lie `vstride` (`mstride`) apart: 16 streams, kept off
+            // multiples of 4 KiB so they cannot crowd into a few L1 sets (no measurable
+            // change on the CPU measured; a precaution for others).
             let (vstride, mstride) = (planes * ld + MAX_LANES, rows * ld + MAX_LANES);
             if v.len() < 16 * vstride {
                 v.resize(16 * vstride, 0.0);
@@ -420,7 +420,7 @@ pub fn convolve(
                 shifted_sum(isa, &[0], n, ux, rows, planes, vx, mx, ld);
             }
             for i in 0..count {
-                let mut p = Products {
+                let p = Products {
                     isa,
                     m,
                     ld,
@@ -429,7 +429,7 @@ pub fn convolve(
                     grid,
                     out,
                 };
-                write(first + i, &mut p);
+                write(first + i, &p);
             }
             first += count;
         }
@@ -456,7 +456,7 @@ pub struct Products<'a> {
 impl Products<'_> {
     /// Output plane `r` (< rows) of the image, plus `bias`, finished per `finish`, into `y`
     /// (and the pool's winners into `arg`, unless it is empty).
-    pub fn plane(&mut self, r: usize, bias: f32, finish: Finish, y: &mut [f32], arg: &mut [u32]) {
+    pub fn plane(&self, r: usize, bias: f32, finish: Finish, y: &mut [f32], arg: &mut [u32]) {
         assert!((r + 1) * self.ld <= self.mstride);
         let (start, stride) = (r * self.ld + self.at, self.mstride);
         let (m, grid, out) = (self.m, self.grid, self.out);

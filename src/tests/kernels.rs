@@ -41,8 +41,8 @@ fn fast_conv_on(g: ConvShape, (isa, winograd): (Option<Isa>, bool)) -> FastConv 
 }
 
 /// Shapes beyond the gradient checks' small ones: channels enough for Winograd by
-/// default, odd sizes (a half-outside last tile), pads 0 and 2, and chunks of several
-/// images in one Winograd group.
+/// default, odd sizes (a half-outside last tile), pads 0 to 3 (3: a Winograd forward pass
+/// with a direct input gradient), and chunks of several images in one Winograd group.
 const WIDE_CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
     (3, 16, 14, 14, 32, 3, 1, 1),
     (2, 9, 7, 5, 10, 3, 1, 0),
