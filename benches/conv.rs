@@ -2,7 +2,8 @@
 //! layers of seed-cnn and cnn-plus: forward (training mode, keeping what the backward pass
 //! needs), backward with the input gradient (weight gradient + input gradient), and the
 //! weight gradient alone; each on the direct shifted sums and as Winograd F(2x2, 3x3)
-//! (forward and input gradient; the weight gradient is direct in both).
+//! (forward and input gradient), with the weight gradient as shifted dots or, where the
+//! output channels fill whole vectors, with them in the lanes ("lane-dW").
 //! GFLOP/s count 2 x multiply-adds of the layer's own arithmetic (no padding or wide-layout
 //! columns). Run: `cargo bench --bench conv` (CONVNET_SIMD=avx2|off for the other paths).
 
@@ -20,19 +21,25 @@ fn main() {
         ("plus conv3 32->64 @14", [32, 14, 14], 64, false),
     ];
     println!(
-        "{:<30} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
+        "{:<38} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
         "layer", "fwd us", "fwd GFLOP/s", "bwd us", "bwd GFLOP/s", "dW us", "dW GFLOP/s"
     );
-    for ((name, input, out_c, _), winograd) in
-        shapes.into_iter().flat_map(|s| [(s, false), (s, true)])
+    let modes = [(false, false), (true, false), (false, true), (true, true)];
+    for ((name, input, out_c, _), (winograd, lane)) in shapes
+        .into_iter()
+        .flat_map(|s| modes.into_iter().map(move |m| (s, m)))
     {
         let g = ConvShape::new(input, out_c, 3, 1, 1).unwrap();
         let nb = 8;
         let mut conv = FastConv::new(g);
-        if conv.set_winograd(winograd).is_err() {
+        if conv.set_winograd(winograd).is_err() || conv.set_lane_dw(lane).is_err() {
             continue;
         }
-        let name = format!("{name} {}", if winograd { "wino" } else { "direct" });
+        let name = format!(
+            "{name} {}{}",
+            if winograd { "wino" } else { "direct" },
+            if lane { " lane-dW" } else { "" }
+        );
         // CONVNET_BENCH_ONLY=<part of a row's name>: only those rows (for a profiler).
         if let Ok(only) = std::env::var("CONVNET_BENCH_ONLY") {
             if !name.contains(&only) {
@@ -77,7 +84,7 @@ fn main() {
             conv.backward_chunk((&w, &b), &x, &y, &dy, None, &mut s);
         }) - fwd;
         println!(
-            "{name:<30} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+            "{name:<38} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
             fwd * 1e6,
             2.0 * macs / fwd / 1e9,
             bwd * 1e6,

@@ -233,7 +233,7 @@ impl Network {
 
     /// Layers whose fast kernels take a path worth naming (`convnet bench` prints them):
     /// (layer name, path), e.g. a conv whose forward pass runs as Winograd.
-    pub fn kernel_paths(&self) -> Vec<(String, &'static str)> {
+    pub fn kernel_paths(&self) -> Vec<(String, String)> {
         if self.engine == Engine::Reference {
             return Vec::new();
         }

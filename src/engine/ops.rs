@@ -72,7 +72,7 @@ pub(crate) trait Op: Send + Sync {
         false
     }
     /// A fast path worth naming that this layer takes, if any.
-    fn kernel_path(&self) -> Option<&'static str> {
+    fn kernel_path(&self) -> Option<String> {
         None
     }
     /// Called once before a batch's chunks run forward, with the parameters as they are.
@@ -201,12 +201,18 @@ impl Op for ConvOp {
         self.affine = affine;
         true
     }
-    fn kernel_path(&self) -> Option<&'static str> {
-        match (self.fast.winograd(), self.fast.winograd_dx()) {
+    fn kernel_path(&self) -> Option<String> {
+        let winograd = match (self.fast.winograd(), self.fast.winograd_dx()) {
             (true, true) => Some("forward and input gradient as Winograd F(2x2, 3x3)"),
             (true, false) => Some("forward as Winograd F(2x2, 3x3)"),
             _ => None,
-        }
+        };
+        let lanes = self
+            .fast
+            .lane_dw()
+            .then_some("weight gradient with the channels in the lanes");
+        let named: Vec<&str> = winograd.into_iter().chain(lanes).collect();
+        (!named.is_empty()).then(|| named.join(", "))
     }
     fn prepare(&mut self, mode: Mode) {
         if let (Mode::Eval, Some((scale, shift))) = (mode, &self.affine) {

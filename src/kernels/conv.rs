@@ -5,14 +5,15 @@
 //! Two paths. Stride 1 on a CPU with AVX-512 or AVX2 takes the direct path: the vector
 //! kernels of `conv_direct.rs` read the padded input in place, for the forward pass, the
 //! input gradient (the same shifted sum with the weights transposed and the offsets
-//! negated) and the weight gradient (shifted dots). Otherwise im2col + GEMM
+//! negated) and the weight gradient (shifted dots, or with the output channels in the
+//! lanes when they fill whole vectors: `lane_dots`). Otherwise im2col + GEMM
 //! (`im2col.rs`): within a chunk the images' columns sit side by side, (CKK,
 //! images*cols), so each product is one GEMM per chunk. Each chunk sums its own weight
 //! gradient and the engine adds the chunks in order, so the result is the same for any
 //! thread count. `tests` compares every path with `nn::Conv2d`, forward and backward, and
 //! the fused output with the separate ReLU and pooling layers, bit for bit.
 
-use super::conv_direct::{shifted_dots, shifted_sum, unwiden, widen, Planes};
+use super::conv_direct::{lane_dots, shifted_dots, shifted_sum, unwiden, widen, Planes};
 use super::gemm::sgemm;
 use super::im2col::{col2im, pad_whole, unfold_chunk, unpad_from, wide_col2im, ConvLayout};
 use super::pool::max_pool_2x2;
@@ -28,6 +29,9 @@ thread_local! {
     /// Each worker thread's im2col buffer. One per thread, not per chunk: reused by every
     /// chunk the thread runs, it stays in that core's cache.
     static COLS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each worker thread's transposed output gradient and weight-gradient sums for
+    /// `lane_dots`, likewise.
+    static LANE_DW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on this thread's im2col buffer, `len` values long. `f` must not call into
@@ -69,6 +73,9 @@ pub struct FastConv {
     /// The weights transformed for it, forward and for the input gradient (`prepare`).
     wino_u: Vec<f32>,
     wino_back: Vec<f32>,
+    /// The weight gradient with the output channels in the vector lanes (`lane_dots`): a
+    /// 3x3 layer on the direct path whose output channels fill whole vectors.
+    lane_dw: bool,
 }
 
 /// How thin a 3x3 layer may be and still gain from Winograd: per tile its input transform
@@ -83,6 +90,18 @@ fn wants_winograd(g: &ConvShape) -> bool {
         && g.kernel == 3
         && g.stride == 1
         && 1.0 / g.in_c as f64 + 1.0 / g.out_c as f64 <= WINOGRAD_MAX_THINNESS
+}
+
+/// The fewest input channels for which the lane weight gradient is the default: its
+/// transposes of the output gradient are shared by the 9 * C rows of sums, so a thin
+/// input loses (`cargo bench --bench conv`: 1 -> 16 channels 75 -> 96 us a chunk; 8 -> 16
+/// 65 -> 56 us, 16 -> 32 1,072 -> 642, 32 -> 64 728 -> 616).
+const LANE_DW_MIN_PLANES: usize = 8;
+
+/// Whether `lane_dots` can run the weight gradient of `shape` on `isa`: 3x3, stride 1,
+/// the output channels in whole vectors.
+fn lane_dw_fits(g: &ConvShape, isa: Isa) -> bool {
+    g.kernel == 3 && g.stride == 1 && g.out_c.is_multiple_of(isa.lanes())
 }
 
 // Per chunk, `Scratch::work`. im2col + GEMM: the output (or its gradient) in the column
@@ -112,7 +131,34 @@ impl FastConv {
             winograd: direct.is_some() && wants_winograd(&g),
             wino_u: Vec::new(),
             wino_back: Vec::new(),
+            lane_dw: direct
+                .is_some_and(|isa| lane_dw_fits(&g, isa) && g.in_c >= LANE_DW_MIN_PLANES),
         }
+    }
+
+    /// Runs the weight gradient with the output channels in the vector lanes while `on`
+    /// (the default where it fits, `lane_dw_fits`, with `LANE_DW_MIN_PLANES` input
+    /// channels), else as `shifted_dots`. Refuses what the
+    /// shape or path cannot run.
+    pub fn set_lane_dw(&mut self, on: bool) -> Result<(), String> {
+        if on
+            && !self
+                .direct
+                .is_some_and(|isa| lane_dw_fits(&self.shape, isa))
+        {
+            return Err(
+                "the lane weight gradient needs a 3x3, stride-1 conv on the direct \
+                        path with output channels in whole vectors"
+                    .into(),
+            );
+        }
+        self.lane_dw = on;
+        Ok(())
+    }
+
+    /// Whether the weight gradient runs with the output channels in the lanes.
+    pub fn lane_dw(&self) -> bool {
+        self.lane_dw
     }
 
     /// Runs the forward pass and (pad <= 2) the input gradient as Winograd F(2x2, 3x3)
@@ -158,6 +204,7 @@ impl FastConv {
         if isa.is_none() {
             self.winograd = false;
         }
+        self.lane_dw = false;
         Ok(())
     }
 
@@ -481,6 +528,46 @@ impl FastConv {
         );
     }
 
+    /// The weight gradient of `images` images by `lane_dots`: each image's output gradient
+    /// (`dyw`, the wide layout with margins) transposed to one row of channels per position,
+    /// the sums gathered as (C*9, O), then transposed into `dw` (O, C*9).
+    fn lane_weight_grad(
+        &self,
+        isa: Isa,
+        dyw: &[f32],
+        padded: &[f32],
+        images: usize,
+        dw: &mut [f32],
+    ) {
+        let g = &self.shape;
+        let (plane, margin, row) = (g.padded_plane(), g.grad_margin(), g.grad_row());
+        let (n, outs, rows) = (g.cols_per_image(), g.out_c, g.in_c * 9);
+        LANE_DW.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            let need = n * outs + rows * outs + MAX_LANES;
+            if buf.len() < need {
+                buf.resize(need, 0.0);
+            }
+            // Whole-vector rows of the transposed gradient start on a vector boundary.
+            let skew = buf.as_ptr().align_offset(64).min(MAX_LANES);
+            let (dyt, dwt) = buf[skew..].split_at_mut(n * outs);
+            let dwt = &mut dwt[..rows * outs];
+            dwt.fill(0.0);
+            for i in 0..images {
+                let src = &dyw[i * outs * row + margin..];
+                simd::transpose_strided(Some(isa), (src, row), outs, n, (dyt, outs));
+                let x = Planes {
+                    data: padded,
+                    start: i * g.in_c * plane,
+                    plane,
+                    image: 0,
+                };
+                lane_dots(isa, g.padded_w(), n, x, g.in_c, dyt, outs, dwt);
+            }
+            simd::transpose(Some(isa), dwt, rows, outs, dw);
+        });
+    }
+
     /// Direct backward, from the padded images the forward pass left in `s.work`.
     #[allow(clippy::too_many_arguments)]
     fn direct_backward(
@@ -535,7 +622,11 @@ impl FastConv {
             plane,
             image: g.in_c * plane,
         };
-        shifted_dots(isa, &self.offsets, cols_len, nb, a, g.out_c, x, g.in_c, dw);
+        if self.lane_dw {
+            self.lane_weight_grad(isa, dyw, padded, nb, dw);
+        } else {
+            shifted_dots(isa, &self.offsets, cols_len, nb, a, g.out_c, x, g.in_c, dw);
+        }
         for (o, d) in db.iter_mut().enumerate() {
             let rows = (0..nb).map(|i| &dyw[(i * g.out_c + o) * row + margin..][..cols_len]);
             *d = rows.map(sum).sum();

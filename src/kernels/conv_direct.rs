@@ -19,6 +19,11 @@
 //! dw[r][c][t] += sum over p of  dy[r][p] * x[c][p + offset[t]]
 //! ```
 //!
+//! For 3x3 layers whose output channels fill whole vectors, `lane_dots` computes the
+//! same weight gradient with the channels in the lanes instead of the positions (the
+//! gradient transposed, the input broadcast): longer runs in registers and no load that
+//! straddles a cache line.
+//!
 //! Both run over whole vectors of positions: the caller rounds `n` up with
 //! `simd::round_up`, gives the buffers that much room, and (for `shifted_dots`) zeros
 //! past the end, so nothing here needs a scalar tail.
@@ -397,6 +402,145 @@ unsafe fn dots_block<S: Lanes, const R: usize, const T: usize>(
             } else {
                 *saved.add(at) = a;
             }
+        }
+    }
+}
+
+/// Positions of one image that `lane_dots` runs through before moving to the next plane:
+/// a block of the transposed gradient (`LANE_BLOCK` x outputs values: 32 KiB for 64
+/// channels) stays in L1 while every plane's nine taps read it.
+const LANE_BLOCK: usize = 128;
+
+/// The 3x3 weight gradient with the output channels in the vector lanes, for one image:
+///
+/// ```text
+/// dwt[(c * 9 + t) * outs + o] += sum over p < n of  x[c][p + offset[t]] * dyt[p * outs + o]
+/// ```
+///
+/// where `offset[ki * 3 + kj] = ki * step + kj` and `dyt` is the output gradient in the
+/// wide layout transposed (one row of `outs` channels per position, zero at the columns
+/// past the output's width). Each position's input values are broadcast to every lane and
+/// its gradient row is read whole, so no load straddles a cache line and every partial sum
+/// of a block of channels stays in registers for a block of positions: `shifted_dots` with
+/// the roles of lanes and positions exchanged, for layers with many output channels.
+/// `outs` must be a multiple of the vector width; `dwt` holds `planes * 9` rows of `outs`.
+#[allow(clippy::too_many_arguments)]
+pub fn lane_dots(
+    isa: Isa,
+    step: usize,
+    n: usize,
+    x: Planes,
+    planes: usize,
+    dyt: &[f32],
+    outs: usize,
+    dwt: &mut [f32],
+) {
+    if n == 0 || planes == 0 || outs == 0 {
+        return;
+    }
+    assert!(outs.is_multiple_of(isa.lanes()), "outputs in whole vectors");
+    x.check(planes, 1, 0, n + 2 * step + 2);
+    assert!(dyt.len() >= n * outs && dwt.len() >= planes * 9 * outs);
+    let args = LaneArgs {
+        step,
+        n,
+        x: x.data[x.start..].as_ptr(),
+        x_plane: x.plane,
+        planes,
+        dyt: dyt.as_ptr(),
+        outs,
+        dwt: dwt.as_mut_ptr(),
+    };
+    // SAFETY: the reads and writes were checked above; `isa` came from `simd::detect`.
+    unsafe {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => lane_avx512(&args),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => lane_avx2(&args),
+            #[allow(unreachable_patterns)]
+            _ => unreachable!("no vector kernels for {isa:?} on this target"),
+        }
+    }
+}
+
+struct LaneArgs {
+    step: usize,
+    n: usize,
+    x: *const f32,
+    x_plane: usize,
+    planes: usize,
+    dyt: *const f32,
+    outs: usize,
+    dwt: *mut f32,
+}
+
+isa_copies!(lane_avx512, lane_avx2 = lane_rows(a: &LaneArgs));
+
+/// `lane_dots` in blocks of positions, then planes, then two vectors of channels (18
+/// accumulators, and 9 broadcasts and 2 gradient vectors a position), one vector for the
+/// last odd one. AVX2's 16 registers hold one vector's 9 accumulators.
+#[inline(always)]
+unsafe fn lane_rows<S: Lanes>(a: &LaneArgs) {
+    let vectors = a.outs / S::LANES;
+    let pair = if S::LANES == 16 { 2 } else { 1 };
+    let mut p0 = 0;
+    while p0 < a.n {
+        let count = LANE_BLOCK.min(a.n - p0);
+        for c in 0..a.planes {
+            let x = a.x.add(c * a.x_plane + p0);
+            let mut v = 0;
+            while v < vectors {
+                let dy = a.dyt.add(p0 * a.outs + v * S::LANES);
+                let dw = a.dwt.add(c * 9 * a.outs + v * S::LANES);
+                if vectors - v >= pair && pair == 2 {
+                    lane_block::<S, 2>(x, a.step, dy, a.outs, count, dw);
+                    v += 2;
+                } else {
+                    lane_block::<S, 1>(x, a.step, dy, a.outs, count, dw);
+                    v += 1;
+                }
+            }
+        }
+        p0 += count;
+    }
+}
+
+/// Nine taps x `V` vectors of channels of `lane_dots` over `count` positions, the sums
+/// read from and written back to `dw` (rows `outs` apart).
+#[inline(always)]
+unsafe fn lane_block<S: Lanes, const V: usize>(
+    x: *const f32,
+    step: usize,
+    dy: *const f32,
+    outs: usize,
+    count: usize,
+    dw: *mut f32,
+) {
+    let mut acc = [[S::zero(); V]; 9];
+    for (t, acc) in acc.iter_mut().enumerate() {
+        for (j, a) in acc.iter_mut().enumerate() {
+            *a = S::load(dw.add(t * outs + j * S::LANES));
+        }
+    }
+    for p in 0..count {
+        let mut d = [S::zero(); V];
+        for (j, d) in d.iter_mut().enumerate() {
+            *d = S::load(dy.add(p * outs + j * S::LANES));
+        }
+        let row = x.add(p);
+        for ki in 0..3 {
+            for kj in 0..3 {
+                let b = S::splat(*row.add(ki * step + kj));
+                for (a, &d) in acc[ki * 3 + kj].iter_mut().zip(&d) {
+                    *a = S::fma(b, d, *a);
+                }
+            }
+        }
+    }
+    for (t, acc) in acc.iter().enumerate() {
+        for (j, &a) in acc.iter().enumerate() {
+            S::store(dw.add(t * outs + j * S::LANES), a);
         }
     }
 }

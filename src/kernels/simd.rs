@@ -15,6 +15,16 @@ pub enum Isa {
     Avx2,
 }
 
+impl Isa {
+    /// Floats in one vector.
+    pub fn lanes(self) -> usize {
+        match self {
+            Isa::Avx512 => 16,
+            Isa::Avx2 => 8,
+        }
+    }
+}
+
 impl std::fmt::Display for Isa {
     fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str(match self {
@@ -211,22 +221,22 @@ mod x86 {
     pub(crate) struct Avx512;
     pub(crate) struct Avx2;
 
-    /// The `r8` x `c8` corner of `src` (rows, cols) transposed into `dst`, 8 x 8 at a time.
+    /// The `r8` x `c8` corner of `src` (rows `src_row` apart) transposed into `dst` (rows
+    /// `dst_row` apart), 8 x 8 at a time.
     #[target_feature(enable = "avx")]
     pub(super) unsafe fn transpose_blocks(
         src: &[f32],
-        rows: usize,
-        cols: usize,
-        r8: usize,
-        c8: usize,
+        src_row: usize,
+        (r8, c8): (usize, usize),
         dst: &mut [f32],
+        dst_row: usize,
     ) {
         let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
         // Down the columns of blocks: each output row is written front to back, and the
         // input rows' cache lines are back for the next column while still in L1.
         for c0 in (0..c8).step_by(8) {
             for r0 in (0..r8).step_by(8) {
-                let row = |i: usize| _mm256_loadu_ps(s.add((r0 + i) * cols + c0));
+                let row = |i: usize| _mm256_loadu_ps(s.add((r0 + i) * src_row + c0));
                 let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
                 let (a4, a5, a6, a7) = (row(4), row(5), row(6), row(7));
                 // Pairs of rows interleaved, then pairs of pairs, then the 128-bit halves.
@@ -253,7 +263,7 @@ mod x86 {
                     _mm256_permute2f128_ps::<0x31>(u3, u7),
                 ];
                 for (j, v) in out.into_iter().enumerate() {
-                    _mm256_storeu_ps(d.add((c0 + j) * rows + r0), v);
+                    _mm256_storeu_ps(d.add((c0 + j) * dst_row + r0), v);
                 }
             }
         }
@@ -466,7 +476,23 @@ mod x86 {
 /// 8 x 8 blocks held in vector registers when `isa` allows (every AVX2 or AVX-512 CPU has
 /// the AVX shuffles this needs), the edges one value at a time.
 pub fn transpose(isa: Option<Isa>, src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    assert!(src.len() >= rows * cols && dst.len() >= rows * cols);
+    transpose_strided(isa, (src, cols), rows, cols, (dst, rows));
+}
+
+/// `dst[c * dst_row + r] = src[r * src_row + c]` for `r < rows`, `c < cols`: `transpose`
+/// between matrices whose rows lie `src_row` and `dst_row` values apart.
+pub fn transpose_strided(
+    isa: Option<Isa>,
+    (src, src_row): (&[f32], usize),
+    rows: usize,
+    cols: usize,
+    (dst, dst_row): (&mut [f32], usize),
+) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(src_row >= cols && dst_row >= rows);
+    assert!(src.len() >= (rows - 1) * src_row + cols && dst.len() >= (cols - 1) * dst_row + rows);
     if let Some(isa) = isa {
         assert!(supported().contains(&isa), "this CPU cannot run {isa}");
     }
@@ -479,13 +505,13 @@ pub fn transpose(isa: Option<Isa>, src: &[f32], rows: usize, cols: usize, dst: &
     if r8 > 0 && c8 > 0 {
         // SAFETY: the CPU has AVX2 or AVX-512, so AVX; the blocks lie inside the checked
         // slices.
-        unsafe { x86::transpose_blocks(src, rows, cols, r8, c8, dst) };
+        unsafe { x86::transpose_blocks(src, src_row, (r8, c8), dst, dst_row) };
     }
     // The edges: columns past c8 in the block rows, then rows past r8.
     for r in 0..rows {
         let from = if r < r8 { c8 } else { 0 };
         for c in from..cols {
-            dst[c * rows + r] = src[r * cols + c];
+            dst[c * dst_row + r] = src[r * src_row + c];
         }
     }
 }

@@ -15,16 +15,33 @@ use crate::spec::{LayerSpec, ModelSpec};
 use crate::tensor::Tensor;
 
 /// The ways a convolution can run here: im2col + GEMM (`None`), and the direct path on
-/// every vector unit this CPU has (stride 1 only), with its exact shifted sums (`false`)
-/// and, for 3x3 kernels, with the forward pass (and for pad <= 2 the input gradient) as
-/// Winograd F(2x2, 3x3) (`true`).
-fn conv_paths(g: &ConvShape) -> Vec<(Option<Isa>, bool)> {
-    let mut paths = vec![(None, false)];
+/// every vector unit this CPU has (stride 1 only), with its exact shifted sums, and for
+/// 3x3 kernels with the forward pass (and for pad <= 2 the input gradient) as Winograd
+/// F(2x2, 3x3) (`winograd`), and with the weight gradient's output channels in the lanes
+/// (`lane_dw`) where they fill whole vectors.
+#[derive(Clone, Copy, Debug)]
+struct ConvPath {
+    isa: Option<Isa>,
+    winograd: bool,
+    lane_dw: bool,
+}
+
+fn conv_paths(g: &ConvShape) -> Vec<ConvPath> {
+    let path = |isa, winograd, lane_dw| ConvPath {
+        isa,
+        winograd,
+        lane_dw,
+    };
+    let mut paths = vec![path(None, false, false)];
     if g.stride == 1 {
         for isa in simd::supported() {
-            paths.push((Some(isa), false));
+            paths.push(path(Some(isa), false, false));
             if g.kernel == 3 {
-                paths.push((Some(isa), true));
+                paths.push(path(Some(isa), true, false));
+                if g.out_c.is_multiple_of(isa.lanes()) {
+                    paths.push(path(Some(isa), false, true));
+                    paths.push(path(Some(isa), true, true));
+                }
             }
         }
     }
@@ -32,23 +49,31 @@ fn conv_paths(g: &ConvShape) -> Vec<(Option<Isa>, bool)> {
 }
 
 /// `FastConv` for `g` on `path`.
-fn fast_conv_on(g: ConvShape, (isa, winograd): (Option<Isa>, bool)) -> FastConv {
+fn fast_conv_on(g: ConvShape, p: ConvPath) -> FastConv {
     let mut fast = FastConv::new(g);
-    fast.set_direct(isa).unwrap();
-    fast.set_winograd(winograd).unwrap();
-    assert_eq!((fast.direct(), fast.winograd()), (isa, winograd));
+    fast.set_direct(p.isa).unwrap();
+    fast.set_winograd(p.winograd).unwrap();
+    fast.set_lane_dw(p.lane_dw).unwrap();
+    assert_eq!(
+        (fast.direct(), fast.winograd(), fast.lane_dw()),
+        (p.isa, p.winograd, p.lane_dw)
+    );
     fast
 }
 
 /// Shapes beyond the gradient checks' small ones: channels enough for Winograd by
 /// default, odd sizes (a half-outside last tile), pads 0 to 3 (3: a Winograd forward pass
-/// with a direct input gradient), and chunks of several images in one Winograd group.
+/// with a direct input gradient), chunks of several images in one Winograd group, and
+/// output channels in whole vectors (8, 16, 32: the lane weight gradient) with odd sizes
+/// and pads 0 and 2.
 const WIDE_CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
     (3, 16, 14, 14, 32, 3, 1, 1),
     (2, 9, 7, 5, 10, 3, 1, 0),
     (2, 8, 5, 6, 8, 3, 1, 2),
     (2, 8, 4, 5, 9, 3, 1, 3),
     (21, 8, 7, 7, 12, 3, 1, 1),
+    (2, 5, 7, 5, 16, 3, 1, 0),
+    (9, 3, 6, 7, 16, 3, 1, 2),
 ];
 
 /// The fast conv over a whole batch, chunk by chunk as the engine runs it; returns y and
@@ -457,6 +482,25 @@ fn vector_transpose_matches_the_plain_loop() {
             let mut got = vec![f32::NAN; rows * cols];
             simd::transpose(isa, &src, rows, cols, &mut got);
             assert_eq!(got, want, "{rows}x{cols} on {isa:?}");
+            // The same matrix inside wider rows on both sides: what lies between is left.
+            let (sr, dr) = (cols + 5, rows + 3);
+            let mut wide = vec![-1.0; rows * sr];
+            for r in 0..rows {
+                wide[r * sr..][..cols].copy_from_slice(&src[r * cols..][..cols]);
+            }
+            let mut got = vec![f32::NAN; cols * dr];
+            simd::transpose_strided(isa, (&wide, sr), rows, cols, (&mut got, dr));
+            for c in 0..cols {
+                assert_eq!(
+                    &got[c * dr..][..rows],
+                    &want[c * rows..][..rows],
+                    "{rows}x{cols}"
+                );
+                assert!(
+                    got[c * dr + rows..][..3].iter().all(|v| v.is_nan()),
+                    "{rows}x{cols}"
+                );
+            }
         }
     }
 }
