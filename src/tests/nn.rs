@@ -48,6 +48,25 @@ fn dropout_scales_kept_values_and_is_off_in_evaluation() {
         (mean - 1.0).abs() < 0.05,
         "inverted dropout keeps the mean: {mean}"
     );
+    // Neighbours share one 64-bit draw (two 24-bit fractions from it): each half drops
+    // at the rate on its own, and independently of the other (both: 0.3^2 = 9%).
+    let pairs = y.data.chunks(2);
+    let (first, second, both) = pairs.fold((0, 0, 0), |(a, b, c), p| {
+        let (x, y) = (p[0] == 0.0, p[1] == 0.0);
+        (a + x as usize, b + y as usize, c + (x && y) as usize)
+    });
+    assert!(
+        (1350..1650).contains(&first),
+        "{first} of 5000 first halves"
+    );
+    assert!(
+        (1350..1650).contains(&second),
+        "{second} of 5000 second halves"
+    );
+    assert!(
+        (380..520).contains(&both),
+        "{both} of 5000 pairs both dropped"
+    );
     // The same seed gives the same mask; another seed another one.
     assert_eq!(d.forward(&x, Mode::Train), y);
     d.reseed(43);
