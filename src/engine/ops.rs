@@ -490,13 +490,13 @@ impl Op for BatchNormOp {
     fn backward_chunk(
         &self,
         x: &[f32],
-        y: &[f32],
+        _y: &[f32],
         dy: &[f32],
         _dx: Option<&mut [f32]>,
         s: &mut Scratch,
     ) {
-        let relu_out = self.fast.relu.then_some(y);
-        FastBatchNorm::grad_chunk(&self.layer, x, relu_out, dy, &mut s.sums);
+        // The fused ReLU's mask comes from x (`FastBatchNorm::grad_chunk`), not from y.
+        self.fast.grad_chunk(&self.layer, x, dy, &mut s.sums);
     }
     fn finish_backward(&mut self, x: &Tensor, _dy: &Tensor, scratch: &[Scratch], chunks: usize) {
         let m = x.batch() * self.layer.plane;
@@ -510,9 +510,8 @@ impl Op for BatchNormOp {
         let parts = scratch[..chunks].iter().map(|s| &s.sums[..]);
         self.fast.finish_stats(&mut self.layer, parts);
     }
-    fn dx_chunk(&self, x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
-        let relu_out = self.fast.relu.then_some(y);
-        self.fast.dx_chunk(&self.layer, x, relu_out, dy, dx);
+    fn dx_chunk(&self, x: &[f32], _y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        self.fast.dx_chunk(&self.layer, x, dy, dx);
     }
 }
 

@@ -127,10 +127,12 @@ on_best_isa! {
 
 on_best_isa! {
     /// sum(g) and sum(g * (x - mean)) per channel of one chunk into `sums`, g being `dy`
-    /// masked by the fused ReLU's output `relu_out`.
+    /// masked by the fused ReLU: where `x * scale + shift`, the ReLU's input, is positive
+    /// (`relu_of`: that scale and shift). The mask is recomputed from `x`, which is read
+    /// anyway, rather than read from the ReLU's output: a third less memory traffic.
     fn grad_kernel(
         x: &[f32],
-        relu_out: Option<&[f32]>,
+        relu_of: Option<(&[f32], &[f32])>,
         dy: &[f32],
         shape: (usize, usize),
         mean: &[f32],
@@ -144,12 +146,12 @@ on_best_isa! {
             let (mut sg, mut sgx) = (0.0f64, 0.0f64);
             for s in 0..samples {
                 let (xs, gs) = (plane_of(x, shape, s, c), plane_of(dy, shape, s, c));
-                match relu_out {
-                    Some(y) => {
-                        let ys = plane_of(y, shape, s, c);
-                        sg += lanes_sum3(gs, ys, ys, |g, y, _| relu_grad(y, g) as f64);
-                        sgx += lanes_sum3(gs, ys, xs, |g, y, x| {
-                            relu_grad(y, g) as f64 * (x as f64 - m)
+                match relu_of {
+                    Some((scale, shift)) => {
+                        let (a, b) = (scale[c], shift[c]);
+                        sg += lanes_sum3(gs, xs, xs, |g, x, _| relu_grad(x * a + b, g) as f64);
+                        sgx += lanes_sum3(gs, xs, xs, |g, x, _| {
+                            relu_grad(x * a + b, g) as f64 * (x as f64 - m)
                         });
                     }
                     None => {
@@ -177,7 +179,7 @@ on_best_isa! {
     /// for one chunk.
     fn dx_kernel(
         x: &[f32],
-        relu_out: Option<&[f32]>,
+        relu_of: Option<(&[f32], &[f32])>,
         dy: &[f32],
         dx: &mut [f32],
         shape: (usize, usize),
@@ -189,14 +191,14 @@ on_best_isa! {
             for c in 0..channels {
                 let (x, dy) = (plane_of(x, shape, s, c), plane_of(dy, shape, s, c));
                 let dx = &mut dx[(s * channels + c) * plane..][..plane];
-                let y = relu_out.map(|y| plane_of(y, shape, s, c));
+                let relu = relu_of.map(|(scale, shift)| (scale[c], shift[c]));
                 let k = t.weight[c] * t.inv_std[c];
                 let (mc, ic) = (t.mean[c], t.inv_std[c]);
-                match (t.trained, y) {
-                    (Some((mdb, mdw)), Some(y)) => {
+                match (t.trained, relu) {
+                    (Some((mdb, mdw)), Some((a, b))) => {
                         let (mdb, mdw) = (mdb[c], mdw[c]);
-                        for (((d, &xv), &g), &y) in dx.iter_mut().zip(x).zip(dy).zip(y) {
-                            *d = k * (relu_grad(y, g) - mdb - (xv - mc) * ic * mdw);
+                        for ((d, &xv), &g) in dx.iter_mut().zip(x).zip(dy) {
+                            *d = k * (relu_grad(xv * a + b, g) - mdb - (xv - mc) * ic * mdw);
                         }
                     }
                     (Some((mdb, mdw)), None) => {
@@ -205,9 +207,9 @@ on_best_isa! {
                             *d = k * (g - mdb - (xv - mc) * ic * mdw);
                         }
                     }
-                    (None, Some(y)) => {
-                        for ((d, &g), &y) in dx.iter_mut().zip(dy).zip(y) {
-                            *d = k * relu_grad(y, g);
+                    (None, Some((a, b))) => {
+                        for ((d, &g), &xv) in dx.iter_mut().zip(dy).zip(x) {
+                            *d = k * relu_grad(xv * a + b, g);
                         }
                     }
                     (None, None) => {
@@ -314,17 +316,17 @@ impl FastBatchNorm {
         );
     }
 
-    /// One chunk's gradient sums: `sums` gets sum(g) and sum(g * (x - mean)) per channel.
-    /// `relu_out`: the fused ReLU's output, which masks `dy`.
-    pub fn grad_chunk(
-        bn: &BatchNorm,
-        x: &[f32],
-        relu_out: Option<&[f32]>,
-        dy: &[f32],
-        sums: &mut Vec<f64>,
-    ) {
+    /// The fused ReLU's input is `x * scale + shift` of the last forward pass: where it is
+    /// positive the ReLU passed `dy`.
+    fn relu_of(&self) -> Option<(&[f32], &[f32])> {
+        self.relu.then_some((&self.scale[..], &self.shift[..]))
+    }
+
+    /// One chunk's gradient sums after a forward pass of the same chunk: `sums` gets
+    /// sum(g) and sum(g * (x - mean)) per channel, g being `dy` masked by the fused ReLU.
+    pub fn grad_chunk(&self, bn: &BatchNorm, x: &[f32], dy: &[f32], sums: &mut Vec<f64>) {
         let shape = (bn.channels, bn.plane);
-        grad_kernel(simd::detect(), x, relu_out, dy, shape, &bn.mean, sums);
+        grad_kernel(simd::detect(), x, self.relu_of(), dy, shape, &bn.mean, sums);
     }
 
     /// The batch's parameter gradients from every chunk's `grad_chunk`, added in chunk
@@ -356,14 +358,7 @@ impl FastBatchNorm {
     }
 
     /// One chunk's input gradient, after `finish_grads`.
-    pub fn dx_chunk(
-        &self,
-        bn: &BatchNorm,
-        x: &[f32],
-        relu_out: Option<&[f32]>,
-        dy: &[f32],
-        dx: &mut [f32],
-    ) {
+    pub fn dx_chunk(&self, bn: &BatchNorm, x: &[f32], dy: &[f32], dx: &mut [f32]) {
         let terms = DxTerms {
             mean: &bn.mean,
             inv_std: &bn.inv_std,
@@ -375,7 +370,7 @@ impl FastBatchNorm {
         dx_kernel(
             simd::detect(),
             x,
-            relu_out,
+            self.relu_of(),
             dy,
             dx,
             (bn.channels, bn.plane),
