@@ -517,14 +517,26 @@ fn bench_reports_the_conv_path_that_convnet_simd_picks() {
         assert!(out.status.success(), "{:?}", text(&out));
         text(&out).0
     };
-    // Their weight gradients run with the output channels in the lanes (32 and 64 fill
-    // whole vectors; conv1's single input channel keeps the shifted dots).
+    let on = winograd("on");
+    for layer in ["conv2", "conv3"] {
+        let named = format!("{layer} forward and input gradient as Winograd F(2x2, 3x3)");
+        assert_eq!(on.contains(&named), has_vectors, "winograd on: {on}");
+    }
+    // On AVX-512 their weight gradients run with the output channels in the lanes (32 and
+    // 64 fill whole vectors; conv1's single input channel keeps the shifted dots).
+    let lanes = on.contains("direct AVX-512 kernels");
     let named = "conv2 forward and input gradient as Winograd F(2x2, 3x3), weight gradient \
                  with the channels in the lanes · conv3 forward";
-    assert_eq!(winograd("on").contains(named), has_vectors, "winograd on");
+    assert_eq!(on.contains(named), lanes, "lane weight gradient: {on}");
+    assert!(!on.contains("conv1 weight gradient"), "{on}");
     let off = winograd("off");
     assert!(
-        !off.contains("Winograd") && off.contains("conv2 weight gradient with the channels"),
+        !off.contains("Winograd") && off.contains("stride-1 convs:"),
+        "{off}"
+    );
+    assert_eq!(
+        off.contains("conv2 weight gradient with the channels"),
+        lanes,
         "{off}"
     );
 }

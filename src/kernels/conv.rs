@@ -92,10 +92,12 @@ fn wants_winograd(g: &ConvShape) -> bool {
         && 1.0 / g.in_c as f64 + 1.0 / g.out_c as f64 <= WINOGRAD_MAX_THINNESS
 }
 
-/// The fewest input channels for which the lane weight gradient is the default: its
-/// transposes of the output gradient are shared by the 9 * C rows of sums, so a thin
-/// input loses (`cargo bench --bench conv`: 1 -> 16 channels 75 -> 96 us a chunk; 8 -> 16
-/// 65 -> 56 us, 16 -> 32 1,072 -> 642, 32 -> 64 728 -> 616).
+/// The fewest input channels for which the lane weight gradient is the default (on
+/// AVX-512 only): its transposes of the output gradient are shared by the 9 * C rows of
+/// sums, so a thin input loses (`cargo bench --bench conv`: 1 -> 16 channels 75 -> 96 us
+/// a chunk; 8 -> 16 65 -> 56 us, 16 -> 32 1,072 -> 642, 32 -> 64 728 -> 616). With AVX2's
+/// 16 registers it holds one vector of channels, 9 broadcasts for 9 FMAs, and lost on the
+/// same machine (8 -> 16 102 -> 117-123 us, 32 -> 64 1,060-1,140 -> 1,374-1,471).
 const LANE_DW_MIN_PLANES: usize = 8;
 
 /// Whether `lane_dots` can run the weight gradient of `shape` on `isa`: 3x3, stride 1,
@@ -131,14 +133,15 @@ impl FastConv {
             winograd: direct.is_some() && wants_winograd(&g),
             wino_u: Vec::new(),
             wino_back: Vec::new(),
-            lane_dw: direct
-                .is_some_and(|isa| lane_dw_fits(&g, isa) && g.in_c >= LANE_DW_MIN_PLANES),
+            lane_dw: direct.is_some_and(|isa| {
+                isa == Isa::Avx512 && lane_dw_fits(&g, isa) && g.in_c >= LANE_DW_MIN_PLANES
+            }),
         }
     }
 
     /// Runs the weight gradient with the output channels in the vector lanes while `on`
-    /// (the default where it fits, `lane_dw_fits`, with `LANE_DW_MIN_PLANES` input
-    /// channels), else as `shifted_dots`. Refuses what the
+    /// (the default on AVX-512 where it fits, `lane_dw_fits`, with `LANE_DW_MIN_PLANES`
+    /// input channels), else as `shifted_dots`. Refuses what the
     /// shape or path cannot run.
     pub fn set_lane_dw(&mut self, on: bool) -> Result<(), String> {
         if on
