@@ -8,7 +8,9 @@ weight decay 5e-4) and an evaluation pass on random batches, with PyTorch's defa
 and with channels_last, and runs `convnet bench` on the same model, batch and thread
 count. The two are measured in alternating rounds and the best of each is kept (the host
 may be shared; the best round is the least disturbed). It prints one Markdown table with
-the ratios, against the faster PyTorch layout, and the CPU it ran on.
+the ratios, against the faster PyTorch layout, and the CPU it ran on: the ratio of the
+bests, and the median of each round's own ratio (convnet and PyTorch measured minutes
+apart in the same round, so a quiet or busy phase of a shared host moves both).
 
     python3 scripts/vs-pytorch.py                  # seed-cnn at 100, cnn-plus at 128
     python3 scripts/vs-pytorch.py --rounds 5 --preset cnn-plus:128
@@ -22,6 +24,7 @@ import argparse
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -202,24 +205,29 @@ def main():
         path = spec_path(name)
         spec = tomllib.loads(path.read_text())
         best = {"convnet": [0, 0], "default": [0, 0], "channels_last": [0, 0]}
+        ratios = []
         peak, share = None, None
         for r in range(args.rounds):
             train, evaluate, p, s = convnet_round(binary, name, batch, args.threads, args.seconds)
             if train > best["convnet"][0]:
                 peak, share = p, s
             best["convnet"] = [max(best["convnet"][0], train), max(best["convnet"][1], evaluate)]
+            line = f"  round {r + 1}/{args.rounds} {name}: convnet {train:,.0f}/{evaluate:,.0f}"
             if torch:
-                for layout, (t, e) in pytorch_round(torch, spec, batch, args.threads, args.seconds).items():
+                this = pytorch_round(torch, spec, batch, args.threads, args.seconds)
+                for layout, (t, e) in this.items():
                     best[layout] = [max(best[layout][0], t), max(best[layout][1], e)]
-            print(f"  round {r + 1}/{args.rounds} {name}: convnet {train:,.0f}/{evaluate:,.0f}"
-                  + (f", PyTorch {best['default'][0]:,.0f}/{best['default'][1]:,.0f} (best so far, default), "
-                     f"{best['channels_last'][0]:,.0f}/{best['channels_last'][1]:,.0f} (channels_last)" if torch else "")
-                  + " train/eval images/s", file=sys.stderr, flush=True)
-        rows.append((spec.get("name", name), batch, best, peak, share))
+                pt = [max(t for t, _ in this.values()), max(e for _, e in this.values())]
+                ratios.append((train / pt[0], evaluate / pt[1]))
+                line += (f", PyTorch {this['default'][0]:,.0f}/{this['default'][1]:,.0f} (default), "
+                         f"{this['channels_last'][0]:,.0f}/{this['channels_last'][1]:,.0f} (channels_last); "
+                         f"this round {ratios[-1][0]:.2f}x/{ratios[-1][1]:.2f}x")
+            print(line + " train/eval images/s", file=sys.stderr, flush=True)
+        rows.append((spec.get("name", name), batch, best, peak, share, ratios))
 
     print("| model | batch | | training images/s | evaluation images/s |")
     print("|---|---|---|---|---|")
-    for name, batch, best, peak, share in rows:
+    for name, batch, best, peak, share, ratios in rows:
         c = best["convnet"]
         share_text = f" ({share:.0f}% of the {peak:.0f} GFLOP/s FMA peak)" if peak else ""
         print(f"| {name} | {batch} | convnet | {c[0]:,.0f}{share_text} | {c[1]:,.0f} |")
@@ -230,6 +238,8 @@ def main():
             pt_train = max(best["default"][0], best["channels_last"][0])
             pt_eval = max(best["default"][1], best["channels_last"][1])
             print(f"| | | **convnet / faster PyTorch** | **{c[0] / pt_train:.2f}x** | **{c[1] / pt_eval:.2f}x** |")
+            median = [statistics.median(r[i] for r in ratios) for i in (0, 1)]
+            print(f"| | | median of the {len(ratios)} rounds' own ratios | {median[0]:.2f}x | {median[1]:.2f}x |")
 
 
 if __name__ == "__main__":
