@@ -141,8 +141,7 @@ impl FastConv {
 
     /// Runs the weight gradient with the output channels in the vector lanes while `on`
     /// (the default on AVX-512 where it fits, `lane_dw_fits`, with `LANE_DW_MIN_PLANES`
-    /// input channels), else as `shifted_dots`. Refuses what the
-    /// shape or path cannot run.
+    /// input channels), else as `shifted_dots`. Refuses what the shape or path cannot run.
     pub fn set_lane_dw(&mut self, on: bool) -> Result<(), String> {
         if on
             && !self
