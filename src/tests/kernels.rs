@@ -64,8 +64,8 @@ fn fast_conv_on(g: ConvShape, p: ConvPath) -> FastConv {
 /// Shapes beyond the gradient checks' small ones: channels enough for Winograd by
 /// default, odd sizes (a half-outside last tile), pads 0 to 3 (3: a Winograd forward pass
 /// with a direct input gradient), chunks of several images in one Winograd group, and
-/// output channels in whole vectors (8, 16, 32: the lane weight gradient) with odd sizes
-/// and pads 0 and 2.
+/// output channels in whole vectors (8, 16, 32, 48: the lane weight gradient, 48 being
+/// a pair of AVX-512 vectors and one more) with odd sizes and pads 0 to 2.
 const WIDE_CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
     (3, 16, 14, 14, 32, 3, 1, 1),
     (2, 9, 7, 5, 10, 3, 1, 0),
@@ -74,6 +74,7 @@ const WIDE_CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize
     (21, 8, 7, 7, 12, 3, 1, 1),
     (2, 5, 7, 5, 16, 3, 1, 0),
     (9, 3, 6, 7, 16, 3, 1, 2),
+    (2, 8, 6, 5, 48, 3, 1, 1),
 ];
 
 /// The fast conv over a whole batch, chunk by chunk as the engine runs it; returns y and
