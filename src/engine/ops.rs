@@ -105,9 +105,10 @@ pub(crate) trait Op: Send + Sync {
     fn finish_stats(&mut self, scratch: &[Scratch], chunks: usize) {
         let _ = (scratch, chunks);
     }
-    /// A barrier's input gradient for one chunk, after its `finish_backward`.
-    fn dx_chunk(&self, x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
-        let _ = (x, y, dy, dx);
+    /// A barrier's input gradient for one chunk, after its `finish_backward`, from its input
+    /// `x` and output gradient `dy`.
+    fn dx_chunk(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        let _ = (x, dy, dx);
     }
 }
 
@@ -510,7 +511,7 @@ impl Op for BatchNormOp {
         let parts = scratch[..chunks].iter().map(|s| &s.sums[..]);
         self.fast.finish_stats(&mut self.layer, parts);
     }
-    fn dx_chunk(&self, x: &[f32], _y: &[f32], dy: &[f32], dx: &mut [f32]) {
+    fn dx_chunk(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
         self.fast.dx_chunk(&self.layer, x, dy, dx);
     }
 }

@@ -673,7 +673,7 @@ impl<'a> Run<'a> {
                 .as_deref_mut()
                 .expect("the barrier's input gradient");
             let dy = dy[0].as_deref().expect("output gradients exist");
-            barrier.dx_chunk(v.acts[self.len], v.acts[out], dy, dx);
+            barrier.dx_chunk(v.acts[self.len], dy, dx);
             if let Some(b) = begin {
                 t[self.len.min(MAX_TIMED - 1)].1 += b.elapsed();
             }
@@ -771,8 +771,8 @@ impl Alone {
         self.op
             .finish_backward(x, dy, &self.scratch, n.div_ceil(CHUNK));
         if self.op.batch_barrier() {
-            self.each_chunk(&mut dx, (x, y, dy), |op, dx, (x, y, dy), _| {
-                op.dx_chunk(x, y, dy, dx)
+            self.each_chunk(&mut dx, (x, y, dy), |op, dx, (x, _, dy), _| {
+                op.dx_chunk(x, dy, dx)
             });
         }
         dx
