@@ -28,7 +28,7 @@
 //! `simd::round_up`, gives the buffers that much room, and (for `shifted_dots`) zeros
 //! past the end, so nothing here needs a scalar tail.
 
-use super::simd::{isa_copies, round_up, Isa, Lanes};
+use super::simd::{call_isa_copy, isa_copies, round_up, Isa, Lanes};
 
 /// A set of planes inside a slice: plane `c` of image `i` starts at
 /// `start + i * image + c * plane`.
@@ -86,14 +86,7 @@ pub fn shifted_sum(
             out_row,
             n,
         );
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => sum_avx512(args),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => sum_avx2(args),
-            #[allow(unreachable_patterns)]
-            _ => unreachable!("no vector kernels for {isa:?} on this target"),
-        }
+        call_isa_copy!(isa, sum_avx512, sum_avx2(args))
     }
 }
 
@@ -137,14 +130,7 @@ pub fn shifted_dots(
             planes,
             dw: dw.as_mut_ptr(),
         };
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => dots_avx512(&args),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => dots_avx2(&args),
-            #[allow(unreachable_patterns)]
-            _ => unreachable!("no vector kernels for {isa:?} on this target"),
-        }
+        call_isa_copy!(isa, dots_avx512, dots_avx2(&args))
     }
 }
 
@@ -453,16 +439,7 @@ pub fn lane_dots(
         dwt: dwt.as_mut_ptr(),
     };
     // SAFETY: the reads and writes were checked above; `isa` came from `simd::detect`.
-    unsafe {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => lane_avx512(&args),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => lane_avx2(&args),
-            #[allow(unreachable_patterns)]
-            _ => unreachable!("no vector kernels for {isa:?} on this target"),
-        }
-    }
+    unsafe { call_isa_copy!(isa, lane_avx512, lane_avx2(&args)) }
 }
 
 struct LaneArgs {
@@ -484,7 +461,7 @@ isa_copies!(lane_avx512, lane_avx2 = lane_rows(a: &LaneArgs));
 #[inline(always)]
 unsafe fn lane_rows<S: Lanes>(a: &LaneArgs) {
     let vectors = a.outs / S::LANES;
-    let pair = if S::LANES == 16 { 2 } else { 1 };
+    let pairs = S::LANES == 16;
     let mut p0 = 0;
     while p0 < a.n {
         let count = LANE_BLOCK.min(a.n - p0);
@@ -494,7 +471,7 @@ unsafe fn lane_rows<S: Lanes>(a: &LaneArgs) {
             while v < vectors {
                 let dy = a.dyt.add(p0 * a.outs + v * S::LANES);
                 let dw = a.dwt.add(c * 9 * a.outs + v * S::LANES);
-                if vectors - v >= pair && pair == 2 {
+                if pairs && vectors - v >= 2 {
                     lane_block::<S, 2>(x, a.step, dy, a.outs, count, dw);
                     v += 2;
                 } else {

@@ -126,6 +126,23 @@ macro_rules! isa_copies {
 }
 pub(crate) use isa_copies;
 
+/// Calls the copy for `isa` of a pair of per-ISA functions (as `isa_copies!` makes) with
+/// `args`, inside `unsafe`: the caller vouches for the arguments and that `isa` is on this
+/// CPU.
+macro_rules! call_isa_copy {
+    ($isa:expr, $avx512:ident, $avx2:ident ($($arg:expr),* $(,)?)) => {
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            $crate::kernels::simd::Isa::Avx512 => $avx512($($arg),*),
+            #[cfg(target_arch = "x86_64")]
+            $crate::kernels::simd::Isa::Avx2 => $avx2($($arg),*),
+            #[allow(unreachable_patterns)]
+            isa => unreachable!("no vector kernels for {isa:?} on this target"),
+        }
+    };
+}
+pub(crate) use call_isa_copy;
+
 /// Defines `fn $name(isa, args)` whose body is compiled three times — for AVX-512, for AVX2
 /// and for the baseline — and runs the copy for `isa` (`simd::detect()` in use; a test runs
 /// every one the CPU has). The compiler vectorises the plain loops below for each; float

@@ -29,7 +29,7 @@
 //! 1e-4 gradients).
 
 use super::conv_direct::{shifted_sum, Planes};
-use super::simd::{isa_copies, round_up, Isa, Lanes, MAX_LANES};
+use super::simd::{call_isa_copy, isa_copies, round_up, Isa, Lanes, MAX_LANES};
 use std::cell::RefCell;
 
 /// Where one image's zero-padded planes sit in a slice: padded value (row `r`, column
@@ -140,14 +140,7 @@ fn input_kernel(
             (v.as_mut_ptr(), ld, vstride),
             at,
         );
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => input_avx512(args),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => input_avx2(args),
-            #[allow(unreachable_patterns)]
-            _ => unreachable!("no vector kernels for {isa:?} on this target"),
-        }
+        call_isa_copy!(isa, input_avx512, input_avx2(args))
     }
 }
 
@@ -249,14 +242,7 @@ fn output_kernel(
     // from each of its 16 planes; `y` and `arg` written only inside the plane.
     unsafe {
         let args = (pm, stride, grid, out, bias, finish, y.as_mut_ptr(), arg);
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => output_avx512(args),
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2 => output_avx2(args),
-            #[allow(unreachable_patterns)]
-            _ => unreachable!("no vector kernels for {isa:?} on this target"),
-        }
+        call_isa_copy!(isa, output_avx512, output_avx2(args))
     }
 }
 
