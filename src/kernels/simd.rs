@@ -188,6 +188,22 @@ pub fn round_up(n: usize) -> usize {
     n.div_ceil(MAX_LANES) * MAX_LANES
 }
 
+/// Asks for the cache line holding `p` in the core's L1, ready to be written: a store
+/// that misses L1 waits for the line, and a kernel writing many streams of an
+/// L2-sized buffer stalls on those waits unless the lines are asked for ahead.
+/// Nothing is read or written; any address is allowed.
+#[inline(always)]
+pub(crate) fn prefetch_write(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch never faults and has no effect but on the caches.
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
+        _mm_prefetch::<_MM_HINT_ET0>(p.cast::<i8>())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// A float vector type. All functions are unsafe: they may only run on a CPU with the
 /// instruction set, and the pointers must be valid for `LANES` floats.
 pub(crate) trait Lanes {
