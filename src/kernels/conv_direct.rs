@@ -219,33 +219,52 @@ unsafe fn with_accumulators<S: Lanes>(d: &DotArgs, f: impl FnOnce(*mut S::V)) {
     })
 }
 
-/// `shifted_sum` in blocks of R rows x V vectors, then single rows and single vectors.
+/// `shifted_sum` in blocks of R rows x up to V vectors (then single rows). A row's vectors
+/// are cut into as few blocks as V allows, of nearly equal widths: 13 vectors as 5 + 4 + 4
+/// rather than 6 + 6 + 1, whose last block (R accumulators, fewer than the FMA units'
+/// latency x throughput) ran at half speed.
 #[inline(always)]
 unsafe fn sum_rows<S: Lanes, const R: usize, const V: usize>(args: SumArgs) {
     let (offsets, w, rows, planes, x, x_plane, out, out_row, n) = args;
     let k = planes * offsets.len();
     let vectors = n / S::LANES;
+    let blocks = vectors.div_ceil(V);
     let mut r = 0;
     while r < rows {
         let block = if rows - r >= R { R } else { 1 };
         let mut v = 0;
-        while v < vectors {
-            let wide = vectors - v >= V;
+        for b in 0..blocks {
+            // Blocks `b < vectors % blocks` take one vector more.
+            let width = vectors / blocks + usize::from(b < vectors % blocks);
             let (wr, xv, o) = (
                 w.add(r * k),
                 x.add(v * S::LANES),
                 out.add(r * out_row + v * S::LANES),
             );
             let shape = (offsets, wr, k, planes, xv, x_plane, o, out_row);
-            match (block == R, wide) {
-                (true, true) => sum_block::<S, R, V>(shape),
-                (true, false) => sum_block::<S, R, 1>(shape),
-                (false, true) => sum_block::<S, 1, V>(shape),
-                (false, false) => sum_block::<S, 1, 1>(shape),
+            if block == R {
+                sum_width::<S, R, V>(width, shape);
+            } else {
+                sum_width::<S, 1, V>(width, shape);
             }
-            v += if wide { V } else { 1 };
+            v += width;
         }
         r += block;
+    }
+}
+
+/// `sum_block` with `width` (1..=V, at most 6) vectors.
+#[inline(always)]
+unsafe fn sum_width<S: Lanes, const R: usize, const V: usize>(width: usize, shape: BlockArgs) {
+    debug_assert!((1..=V.min(6)).contains(&width));
+    match width {
+        1 => sum_block::<S, R, 1>(shape),
+        2 if V >= 2 => sum_block::<S, R, 2>(shape),
+        3 if V >= 3 => sum_block::<S, R, 3>(shape),
+        4 if V >= 4 => sum_block::<S, R, 4>(shape),
+        5 if V >= 5 => sum_block::<S, R, 5>(shape),
+        _ if V >= 6 => sum_block::<S, R, 6>(shape),
+        _ => unreachable!("a block of {width} vectors, more than {V}"),
     }
 }
 
