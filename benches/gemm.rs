@@ -1,7 +1,9 @@
 //! Which GEMM crate, and which orientation of each product? Times every backend on the
 //! matrix shapes the seed network's layers multiply, per chunk of 8 images (conv columns in
 //! the wide layout: 28x30 and 14x16 positions per image), single-threaded, as the layers
-//! call them; alternatives the layers do not use are marked "(unused)".
+//! call them; alternatives the layers do not use are marked "(unused)". Then cnn-plus's
+//! fc1 (3136 -> 128) on 8, 32 and 64 rows (the chunk sizes a stage may use) and its weight
+//! gradient in blocks of 16, 32 and 64 of its 128 outputs (batch 128).
 //! Run: `cargo bench --bench gemm`.
 
 use convnet::bench::{sgemm_with, Backend};
@@ -22,6 +24,14 @@ fn main() {
         ("fc1 fwd     w.x^T = y^T (unused)", 128, 784, 8, false, true),
         ("fc1 dw      dy^T.x", 16, 100, 784, true, false),
         ("fc1 dx      dy.w", 8, 128, 784, false, false),
+        ("plus fc1 fwd x.wt, 8 rows", 8, 3136, 128, false, false),
+        ("plus fc1 fwd x.wt, 32 rows", 32, 3136, 128, false, false),
+        ("plus fc1 fwd x.wt, 64 rows", 64, 3136, 128, false, false),
+        ("plus fc1 dx dy.w, 8 rows", 8, 128, 3136, false, false),
+        ("plus fc1 dx dy.w, 64 rows", 64, 128, 3136, false, false),
+        ("plus fc1 dw dy^T.x, 16 of 128", 16, 128, 3136, true, false),
+        ("plus fc1 dw dy^T.x, 32 of 128", 32, 128, 3136, true, false),
+        ("plus fc1 dw dy^T.x, 64 of 128", 64, 128, 3136, true, false),
         ("square 512", 512, 512, 512, false, false),
     ];
     println!(

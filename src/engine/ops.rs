@@ -44,6 +44,12 @@ pub(crate) trait Op: Send + Sync {
     fn batch_barrier(&self) -> bool {
         false
     }
+    /// Whether training passes run this layer as a stage of its own, on chunks of
+    /// `WIDE_CHUNK` samples (a linear layer whose weights outgrow the core's L2 cache:
+    /// each chunk streams all of them).
+    fn wide_chunk(&self) -> bool {
+        false
+    }
     /// What a fused pass may skip this layer for, if anything.
     fn absorb(&self) -> Option<Absorb> {
         None
@@ -256,6 +262,11 @@ impl Op for ConvOp {
 }
 
 /// A fully connected layer: `kernels/linear.rs`.
+/// Weights (1 MiB of them) from which a linear layer is a `wide_chunk` stage: cnn-plus's
+/// fc1 (3136 x 128) ran its per-chunk products at 31-42 GFLOP/s on 8 rows, its weights
+/// coming from L3 for each chunk.
+const WIDE_LINEAR_WEIGHTS: usize = 1 << 18;
+
 struct LinearOp {
     layer: Linear,
     fast: FastLinear,
@@ -274,6 +285,9 @@ impl Op for LinearOp {
     }
     fn layer_mut(&mut self) -> &mut dyn Layer {
         &mut self.layer
+    }
+    fn wide_chunk(&self) -> bool {
+        self.layer.in_features * self.layer.out_features >= WIDE_LINEAR_WEIGHTS
     }
     fn prepare(&mut self, _mode: Mode) {
         self.fast.prepare(&self.layer.weight.value);

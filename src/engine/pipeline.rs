@@ -10,7 +10,10 @@
 //! chunk is done, and the next stage applies them as it reads its input. Backward, the
 //! mirror image: the barrier's stage sums what its input gradient needs, and the stage
 //! below writes that gradient chunk by chunk before its own layers. Evaluation passes use
-//! the running statistics and need no barrier: the whole network may be one stage. Because
+//! the running statistics and need no barrier: the whole network may be one stage. In a
+//! network of several stages, a linear layer too large for the core's cache (a
+//! `wide_chunk` layer: cnn-plus's fc1) is a stage of its own, on chunks of `WIDE_CHUNK`
+//! samples, so its weights are streamed once per 64 samples instead of once per 8. Because
 //! chunks are fixed and their parts are added in chunk order, results do not depend on the
 //! number of threads.
 //!
@@ -42,6 +45,12 @@ pub const CHUNK: usize = 8;
 /// kernel in the linear layers (8 rows leave a 2-column edge), and every sample's result is
 /// computed the same way whatever the chunk.
 pub const EVAL_CHUNK: usize = 24;
+
+/// Samples per chunk of a training stage that is one `wide_chunk` layer: enough rows for
+/// the GEMM to reuse each weight it streams from memory (cnn-plus's fc1: 53 GFLOP/s on 8
+/// rows, 69 on 32, 82 on 64 forward; 41 and 76 for 8 and 64 rows of its input gradient;
+/// `cargo bench --bench gemm`, one thread).
+pub const WIDE_CHUNK: usize = 64;
 
 /// Per-layer times are collected for at most this many layers of a stage (the rest are
 /// added to the last slot).
@@ -75,16 +84,26 @@ pub(crate) struct Pipeline {
 }
 
 /// Splits the layers into runs `[start, end)`, a new one at each batch barrier when
-/// `barriers`.
+/// `barriers`; then, if that made more than one, each `wide_chunk` layer becomes a run of
+/// its own (a network that is one run keeps it: each chunk then goes forward and backward
+/// on one thread, which pays more).
 fn stages(ops: &[Box<dyn Op>], barriers: bool) -> Vec<(usize, usize)> {
-    let mut out: Vec<(usize, usize)> = Vec::new();
-    for (i, op) in ops.iter().enumerate() {
-        match out.last_mut() {
-            Some((_, end)) if !(barriers && op.batch_barrier()) => *end = i + 1,
-            _ => out.push((i, i + 1)),
+    let cut = |at: &dyn Fn(usize) -> bool| {
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for i in 0..ops.len() {
+            match out.last_mut() {
+                Some((_, end)) if !at(i) => *end = i + 1,
+                _ => out.push((i, i + 1)),
+            }
         }
+        out
+    };
+    let at_barrier = |i: usize| barriers && ops[i].batch_barrier();
+    let out = cut(&at_barrier);
+    if out.len() == 1 {
+        return out;
     }
-    out
+    cut(&|i| at_barrier(i) || ops[i].wide_chunk() || (i > 0 && ops[i - 1].wide_chunk()))
 }
 
 /// The fusions of passes in `mode` over `stages`: each layer a fused pass skips, with
@@ -251,6 +270,16 @@ impl Pipeline {
         }
     }
 
+    /// Samples per chunk of training stage `start..end`: `WIDE_CHUNK` for a `wide_chunk`
+    /// layer that `stages` made a stage of its own, else `CHUNK`.
+    fn train_chunk(&self, ops: &[Box<dyn Op>], start: usize, end: usize) -> usize {
+        if self.stages.len() > 1 && end == start + 1 && ops[start].wide_chunk() {
+            WIDE_CHUNK
+        } else {
+            CHUNK
+        }
+    }
+
     /// Whether a training stage ending before layer `end` is followed by a barrier, whose
     /// statistics it gathers and whose input gradient it writes.
     fn tail(ops: &[Box<dyn Op>], end: usize) -> bool {
@@ -271,7 +300,7 @@ impl Pipeline {
         mode: Mode,
     ) {
         let size = if mode == Mode::Train {
-            CHUNK
+            self.train_chunk(ops, start, end)
         } else {
             EVAL_CHUNK
         };
@@ -344,7 +373,8 @@ impl Pipeline {
         end: usize,
         n: usize,
     ) {
-        let chunks = n.div_ceil(CHUNK);
+        let size = self.train_chunk(ops, start, end);
+        let chunks = n.div_ceil(size);
         let tail = Self::tail(ops, end);
         let (last, reach) = if tail {
             (end + 1, self.tail_out(end))
@@ -357,7 +387,7 @@ impl Pipeline {
             &mut acts[start..=reach],
             Some(&mut grads[start..=reach]),
             &mut self.scratch[start..last],
-            (chunks, CHUNK),
+            (chunks, size),
             start == 0,
         );
         let run = Run::new(

@@ -13,7 +13,7 @@ use super::simd;
 use rayon::prelude::*;
 
 /// Rows of `w` per parallel task in the weight-gradient GEMM.
-const OUT_BLOCK: usize = 16;
+const OUT_BLOCK: usize = 64;
 
 /// The fast path of one linear layer: the transposed weights.
 pub struct FastLinear {

@@ -135,8 +135,13 @@ fn the_chunk_pipeline_matches_running_layers_one_at_a_time() {
             net
         };
         let mut net = build();
-        // 21 samples: two full chunks and a ragged one.
-        let n = 21;
+        // 21 samples: two full chunks and a ragged one; for cnn-plus, whose fc1 runs on
+        // wide chunks, two of those and a ragged one too.
+        let n = if name == "cnn-plus" {
+            2 * crate::engine::pipeline::WIDE_CHUNK + 21
+        } else {
+            21
+        };
         let input: Vec<f32> = (0..n * 784)
             .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
             .collect();
@@ -220,7 +225,8 @@ fn whole_networks_are_bit_identical_across_thread_counts() {
                 let mut net = Network::build_on(&spec, Engine::Fast).unwrap();
                 net.initialize(&mut rng(8), None);
                 net.reseed(4);
-                let n = 37;
+                // Past two of cnn-plus fc1's wide chunks, so they too are split over threads.
+                let n = 2 * crate::engine::pipeline::WIDE_CHUNK + 9;
                 for (i, v) in net.input_mut(n).iter_mut().enumerate() {
                     *v = ((i * 53) % 97) as f32 / 48.0 - 1.0;
                 }
