@@ -261,12 +261,12 @@ impl Op for ConvOp {
     }
 }
 
-/// A fully connected layer: `kernels/linear.rs`.
 /// Weights (1 MiB of them) from which a linear layer is a `wide_chunk` stage: cnn-plus's
 /// fc1 (3136 x 128) ran its per-chunk products at 31-42 GFLOP/s on 8 rows, its weights
 /// coming from L3 for each chunk.
 const WIDE_LINEAR_WEIGHTS: usize = 1 << 18;
 
+/// A fully connected layer: `kernels/linear.rs`.
 struct LinearOp {
     layer: Linear,
     fast: FastLinear,

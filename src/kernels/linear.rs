@@ -3,7 +3,7 @@
 //! ```text
 //! y  = x . w^T + b     per chunk of rows, from a transposed copy of w (IN, OUT)
 //! dx = dy . w          per chunk of rows
-//! dw = dy^T . x        once over the whole batch, in fixed blocks of rows of w
+//! dw = dy^T . x        once over the whole batch, in fixed blocks of 64 rows of w
 //! db = sum over N of dy
 //! ```
 //! Each value is computed the same way whatever the thread count.
@@ -12,7 +12,9 @@ use super::gemm::{sgemm, sgemm_ld, Backend};
 use super::simd;
 use rayon::prelude::*;
 
-/// Rows of `w` per parallel task in the weight-gradient GEMM.
+/// Rows of `w` per parallel task in the weight-gradient GEMM. Each task reads all of `x`:
+/// 64 rows run cnn-plus's fc1 at 76 GFLOP/s against 49 for 16 (`cargo bench --bench
+/// gemm`, one thread), at the price of fewer tasks than 16 would give a many-core CPU.
 const OUT_BLOCK: usize = 64;
 
 /// The fast path of one linear layer: the transposed weights.
