@@ -241,6 +241,11 @@ pub(crate) trait Lanes {
     unsafe fn iota() -> Self::V;
     /// Stores the lanes, whole numbers below 2^24, as `u32`.
     unsafe fn store_u32(p: *mut u32, v: Self::V);
+    /// Lane indices for `permute`, from the first `LANES` of `from`.
+    type Idx: Copy;
+    unsafe fn indices(from: &[u32; MAX_LANES]) -> Self::Idx;
+    /// Lane `j` of the result is lane `idx[j]` of `v` (`idx[j] < LANES`).
+    unsafe fn permute(v: Self::V, idx: Self::Idx) -> Self::V;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -248,7 +253,7 @@ pub(crate) use x86::{Avx2, Avx512};
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::Lanes;
+    use super::{Lanes, MAX_LANES};
     use std::arch::x86_64::*;
 
     pub(crate) struct Avx512;
@@ -403,6 +408,15 @@ mod x86 {
         unsafe fn store_u32(p: *mut u32, v: __m512) {
             _mm512_storeu_si512(p as *mut _, _mm512_cvttps_epi32(v))
         }
+        type Idx = __m512i;
+        #[inline(always)]
+        unsafe fn indices(from: &[u32; MAX_LANES]) -> __m512i {
+            _mm512_loadu_si512(from.as_ptr() as *const _)
+        }
+        #[inline(always)]
+        unsafe fn permute(v: __m512, idx: __m512i) -> __m512 {
+            _mm512_permutexvar_ps(idx, v)
+        }
     }
 
     impl Lanes for Avx2 {
@@ -501,6 +515,15 @@ mod x86 {
         #[inline(always)]
         unsafe fn store_u32(p: *mut u32, v: __m256) {
             _mm256_storeu_si256(p as *mut __m256i, _mm256_cvttps_epi32(v))
+        }
+        type Idx = __m256i;
+        #[inline(always)]
+        unsafe fn indices(from: &[u32; MAX_LANES]) -> __m256i {
+            _mm256_loadu_si256(from.as_ptr() as *const __m256i)
+        }
+        #[inline(always)]
+        unsafe fn permute(v: __m256, idx: __m256i) -> __m256 {
+            _mm256_permutevar8x32_ps(v, idx)
         }
     }
 }

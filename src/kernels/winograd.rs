@@ -157,14 +157,45 @@ isa_copies!(input_avx512, input_avx2 = input_tiles(args: InputArgs));
 
 #[inline(always)]
 unsafe fn input_tiles<S: Lanes>(args: InputArgs) {
+    let tw = args.3 .1;
+    if tw <= S::LANES / 2 {
+        input_rows::<S, true>(args)
+    } else {
+        input_rows::<S, false>(args)
+    }
+}
+
+/// Lane indices that move lanes `half..half + tw` of a vector holding two tile rows (the
+/// second one from lane `half` on) down to `tw..2 tw`, next to the first: the two rows'
+/// tiles as they lie in memory.
+#[inline(always)]
+unsafe fn close_up<S: Lanes>(tw: usize) -> S::Idx {
+    let half = S::LANES / 2;
+    S::indices(&std::array::from_fn(|j| {
+        let lane = if j < tw { j } else { j - tw + half };
+        lane.min(S::LANES - 1) as u32
+    }))
+}
+
+/// The input transform, a tile row per vector; or, `PACKED`, two tile rows of at most half a
+/// vector each (conv3's 7 tiles a row in AVX-512's 16 lanes), the first in the low lanes and
+/// the second from lane `LANES / 2` on, so no lane sits idle for half the work.
+#[inline(always)]
+unsafe fn input_rows<S: Lanes, const PACKED: bool>(args: InputArgs) {
     // How far ahead of the stores `prefetch_write` asks for lines, in values.
     const PF: usize = 32;
     let (x, src, planes, (th, tw), (v, ld, step), at) = args;
+    let close = close_up::<S>(tw);
     for k in 0..planes {
         let plane = x.add(src.start + k * src.plane);
         let vk = v.add(k * ld + at);
-        for ty in 0..th {
+        let mut ty = 0;
+        while ty < th {
             let rows = plane.add(2 * ty * src.row);
+            // Packed, the second tile row's input rows (past the last tile row, the first
+            // one's again, whose upper lanes are not stored).
+            let both = PACKED && ty + 1 < th;
+            let second = if both { rows.add(2 * src.row) } else { rows };
             let mut t = 0;
             while t < tw {
                 // B along each of the tile row's four padded input rows: with e = even
@@ -172,8 +203,13 @@ unsafe fn input_tiles<S: Lanes>(args: InputArgs) {
                 // o[t] + e[t+1], e[t+1] - o[t], o[t] - o[t+1].
                 let h: [[S::V; 4]; 4] = std::array::from_fn(|i| {
                     let p = rows.add(i * src.row + 2 * t);
-                    let (e0, o0) = S::deinterleave(S::load(p), S::load(p.add(S::LANES)));
-                    let (e1, o1) = S::deinterleave(S::load(p.add(2)), S::load(p.add(2 + S::LANES)));
+                    let q = if PACKED {
+                        second.add(i * src.row)
+                    } else {
+                        p.add(S::LANES)
+                    };
+                    let (e0, o0) = S::deinterleave(S::load(p), S::load(q));
+                    let (e1, o1) = S::deinterleave(S::load(p.add(2)), S::load(q.add(2)));
                     [
                         S::sub(e0, e1),
                         S::add(o0, e1),
@@ -182,7 +218,11 @@ unsafe fn input_tiles<S: Lanes>(args: InputArgs) {
                     ]
                 });
                 // B^T down the columns: rows d0 - d2, d1 + d2, d2 - d1, d1 - d3.
-                let n = (tw - t).min(S::LANES);
+                let n = match (PACKED, both) {
+                    (true, true) => 2 * tw,
+                    (true, false) => tw,
+                    (false, _) => (tw - t).min(S::LANES),
+                };
                 let [h0, h1, h2, h3] = h;
                 let out = vk.add(ty * tw + t);
                 // Each of the 16 streams' line two vectors on, asked for now: these
@@ -191,14 +231,19 @@ unsafe fn input_tiles<S: Lanes>(args: InputArgs) {
                 for j in 0..16 {
                     prefetch_write(out.add(j * step + PF));
                 }
+                let put = |at: usize, v: S::V| {
+                    let v = if PACKED { S::permute(v, close) } else { v };
+                    S::store_first(out.add(at * step), v, n)
+                };
                 for j in 0..4 {
-                    S::store_first(out.add(j * step), S::sub(h0[j], h2[j]), n);
-                    S::store_first(out.add((4 + j) * step), S::add(h1[j], h2[j]), n);
-                    S::store_first(out.add((8 + j) * step), S::sub(h2[j], h1[j]), n);
-                    S::store_first(out.add((12 + j) * step), S::sub(h1[j], h3[j]), n);
+                    put(j, S::sub(h0[j], h2[j]));
+                    put(4 + j, S::add(h1[j], h2[j]));
+                    put(8 + j, S::sub(h2[j], h1[j]));
+                    put(12 + j, S::sub(h1[j], h3[j]));
                 }
                 t += S::LANES;
             }
+            ty += if both { 2 } else { 1 };
         }
     }
 }
@@ -269,19 +314,47 @@ isa_copies!(output_avx512, output_avx2 = output_tiles(args: OutputArgs));
 
 #[inline(always)]
 unsafe fn output_tiles<S: Lanes>(args: OutputArgs) {
+    let (tw, finish) = (args.2 .1, args.5);
+    if finish.pool.is_none() && tw <= S::LANES / 2 {
+        output_rows::<S, true>(args)
+    } else {
+        output_rows::<S, false>(args)
+    }
+}
+
+/// The output transform, a tile row per vector; or, `PACKED` (unpooled planes only), two
+/// tile rows of at most half a vector each, as in `input_rows`.
+#[inline(always)]
+unsafe fn output_rows<S: Lanes, const PACKED: bool>(args: OutputArgs) {
     let (m, stride, (th, tw), (oh, ow), bias, finish, y, arg) = args;
     let mut pos = [0.0f32; MAX_LANES];
     let b = S::splat(bias);
     let relu = |v: S::V| if finish.relu { S::relu(v) } else { v };
+    // Packed, lanes `tw..2 tw` of a load (the second tile row's tiles) move up to
+    // `half..half + tw`: the inverse of `close_up`.
+    let half = S::LANES / 2;
+    let open = S::indices(&std::array::from_fn(|j| {
+        let lane = if j < half { j } else { j - half + tw };
+        lane.min(S::LANES - 1) as u32
+    }));
     // Tile row by tile row, reading the products in place: staging all tiles in a buffer
     // and reading it back a tile row at a time (at another alignment) stalled on every
     // load, the store-to-load forwarding failing.
-    for ty in 0..th {
+    let mut ty = 0;
+    while ty < th {
+        let both = PACKED && ty + 1 < th;
         let mut t = 0;
         while t < tw {
             let at = ty * tw + t;
             // A^T down the columns, then along the rows.
-            let p: [S::V; 16] = std::array::from_fn(|x| S::load(m.add(x * stride + at)));
+            let p: [S::V; 16] = std::array::from_fn(|x| {
+                let v = S::load(m.add(x * stride + at));
+                if PACKED {
+                    S::permute(v, open)
+                } else {
+                    v
+                }
+            });
             let s0: [S::V; 4] = std::array::from_fn(|j| S::add(S::add(p[j], p[4 + j]), p[8 + j]));
             let s1: [S::V; 4] =
                 std::array::from_fn(|j| S::sub(S::sub(p[4 + j], p[8 + j]), p[12 + j]));
@@ -319,6 +392,20 @@ unsafe fn output_tiles<S: Lanes>(args: OutputArgs) {
                         }
                     }
                 }
+                None if PACKED => {
+                    // `lo` is output row `row` of tile row `ty` (2 tw >= ow values), `hi`
+                    // the same row of tile row `ty + 1`.
+                    for r in 0..2 {
+                        let row = 2 * ty + r;
+                        let (lo, hi) = S::interleave(yv[2 * r], yv[2 * r + 1]);
+                        if row < oh {
+                            S::store_first(y.add(row * ow), lo, ow);
+                        }
+                        if both && row + 2 < oh {
+                            S::store_first(y.add((row + 2) * ow), hi, ow);
+                        }
+                    }
+                }
                 None => {
                     for r in 0..2 {
                         let row = 2 * ty + r;
@@ -337,6 +424,7 @@ unsafe fn output_tiles<S: Lanes>(args: OutputArgs) {
             }
             t += S::LANES;
         }
+        ty += if both { 2 } else { 1 };
     }
 }
 
