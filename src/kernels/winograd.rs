@@ -315,15 +315,17 @@ isa_copies!(output_avx512, output_avx2 = output_tiles(args: OutputArgs));
 #[inline(always)]
 unsafe fn output_tiles<S: Lanes>(args: OutputArgs) {
     let (tw, finish) = (args.2 .1, args.5);
-    if finish.pool.is_none() && tw <= S::LANES / 2 {
+    // Packed also when pooling without keeping the winners (evaluation passes).
+    if (finish.pool.is_none() || args.7.is_empty()) && tw <= S::LANES / 2 {
         output_rows::<S, true>(args)
     } else {
         output_rows::<S, false>(args)
     }
 }
 
-/// The output transform, a tile row per vector; or, `PACKED` (unpooled planes only), two
-/// tile rows of at most half a vector each, as in `input_rows`.
+/// The output transform, a tile row per vector; or, `PACKED` (unpooled planes, or pooled
+/// ones without the winners' positions), two tile rows of at most half a vector each, as in
+/// `input_rows`.
 #[inline(always)]
 unsafe fn output_rows<S: Lanes, const PACKED: bool>(args: OutputArgs) {
     let (m, stride, (th, tw), (oh, ow), bias, finish, y, arg) = args;
@@ -336,6 +338,10 @@ unsafe fn output_rows<S: Lanes, const PACKED: bool>(args: OutputArgs) {
     let open = S::indices(&std::array::from_fn(|j| {
         let lane = if j < half { j } else { j - half + tw };
         lane.min(S::LANES - 1) as u32
+    }));
+    // The upper half of a vector moved down to lane 0.
+    let down = S::indices(&std::array::from_fn(|j| {
+        (j + half).min(S::LANES - 1) as u32
     }));
     // Tile row by tile row, reading the products in place: staging all tiles in a buffer
     // and reading it back a tile row at a time (at another alignment) stalled on every
@@ -368,6 +374,21 @@ unsafe fn output_rows<S: Lanes, const PACKED: bool>(args: OutputArgs) {
                 relu(S::add(v, b))
             });
             match finish.pool {
+                Some(_) if PACKED => {
+                    // Each tile's maximum (the first of tied values, as below); pooled row
+                    // `ty` from the low lanes, row `ty + 1` from the upper half.
+                    let (ph, pw) = (oh / 2, ow / 2);
+                    let mut best = yv[0];
+                    for &v in &yv[1..] {
+                        best = S::select_gt(v, best, v, best);
+                    }
+                    if ty < ph {
+                        S::store_first(y.add(ty * pw), best, pw);
+                    }
+                    if both && ty + 1 < ph {
+                        S::store_first(y.add((ty + 1) * pw), S::permute(best, down), pw);
+                    }
+                }
                 Some(step) => {
                     // A pool window is a tile: the first of tied values wins, in row-major
                     // order (as `nn::Pool2d`); the winner's position is kept as a float

@@ -244,6 +244,13 @@ fn a_conv_with_its_relu_and_max_pool_fused_matches_the_separate_layers() {
                 fused.set_max_pool(true);
                 let (y, mut s) = fast_conv_forward(&mut fused, &conv, &x, pooled_len, Mode::Train);
                 assert_eq!(y, y3.data, "{case}: pooled output");
+                // Evaluation passes keep no winners: a path of its own in the Winograd
+                // output transform (two tile rows to a vector when they fit).
+                let mut fused_eval = fast_conv_on(g, path);
+                fused_eval.set_relu(relu);
+                fused_eval.set_max_pool(true);
+                let (ye, _) = fast_conv_forward(&mut fused_eval, &conv, &x, pooled_len, Mode::Eval);
+                assert_eq!(ye, y3.data, "{case}: pooled output, evaluation pass");
                 let (fdx, fdw, fdb) = fast_conv_backward(&fused, &conv, &x, &y, &dy, &mut s);
                 assert_eq!(fdx, dx, "{case}: dx");
                 assert_eq!(fdw, dw, "{case}: dw");
