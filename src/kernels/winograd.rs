@@ -23,6 +23,10 @@
 //! kernel flipped and the channels swapped (`transform_weights` with `flip`), so it runs
 //! through the same three steps. The weight gradient stays direct.
 //!
+//! The transforms run over tile rows, a row's tiles in the vector lanes; rows of at most half
+//! a vector (conv3's 7 tiles) go two to a vector. The input transform writes 16 streams of an
+//! L2-sized buffer and asks for their cache lines ahead (`simd::prefetch_write`).
+//!
 //! The transforms add and subtract in a different order than the direct sums, so results
 //! differ from them in the last bits: the tests bound the difference against the f64
 //! reference (`nn::Conv2d`) at the same tolerances as every other path (1e-5 forward,
