@@ -74,6 +74,21 @@ fn dropout_scales_kept_values_and_is_off_in_evaluation() {
     assert_eq!(d.forward(&x, Mode::Eval).data, x.data);
 }
 
+/// A mask of odd length is the one a value longer would get, cut: its last value is the
+/// low half of its last draw, as in the pairs before it (lengths across the 256-value
+/// blocks the draws are made in).
+#[test]
+fn an_odd_dropout_mask_is_the_next_even_one_cut() {
+    for len in [1, 3, 255, 257, 511, 1001] {
+        let mut odd = vec![9.0f32; len];
+        let mut even = vec![9.0f32; len + 1];
+        Dropout::group_mask(0.5, 7, 3, &mut odd);
+        Dropout::group_mask(0.5, 7, 3, &mut even);
+        assert_eq!(odd[..], even[..len], "length {len}");
+        assert!(odd.iter().all(|&v| v == 0.0 || v == 2.0), "length {len}");
+    }
+}
+
 /// Reference values from PyTorch 2.15 (CPU), measured:
 /// ```python
 /// import torch
