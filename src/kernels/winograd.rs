@@ -169,16 +169,28 @@ unsafe fn input_tiles<S: Lanes>(args: InputArgs) {
     }
 }
 
+/// `permute` indices taking lane `from(j)` into lane `j` (clamped to the vector: lanes past
+/// the values that matter take any lane).
+#[inline(always)]
+unsafe fn lanes<S: Lanes>(from: impl Fn(usize) -> usize) -> S::Idx {
+    S::indices(&std::array::from_fn(|j| from(j).min(S::LANES - 1) as u32))
+}
+
 /// Lane indices that move lanes `half..half + tw` of a vector holding two tile rows (the
 /// second one from lane `half` on) down to `tw..2 tw`, next to the first: the two rows'
 /// tiles as they lie in memory.
 #[inline(always)]
 unsafe fn close_up<S: Lanes>(tw: usize) -> S::Idx {
     let half = S::LANES / 2;
-    S::indices(&std::array::from_fn(|j| {
-        let lane = if j < tw { j } else { j - tw + half };
-        lane.min(S::LANES - 1) as u32
-    }))
+    lanes::<S>(|j| if j < tw { j } else { j - tw + half })
+}
+
+/// The inverse of `close_up`: lanes `tw..2 tw` (the second tile row's tiles, as loaded)
+/// up to `half..half + tw`.
+#[inline(always)]
+unsafe fn open_up<S: Lanes>(tw: usize) -> S::Idx {
+    let half = S::LANES / 2;
+    lanes::<S>(|j| if j < half { j } else { j - half + tw })
 }
 
 /// The input transform, a tile row per vector; or, `PACKED`, two tile rows of at most half a
@@ -336,17 +348,10 @@ unsafe fn output_rows<S: Lanes, const PACKED: bool>(args: OutputArgs) {
     let mut pos = [0.0f32; MAX_LANES];
     let b = S::splat(bias);
     let relu = |v: S::V| if finish.relu { S::relu(v) } else { v };
-    // Packed, lanes `tw..2 tw` of a load (the second tile row's tiles) move up to
-    // `half..half + tw`: the inverse of `close_up`.
-    let half = S::LANES / 2;
-    let open = S::indices(&std::array::from_fn(|j| {
-        let lane = if j < half { j } else { j - half + tw };
-        lane.min(S::LANES - 1) as u32
-    }));
-    // The upper half of a vector moved down to lane 0.
-    let down = S::indices(&std::array::from_fn(|j| {
-        (j + half).min(S::LANES - 1) as u32
-    }));
+    // Packed: each load's second tile row up to lane `half`, and (pooled) the upper half of
+    // a vector of maxima down to lane 0.
+    let open = open_up::<S>(tw);
+    let down = lanes::<S>(|j| j + S::LANES / 2);
     // Tile row by tile row, reading the products in place: staging all tiles in a buffer
     // and reading it back a tile row at a time (at another alignment) stalled on every
     // load, the store-to-load forwarding failing.
@@ -380,7 +385,9 @@ unsafe fn output_rows<S: Lanes, const PACKED: bool>(args: OutputArgs) {
             match finish.pool {
                 Some(_) if PACKED => {
                     // Each tile's maximum (the first of tied values, as below); pooled row
-                    // `ty` from the low lanes, row `ty + 1` from the upper half.
+                    // `ty` from the low lanes, row `ty + 1` from the upper half. No winners'
+                    // positions: `output_tiles` packs pooled planes only without them.
+                    debug_assert!(arg.is_empty());
                     let (ph, pw) = (oh / 2, ow / 2);
                     let mut best = yv[0];
                     for &v in &yv[1..] {
