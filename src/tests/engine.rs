@@ -108,6 +108,35 @@ name = "relu3"
 type = "relu"
 "#;
 
+/// A linear layer large enough to be a stage of its own on wide chunks (784 x 512 weights),
+/// followed by layers that are not barriers (its ReLU cannot be fused into it across the
+/// stage's end, and a dropout whose masks go by 8-sample chunks), then a batch norm.
+const WIDE: &str = r#"
+name = "wide"
+input = [1, 28, 28]
+[[layers]]
+name = "flatten"
+type = "flatten"
+[[layers]]
+name = "fc1"
+type = "linear"
+out_features = 512
+[[layers]]
+name = "relu1"
+type = "relu"
+[[layers]]
+name = "drop1"
+type = "dropout"
+p = 0.3
+[[layers]]
+name = "bn1"
+type = "batch_norm1d"
+[[layers]]
+name = "fc2"
+type = "linear"
+out_features = 10
+"#;
+
 fn networks() -> Vec<ModelSpec> {
     vec![
         ModelSpec::preset("seed-cnn").unwrap(),
@@ -115,6 +144,7 @@ fn networks() -> Vec<ModelSpec> {
         spec(SKIPS),
         spec(POOLS),
         spec(BARRIERS),
+        spec(WIDE),
     ]
 }
 
@@ -135,13 +165,9 @@ fn the_chunk_pipeline_matches_running_layers_one_at_a_time() {
             net
         };
         let mut net = build();
-        // 21 samples: two full chunks and a ragged one; for cnn-plus, whose fc1 runs on
-        // wide chunks, two of those and a ragged one too.
-        let n = if name == "cnn-plus" {
-            2 * crate::engine::pipeline::WIDE_CHUNK + 21
-        } else {
-            21
-        };
+        // Two wide chunks (cnn-plus's fc1 and the wide network's fc1 run on them) and a
+        // ragged one, which is also 18 chunks of 8 and a ragged one.
+        let n = 2 * crate::engine::pipeline::WIDE_CHUNK + 21;
         let input: Vec<f32> = (0..n * 784)
             .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
             .collect();
