@@ -244,8 +244,10 @@ unsafe fn input_rows<S: Lanes, const PACKED: bool>(args: InputArgs) {
                 // Each of the 16 streams' line two vectors on, asked for now: these
                 // stores otherwise wait on L2 for their lines (half this kernel's time;
                 // 64 values ahead measured the same as 32).
+                // (The last stream's address may lie past the buffer: never dereferenced,
+                // so formed with `wrapping_add`.)
                 for j in 0..16 {
-                    prefetch_write(out.add(j * step + PF));
+                    prefetch_write(out.wrapping_add(j * step + PF));
                 }
                 let put = |at: usize, v: S::V| {
                     let v = if PACKED { S::permute(v, close) } else { v };
