@@ -3,11 +3,12 @@
 //! needs), backward with the input gradient (weight gradient + input gradient), and the
 //! weight gradient alone; each on the direct shifted sums and as Winograd F(2x2, 3x3)
 //! (forward and input gradient), with the weight gradient as shifted dots or, where the
-//! output channels fill whole vectors, with them in the lanes ("lane-dW").
+//! output channels fill whole vectors, with them in the lanes, as dots ("lane-dW") or as
+//! Winograd ("wino-dW").
 //! GFLOP/s count 2 x multiply-adds of the layer's own arithmetic (no padding or wide-layout
 //! columns). Run: `cargo bench --bench conv` (CONVNET_SIMD=avx2|off for the other paths).
 
-use convnet::bench::{FastConv, Scratch};
+use convnet::bench::{FastConv, Scratch, WeightGrad};
 use convnet::nn::ConvShape;
 use convnet::Mode;
 use std::time::Instant;
@@ -24,21 +25,31 @@ fn main() {
         "{:<38} {:>12} {:>12} {:>12} {:>12} {:>12} {:>12}",
         "layer", "fwd us", "fwd GFLOP/s", "bwd us", "bwd GFLOP/s", "dW us", "dW GFLOP/s"
     );
-    let modes = [(false, false), (true, false), (false, true), (true, true)];
-    for ((name, input, out_c, _), (winograd, lane)) in shapes
+    let modes = [
+        (false, WeightGrad::ShiftedDots),
+        (true, WeightGrad::ShiftedDots),
+        (false, WeightGrad::LaneDots),
+        (true, WeightGrad::LaneDots),
+        (true, WeightGrad::Winograd),
+    ];
+    for ((name, input, out_c, _), (winograd, dw)) in shapes
         .into_iter()
         .flat_map(|s| modes.into_iter().map(move |m| (s, m)))
     {
         let g = ConvShape::new(input, out_c, 3, 1, 1).unwrap();
         let nb = 8;
         let mut conv = FastConv::new(g);
-        if conv.set_winograd(winograd).is_err() || conv.set_lane_dw(lane).is_err() {
+        if conv.set_winograd(winograd).is_err() || conv.set_weight_grad(dw).is_err() {
             continue;
         }
         let name = format!(
             "{name} {}{}",
             if winograd { "wino" } else { "direct" },
-            if lane { " lane-dW" } else { "" }
+            match dw {
+                WeightGrad::ShiftedDots => "",
+                WeightGrad::LaneDots => " lane-dW",
+                WeightGrad::Winograd => " wino-dW",
+            }
         );
         // CONVNET_BENCH_ONLY=<part of a row's name>: only those rows (for a profiler).
         if let Ok(only) = std::env::var("CONVNET_BENCH_ONLY") {

@@ -70,7 +70,7 @@ pub mod cli;
 /// What `cargo bench` measures; not part of the library's API.
 #[doc(hidden)]
 pub mod bench {
-    pub use crate::kernels::conv::FastConv;
+    pub use crate::kernels::conv::{FastConv, WeightGrad};
     pub use crate::kernels::gemm::{sgemm_with, Backend};
     pub use crate::kernels::Scratch;
     pub use crate::serve::{serve, Options as ServeOptions};

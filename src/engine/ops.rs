@@ -3,7 +3,7 @@
 //! Layers without a fast kernel of their own run their readable code on chunks.
 
 use crate::kernels::batchnorm::FastBatchNorm;
-use crate::kernels::conv::FastConv;
+use crate::kernels::conv::{FastConv, WeightGrad};
 use crate::kernels::linear::FastLinear;
 use crate::kernels::{pool, sum_chunk_grads, Scratch};
 use crate::nn::dropout::GROUP;
@@ -214,10 +214,13 @@ impl Op for ConvOp {
             (true, false) => Some("forward as Winograd F(2x2, 3x3)"),
             _ => None,
         };
-        let lanes = self
-            .fast
-            .lane_dw()
-            .then_some("weight gradient with the channels in the lanes");
+        let lanes = match self.fast.weight_grad() {
+            WeightGrad::LaneDots => Some("weight gradient with the channels in the lanes"),
+            WeightGrad::Winograd => {
+                Some("weight gradient as Winograd with the channels in the lanes")
+            }
+            WeightGrad::ShiftedDots => None,
+        };
         let named: Vec<&str> = winograd.into_iter().chain(lanes).collect();
         (!named.is_empty()).then(|| named.join(", "))
     }

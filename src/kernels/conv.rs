@@ -6,7 +6,8 @@
 //! kernels of `conv_direct.rs` read the padded input in place, for the forward pass, the
 //! input gradient (the same shifted sum with the weights transposed and the offsets
 //! negated) and the weight gradient (shifted dots, or with the output channels in the
-//! lanes when they fill whole vectors: `lane_dots`). Otherwise im2col + GEMM
+//! lanes when they fill whole vectors: `lane_dots`); 3x3 layers wide enough run as
+//! Winograd F(2x2, 3x3) instead (`winograd.rs`, `winograd_dw.rs`). Otherwise im2col + GEMM
 //! (`im2col.rs`): within a chunk the images' columns sit side by side, (CKK,
 //! images*cols), so each product is one GEMM per chunk. Each chunk sums its own weight
 //! gradient and the engine adds the chunks in order, so the result is the same for any
@@ -19,6 +20,7 @@ use super::im2col::{col2im, pad_whole, unfold_chunk, unpad_from, wide_col2im, Co
 use super::pool::max_pool_2x2;
 use super::simd::{self, round_up, Isa, MAX_LANES};
 use super::winograd::{self, Finish, Source};
+use super::winograd_dw;
 use super::{grow, sum, Scratch};
 use crate::nn::{ConvShape, Mode};
 use std::cell::RefCell;
@@ -68,14 +70,26 @@ pub struct FastConv {
     weight_t: Vec<f32>,
     /// A 3x3 stride-1 layer with enough channels on the direct path: the forward pass and
     /// (pad <= 2) the input gradient run as Winograd F(2x2, 3x3) (`winograd.rs`); the
-    /// weight gradient stays direct.
+    /// weight gradient has its own choice (`dw`).
     winograd: bool,
     /// The weights transformed for it, forward and for the input gradient (`prepare`).
     wino_u: Vec<f32>,
     wino_back: Vec<f32>,
-    /// The weight gradient with the output channels in the vector lanes (`lane_dots`): a
-    /// 3x3 layer on the direct path whose output channels fill whole vectors.
-    lane_dw: bool,
+    /// How the direct path computes the weight gradient.
+    dw: WeightGrad,
+}
+
+/// How the direct path computes a convolution's weight gradient.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightGrad {
+    /// Positions in the lanes (`shifted_dots`): any shape.
+    ShiftedDots,
+    /// Output channels in the lanes (`lane_dots`): a 3x3, stride-1 layer whose output
+    /// channels fill whole vectors.
+    LaneDots,
+    /// Winograd F(2x2, 3x3) with the output channels in the lanes (`winograd_dw.rs`):
+    /// the same shapes.
+    Winograd,
 }
 
 /// How thin a 3x3 layer may be and still gain from Winograd: per tile its input transform
@@ -99,6 +113,23 @@ fn wants_winograd(g: &ConvShape) -> bool {
 /// 16 registers it holds one vector of channels, 9 broadcasts for 9 FMAs, and lost on the
 /// same machine (8 -> 16 102 -> 117-123 us, 32 -> 64 1,060-1,140 -> 1,374-1,471).
 const LANE_DW_MIN_PLANES: usize = 8;
+
+/// The weight gradient the direct path runs unless told otherwise, for a 3x3, stride-1
+/// layer whose output channels fill whole vectors: Winograd where the layer runs forward
+/// as Winograd (`wants_winograd`); else on AVX-512, with `LANE_DW_MIN_PLANES` input
+/// channels, the lanes. Otherwise the shifted dots. `cargo bench --bench conv`, one chunk,
+/// best of several runs: cnn-plus conv2 lane 634-669 -> Winograd 557-595 us, conv3
+/// 602-617 -> 348-399 us; with AVX2 (where the lanes lose) the shifted dots 485 -> 317 us
+/// and 1,184 -> 693 us. seed-cnn's conv2 (8 -> 16) is too thin for Winograd.
+fn default_weight_grad(g: &ConvShape, direct: Option<Isa>) -> WeightGrad {
+    match direct {
+        Some(isa) if lane_dw_fits(g, isa) && wants_winograd(g) => WeightGrad::Winograd,
+        Some(isa @ Isa::Avx512) if lane_dw_fits(g, isa) && g.in_c >= LANE_DW_MIN_PLANES => {
+            WeightGrad::LaneDots
+        }
+        _ => WeightGrad::ShiftedDots,
+    }
+}
 
 /// Whether `lane_dots` can run the weight gradient of `shape` on `isa`: 3x3, stride 1,
 /// the output channels in whole vectors.
@@ -133,34 +164,30 @@ impl FastConv {
             winograd: direct.is_some() && wants_winograd(&g),
             wino_u: Vec::new(),
             wino_back: Vec::new(),
-            lane_dw: direct.is_some_and(|isa| {
-                isa == Isa::Avx512 && lane_dw_fits(&g, isa) && g.in_c >= LANE_DW_MIN_PLANES
-            }),
+            dw: default_weight_grad(&g, direct),
         }
     }
 
-    /// Runs the weight gradient with the output channels in the vector lanes while `on`
-    /// (the default on AVX-512 where it fits, `lane_dw_fits`, with `LANE_DW_MIN_PLANES`
-    /// input channels), else as `shifted_dots`. Refuses what the shape or path cannot run.
-    pub fn set_lane_dw(&mut self, on: bool) -> Result<(), String> {
-        if on
+    /// Runs the direct path's weight gradient as `dw` (the default: `default_weight_grad`).
+    /// Refuses what the shape or path cannot run.
+    pub fn set_weight_grad(&mut self, dw: WeightGrad) -> Result<(), String> {
+        if dw != WeightGrad::ShiftedDots
             && !self
                 .direct
                 .is_some_and(|isa| lane_dw_fits(&self.shape, isa))
         {
-            return Err(
-                "the lane weight gradient needs a 3x3, stride-1 conv on the direct \
-                        path with output channels in whole vectors"
-                    .into(),
-            );
+            return Err(format!(
+                "{dw:?} needs a 3x3, stride-1 conv on the direct path with output channels \
+                 in whole vectors"
+            ));
         }
-        self.lane_dw = on;
+        self.dw = dw;
         Ok(())
     }
 
-    /// Whether the weight gradient runs with the output channels in the lanes.
-    pub fn lane_dw(&self) -> bool {
-        self.lane_dw
+    /// How the direct path computes the weight gradient.
+    pub fn weight_grad(&self) -> WeightGrad {
+        self.dw
     }
 
     /// Runs the forward pass and (pad <= 2) the input gradient as Winograd F(2x2, 3x3)
@@ -206,7 +233,7 @@ impl FastConv {
         if isa.is_none() {
             self.winograd = false;
         }
-        self.lane_dw = false;
+        self.dw = WeightGrad::ShiftedDots;
         Ok(())
     }
 
@@ -587,14 +614,15 @@ impl FastConv {
         let (cols_len, dxw_row) = (g.cols_per_image(), round_up(g.dx_wide()));
         let padded_len = nb * g.in_c * plane;
         let dyw_len = nb * g.out_c * row;
-        // The Winograd input gradient reads past the last gradient row (into `dxw`).
+        // The Winograd input gradient reads past the last gradient row (into `dxw`), its
+        // weight gradient past the last padded image (into `dyw`).
         let room = margin + winograd::convolve_room((g.in_h, g.in_w), g.padded_w(), row);
+        let x_room = winograd::convolve_room((g.out_h, g.out_w), g.padded_w(), plane);
         grow(
             &mut s.work,
-            padded_len + dyw_len + (g.in_c * dxw_row).max(room),
+            (padded_len + dyw_len + (g.in_c * dxw_row).max(room)).max(padded_len + x_room),
         );
-        let (padded, rest) = s.work.split_at_mut(padded_len);
-        let (dyw, dxw) = rest.split_at_mut(dyw_len);
+        let dyw = &mut s.work[padded_len..][..dyw_len];
         // dy in the wide layout, one row per image and channel, with zero margins.
         let out_plane = self.out_plane();
         let planes = dy.chunks(out_plane).zip(y.chunks(out_plane));
@@ -612,6 +640,8 @@ impl FastConv {
         s.grad.resize(wn + bn, 0.0);
         let (dw, db) = s.grad.split_at_mut(wn);
         dw.fill(0.0);
+        let work = &s.work[..];
+        let (padded, dyw) = (&work[..padded_len], &work[padded_len..][..dyw_len]);
         let a = Planes {
             data: dyw,
             start: margin,
@@ -624,10 +654,27 @@ impl FastConv {
             plane,
             image: g.in_c * plane,
         };
-        if self.lane_dw {
-            self.lane_weight_grad(isa, dyw, padded, nb, dw);
-        } else {
-            shifted_dots(isa, &self.offsets, cols_len, nb, a, g.out_c, x, g.in_c, dw);
+        match self.dw {
+            WeightGrad::LaneDots => self.lane_weight_grad(isa, dyw, padded, nb, dw),
+            WeightGrad::ShiftedDots => {
+                shifted_dots(isa, &self.offsets, cols_len, nb, a, g.out_c, x, g.in_c, dw)
+            }
+            WeightGrad::Winograd => {
+                let wp = g.padded_w();
+                let x = Source {
+                    start: 0,
+                    plane,
+                    row: wp,
+                };
+                let dys = Source {
+                    start: margin,
+                    plane: row,
+                    row: wp,
+                };
+                let (xs, dys) = ((work, x, g.in_c * plane), (dyw, dys, g.out_c * row));
+                let out = (g.out_h, g.out_w);
+                winograd_dw::weight_grad(isa, nb, xs, g.in_c, dys, g.out_c, out, dw);
+            }
         }
         for (o, d) in db.iter_mut().enumerate() {
             let rows = (0..nb).map(|i| &dyw[(i * g.out_c + o) * row + margin..][..cols_len]);
@@ -650,7 +697,7 @@ impl FastConv {
                 pool: None,
             };
             let image = g.out_c * row;
-            let rest = &*rest;
+            let rest = &work[padded_len..];
             winograd::convolve(
                 isa,
                 rest,
@@ -674,6 +721,8 @@ impl FastConv {
         // shifted sum with the weights transposed (`weight_t`) and the offsets negated.
         let wt = &self.weight_t;
         let (wp, hw) = (g.padded_w(), g.in_h * g.in_w);
+        let (front, dxw) = s.work.split_at_mut(padded_len + dyw_len);
+        let dyw = &front[padded_len..];
         for (i, dx) in dx.chunks_mut(g.in_len()).enumerate() {
             let dyi = Planes {
                 data: dyw,

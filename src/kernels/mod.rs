@@ -27,6 +27,7 @@ pub mod linear;
 pub mod pool;
 pub mod simd;
 pub mod winograd;
+pub mod winograd_dw;
 
 /// One chunk's working memory in one layer: what the forward pass leaves for the backward
 /// pass (padded images, argmax positions, dropout masks) and the chunk's share of the

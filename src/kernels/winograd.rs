@@ -21,7 +21,7 @@
 //! kernels' `shifted_sum` with one tap. The input gradient of a stride-1 conv with pad
 //! `p <= 2` is the same convolution of the output gradient, padded by `2 - p`, with each
 //! kernel flipped and the channels swapped (`transform_weights` with `flip`), so it runs
-//! through the same three steps. The weight gradient stays direct.
+//! through the same three steps. The weight gradient is in `winograd_dw.rs`.
 //!
 //! The transforms run over tile rows, a row's tiles in the vector lanes; rows of at most half
 //! a vector (conv3's 7 tiles) go two to a vector. The input transform writes 16 streams of an
@@ -121,7 +121,7 @@ pub fn transform_weights(w: &[f32], out_c: usize, in_c: usize, flip: bool, u: &m
 /// image at `src` (tiles row by row, `grid` of them), the planes `ld` apart in `v` and the
 /// positions `ξ` `vstride` apart.
 #[allow(clippy::too_many_arguments)]
-fn input_kernel(
+pub(super) fn input_kernel(
     isa: Isa,
     x: &[f32],
     src: Source,
@@ -556,7 +556,7 @@ pub fn convolve(
 }
 
 /// `buf` from its first value on a 64-byte boundary (`buf` has `MAX_LANES` to spare).
-fn aligned(buf: &mut [f32]) -> &mut [f32] {
+pub(super) fn aligned(buf: &mut [f32]) -> &mut [f32] {
     let skew = buf.as_ptr().align_offset(64).min(MAX_LANES);
     &mut buf[skew..]
 }

@@ -343,7 +343,8 @@ fn reference_network_backpropagation_matches_finite_differences() {
 /// where each conv applies its ReLU and 2x2 max pool itself and the flatten is skipped,
 /// against finite differences of the loss, on the coordinates whose nudges leave every ReLU
 /// and pool decision as it was (most of them). Twice: thin convs (direct kernels), and a
-/// 16 -> 32 second conv, wide enough that its forward pass runs as Winograd F(2x2, 3x3).
+/// 16 -> 32 second conv, wide enough that it runs as Winograd F(2x2, 3x3): forward pass,
+/// input gradient and (its outputs filling whole vectors) weight gradient.
 #[test]
 fn fused_fast_training_step_matches_finite_differences() {
     for widths in [(4, 5), (16, 32)] {

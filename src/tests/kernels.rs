@@ -5,7 +5,7 @@
 use super::common::{max_rel_diff, random, randomize_params, rng, spread};
 use super::gradcheck::{CONV_CASES, POOL_CASES};
 use crate::engine::pipeline::{Alone, CHUNK};
-use crate::kernels::conv::FastConv;
+use crate::kernels::conv::{FastConv, WeightGrad};
 use crate::kernels::simd::{self, Isa};
 use crate::kernels::{sum_chunk_grads, Scratch};
 use crate::nn::{
@@ -17,30 +17,28 @@ use crate::tensor::Tensor;
 /// The ways a convolution can run here: im2col + GEMM (`None`), and the direct path on
 /// every vector unit this CPU has (stride 1 only), with its exact shifted sums, and for
 /// 3x3 kernels with the forward pass (and for pad <= 2 the input gradient) as Winograd
-/// F(2x2, 3x3) (`winograd`), and with the weight gradient's output channels in the lanes
-/// (`lane_dw`) where they fill whole vectors.
+/// F(2x2, 3x3) (`winograd`), and with the weight gradient's output channels in the lanes,
+/// as dots or as Winograd (`dw`), where they fill whole vectors.
 #[derive(Clone, Copy, Debug)]
 struct ConvPath {
     isa: Option<Isa>,
     winograd: bool,
-    lane_dw: bool,
+    dw: WeightGrad,
 }
 
 fn conv_paths(g: &ConvShape) -> Vec<ConvPath> {
-    let path = |isa, winograd, lane_dw| ConvPath {
-        isa,
-        winograd,
-        lane_dw,
-    };
-    let mut paths = vec![path(None, false, false)];
+    let path = |isa, winograd, dw| ConvPath { isa, winograd, dw };
+    let mut paths = vec![path(None, false, WeightGrad::ShiftedDots)];
     if g.stride == 1 {
         for isa in simd::supported() {
-            paths.push(path(Some(isa), false, false));
+            paths.push(path(Some(isa), false, WeightGrad::ShiftedDots));
             if g.kernel == 3 {
-                paths.push(path(Some(isa), true, false));
+                paths.push(path(Some(isa), true, WeightGrad::ShiftedDots));
                 if g.out_c.is_multiple_of(isa.lanes()) {
-                    paths.push(path(Some(isa), false, true));
-                    paths.push(path(Some(isa), true, true));
+                    for dw in [WeightGrad::LaneDots, WeightGrad::Winograd] {
+                        paths.push(path(Some(isa), false, dw));
+                        paths.push(path(Some(isa), true, dw));
+                    }
                 }
             }
         }
@@ -53,10 +51,10 @@ fn fast_conv_on(g: ConvShape, p: ConvPath) -> FastConv {
     let mut fast = FastConv::new(g);
     fast.set_direct(p.isa).unwrap();
     fast.set_winograd(p.winograd).unwrap();
-    fast.set_lane_dw(p.lane_dw).unwrap();
+    fast.set_weight_grad(p.dw).unwrap();
     assert_eq!(
-        (fast.direct(), fast.winograd(), fast.lane_dw()),
-        (p.isa, p.winograd, p.lane_dw)
+        (fast.direct(), fast.winograd(), fast.weight_grad()),
+        (p.isa, p.winograd, p.dw)
     );
     fast
 }
