@@ -514,10 +514,28 @@ unsafe fn lane_block<S: Lanes, const V: usize>(
     count: usize,
     dw: *mut f32,
 ) {
-    let mut acc = [[S::zero(); V]; 9];
-    for (t, acc) in acc.iter_mut().enumerate() {
+    let taps = std::array::from_fn(|t| (t / 3) * step + t % 3);
+    broadcast_dots::<S, 9, V>(x, &taps, dy, outs, count, dw);
+}
+
+/// `dw[r][j] += sum over p < count of x[offsets[r] + p] * dy[p][j]` for `R` rows and `V`
+/// vectors of channels `j`, `dy` in rows of `outs` and `dw` rows `outs` apart: each
+/// position broadcasts `R` values against `V` vectors, `R x V` sums in registers. The hot
+/// loop of `lane_dots` (the 9 taps of a 3x3 kernel) and of the Winograd weight gradient
+/// (`winograd_dw.rs`, a block of input channels).
+#[inline(always)]
+pub(super) unsafe fn broadcast_dots<S: Lanes, const R: usize, const V: usize>(
+    x: *const f32,
+    offsets: &[usize; R],
+    dy: *const f32,
+    outs: usize,
+    count: usize,
+    dw: *mut f32,
+) {
+    let mut acc = [[S::zero(); V]; R];
+    for (r, acc) in acc.iter_mut().enumerate() {
         for (j, a) in acc.iter_mut().enumerate() {
-            *a = S::load(dw.add(t * outs + j * S::LANES));
+            *a = S::load(dw.add(r * outs + j * S::LANES));
         }
     }
     for p in 0..count {
@@ -525,19 +543,17 @@ unsafe fn lane_block<S: Lanes, const V: usize>(
         for (j, d) in d.iter_mut().enumerate() {
             *d = S::load(dy.add(p * outs + j * S::LANES));
         }
-        let row = x.add(p);
-        for ki in 0..3 {
-            for kj in 0..3 {
-                let b = S::splat(*row.add(ki * step + kj));
-                for (a, &d) in acc[ki * 3 + kj].iter_mut().zip(&d) {
-                    *a = S::fma(b, d, *a);
-                }
+        let at = x.add(p);
+        for (acc, &offset) in acc.iter_mut().zip(offsets) {
+            let b = S::splat(*at.add(offset));
+            for (a, &d) in acc.iter_mut().zip(&d) {
+                *a = S::fma(b, d, *a);
             }
         }
     }
-    for (t, acc) in acc.iter().enumerate() {
+    for (r, acc) in acc.iter().enumerate() {
         for (j, &a) in acc.iter().enumerate() {
-            S::store(dw.add(t * outs + j * S::LANES), a);
+            S::store(dw.add(r * outs + j * S::LANES), a);
         }
     }
 }

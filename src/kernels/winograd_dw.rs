@@ -22,6 +22,7 @@
 //! last bits; the tests bound the difference against the f64 reference at the tolerance of
 //! every other gradient path (1e-4).
 
+use super::conv_direct::broadcast_dots;
 use super::simd::{self, call_isa_copy, isa_copies, round_up, Isa, Lanes, MAX_LANES};
 use super::winograd::{aligned, input_kernel, tiles, Source};
 use std::cell::RefCell;
@@ -330,6 +331,8 @@ unsafe fn product_blocks<S: Lanes>(a: ProductArgs, du: *mut f32) {
     }
 }
 
+/// `rows` (at most `ROWS`) input channels of `v` (`ld` apart) against `V` vectors of
+/// output channels of `d` over `n` tiles, into the sums `du` (rows `outs` apart).
 #[inline(always)]
 unsafe fn block_rows<S: Lanes, const V: usize>(
     rows: usize,
@@ -341,50 +344,19 @@ unsafe fn block_rows<S: Lanes, const V: usize>(
     du: *mut f32,
 ) {
     match rows {
-        8 => block::<S, 8, V>(v, ld, d, outs, n, du),
-        7 => block::<S, 7, V>(v, ld, d, outs, n, du),
-        6 => block::<S, 6, V>(v, ld, d, outs, n, du),
-        5 => block::<S, 5, V>(v, ld, d, outs, n, du),
-        4 => block::<S, 4, V>(v, ld, d, outs, n, du),
-        3 => block::<S, 3, V>(v, ld, d, outs, n, du),
-        2 => block::<S, 2, V>(v, ld, d, outs, n, du),
-        _ => block::<S, 1, V>(v, ld, d, outs, n, du),
+        8 => broadcast_dots::<S, 8, V>(v, &rows_apart(ld), d, outs, n, du),
+        7 => broadcast_dots::<S, 7, V>(v, &rows_apart(ld), d, outs, n, du),
+        6 => broadcast_dots::<S, 6, V>(v, &rows_apart(ld), d, outs, n, du),
+        5 => broadcast_dots::<S, 5, V>(v, &rows_apart(ld), d, outs, n, du),
+        4 => broadcast_dots::<S, 4, V>(v, &rows_apart(ld), d, outs, n, du),
+        3 => broadcast_dots::<S, 3, V>(v, &rows_apart(ld), d, outs, n, du),
+        2 => broadcast_dots::<S, 2, V>(v, &rows_apart(ld), d, outs, n, du),
+        _ => broadcast_dots::<S, 1, V>(v, &rows_apart(ld), d, outs, n, du),
     }
 }
 
-/// `R` input channels (rows of `v`, `ld` apart) x `V` vectors of output channels (from
-/// `d`, rows of `outs`) over `n` tiles, the sums read from and written back to `du` (rows
-/// `outs` apart).
+/// The offsets of `R` rows `ld` apart.
 #[inline(always)]
-unsafe fn block<S: Lanes, const R: usize, const V: usize>(
-    v: *const f32,
-    ld: usize,
-    d: *const f32,
-    outs: usize,
-    n: usize,
-    du: *mut f32,
-) {
-    let mut acc = [[S::zero(); V]; R];
-    for (r, acc) in acc.iter_mut().enumerate() {
-        for (j, a) in acc.iter_mut().enumerate() {
-            *a = S::load(du.add(r * outs + j * S::LANES));
-        }
-    }
-    for t in 0..n {
-        let mut g = [S::zero(); V];
-        for (j, g) in g.iter_mut().enumerate() {
-            *g = S::load(d.add(t * outs + j * S::LANES));
-        }
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let b = S::splat(*v.add(r * ld + t));
-            for (a, &g) in acc.iter_mut().zip(&g) {
-                *a = S::fma(b, g, *a);
-            }
-        }
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        for (j, &a) in acc.iter().enumerate() {
-            S::store(du.add(r * outs + j * S::LANES), a);
-        }
-    }
+fn rows_apart<const R: usize>(ld: usize) -> [usize; R] {
+    std::array::from_fn(|i| i * ld)
 }
