@@ -214,14 +214,14 @@ impl Op for ConvOp {
             (true, false) => Some("forward as Winograd F(2x2, 3x3)"),
             _ => None,
         };
-        let lanes = match self.fast.weight_grad() {
+        let dw = match self.fast.weight_grad() {
             WeightGrad::LaneDots => Some("weight gradient with the channels in the lanes"),
             WeightGrad::Winograd => {
                 Some("weight gradient as Winograd with the channels in the lanes")
             }
             WeightGrad::ShiftedDots => None,
         };
-        let named: Vec<&str> = winograd.into_iter().chain(lanes).collect();
+        let named: Vec<&str> = winograd.into_iter().chain(dw).collect();
         (!named.is_empty()).then(|| named.join(", "))
     }
     fn prepare(&mut self, mode: Mode) {
