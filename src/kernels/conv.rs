@@ -642,24 +642,26 @@ impl FastConv {
         dw.fill(0.0);
         let work = &s.work[..];
         let (padded, dyw) = (&work[..padded_len], &work[padded_len..][..dyw_len]);
-        let a = Planes {
-            data: dyw,
-            start: margin,
-            plane: row,
-            image: g.out_c * row,
-        };
-        let x = Planes {
-            data: padded,
-            start: 0,
-            plane,
-            image: g.in_c * plane,
-        };
         match self.dw {
             WeightGrad::LaneDots => self.lane_weight_grad(isa, dyw, padded, nb, dw),
             WeightGrad::ShiftedDots => {
+                let a = Planes {
+                    data: dyw,
+                    start: margin,
+                    plane: row,
+                    image: g.out_c * row,
+                };
+                let x = Planes {
+                    data: padded,
+                    start: 0,
+                    plane,
+                    image: g.in_c * plane,
+                };
                 shifted_dots(isa, &self.offsets, cols_len, nb, a, g.out_c, x, g.in_c, dw)
             }
             WeightGrad::Winograd => {
+                // `work`, not `padded`: the input transform reads whole vectors past the
+                // last padded image, into `dyw`.
                 let wp = g.padded_w();
                 let x = Source {
                     start: 0,

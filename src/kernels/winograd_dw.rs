@@ -23,13 +23,15 @@
 //! every other gradient path (1e-4).
 
 use super::conv_direct::broadcast_dots;
+use super::grow;
 use super::simd::{self, call_isa_copy, isa_copies, round_up, Isa, Lanes, MAX_LANES};
 use super::winograd::{aligned, input_kernel, tiles, Source};
 use std::cell::RefCell;
 
 thread_local! {
     /// Each worker thread's transformed inputs `V`, transformed gradients `D`, transposed
-    /// output gradient and sums `dU`: reused by every chunk the thread runs.
+    /// output gradient (at the end, the finished (C * 9, O) sums) and sums `dU`: reused by
+    /// every chunk the thread runs.
     static BUFFERS: RefCell<[Vec<f32>; 4]> =
         const { RefCell::new([Vec::new(), Vec::new(), Vec::new(), Vec::new()]) };
 }
@@ -68,8 +70,8 @@ pub fn weight_grad(
     let grid = tiles(out.0, out.1);
     let per_image = grid.0 * grid.1;
     let positions = out.0 * dys.row;
-    dw.fill(0.0);
     if images == 0 || per_image == 0 || planes == 0 || outs == 0 {
+        dw.fill(0.0);
         return;
     }
     let group = GROUP_TILES.div_ceil(per_image).clamp(1, images);
@@ -162,12 +164,6 @@ unsafe fn finish_sums<S: Lanes>((du, planes, outs, dwt): (*const f32, usize, usi
                 S::store(out.add(2 * outs), S::fma(half, s, t[3]));
             }
         }
-    }
-}
-
-fn grow(buf: &mut Vec<f32>, len: usize) {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
     }
 }
 

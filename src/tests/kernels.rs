@@ -63,7 +63,9 @@ fn fast_conv_on(g: ConvShape, p: ConvPath) -> FastConv {
 /// default, odd sizes (a half-outside last tile), pads 0 to 3 (3: a Winograd forward pass
 /// with a direct input gradient), chunks of several images in one Winograd group, and
 /// output channels in whole vectors (8, 16, 32, 48: the lane weight gradient, 48 being
-/// a pair of AVX-512 vectors and one more) with odd sizes and pads 0 to 2.
+/// a pair of AVX-512 vectors and one more) with odd sizes and pads 0 to 2; 13x11 planes
+/// (42 tiles) make a chunk of 8 two groups of images for the Winograd weight gradient, and
+/// a 1x1 plane is one tile, mostly outside.
 const WIDE_CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
     (3, 16, 14, 14, 32, 3, 1, 1),
     (2, 9, 7, 5, 10, 3, 1, 0),
@@ -73,6 +75,8 @@ const WIDE_CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize
     (2, 5, 7, 5, 16, 3, 1, 0),
     (9, 3, 6, 7, 16, 3, 1, 2),
     (2, 8, 6, 5, 48, 3, 1, 1),
+    (9, 8, 13, 11, 16, 3, 1, 1),
+    (3, 8, 1, 1, 16, 3, 1, 1),
 ];
 
 /// The fast conv over a whole batch, chunk by chunk as the engine runs it; returns y and
@@ -186,6 +190,45 @@ fn every_conv_path_matches_the_readable_conv() {
                     assert!(e < 1e-4, "{case}: {name} differs by {e}");
                 }
             }
+        }
+    }
+}
+
+/// The weight gradient's choice: the shifted dots always; lane dots and Winograd only for
+/// a 3x3, stride-1 conv on the direct path whose outputs fill whole vectors, refused
+/// otherwise without changing what runs.
+#[test]
+fn a_weight_gradient_path_the_shape_cannot_run_is_refused() {
+    let fits = ConvShape::new([8, 6, 6], 16, 3, 1, 1).unwrap();
+    let refused = [
+        (ConvShape::new([8, 6, 6], 12, 3, 1, 1).unwrap(), None),
+        (ConvShape::new([8, 6, 6], 16, 5, 1, 2).unwrap(), None),
+        (ConvShape::new([8, 6, 6], 16, 3, 2, 1).unwrap(), None),
+        (fits, Some(None)),
+    ];
+    for (g, direct) in refused {
+        let mut fast = FastConv::new(g);
+        if let Some(isa) = direct {
+            fast.set_direct(isa).unwrap();
+        }
+        let before = fast.weight_grad();
+        for dw in [WeightGrad::LaneDots, WeightGrad::Winograd] {
+            let e = fast.set_weight_grad(dw).unwrap_err();
+            assert!(e.contains("whole vectors"), "{e}");
+            assert_eq!(
+                fast.weight_grad(),
+                before,
+                "{g:?}: a refusal changed the path"
+            );
+        }
+        fast.set_weight_grad(WeightGrad::ShiftedDots).unwrap();
+    }
+    for isa in simd::supported() {
+        let mut fast = FastConv::new(fits);
+        fast.set_direct(Some(isa)).unwrap();
+        for dw in [WeightGrad::LaneDots, WeightGrad::Winograd] {
+            fast.set_weight_grad(dw).unwrap();
+            assert_eq!(fast.weight_grad(), dw);
         }
     }
 }
