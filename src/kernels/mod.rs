@@ -56,17 +56,27 @@ pub struct Scratch {
 /// adds one value at a time, each waiting for the previous (float addition is not
 /// reassociated by the compiler), which made a bias gradient cost more than the GEMM
 /// beside it. The order is fixed, so the result is reproducible.
+/// Compiled for the best vector unit (`on_best_isa`): the baseline copy has only 128-bit
+/// vectors, and summing the conv bias gradients took 1.5% of a cnn-plus training profile.
 pub fn sum(values: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0.0f32; LANES];
-    let mut blocks = values.chunks_exact(LANES);
-    for block in &mut blocks {
-        for (a, &v) in acc.iter_mut().zip(block) {
-            *a += v;
+    let mut total = 0.0;
+    sum_kernel(simd::detect(), values, &mut total);
+    total
+}
+
+simd::on_best_isa! {
+    fn sum_kernel(values: &[f32], total: &mut f32) {
+        const LANES: usize = 16;
+        let mut acc = [0.0f32; LANES];
+        let mut blocks = values.chunks_exact(LANES);
+        for block in &mut blocks {
+            for (a, &v) in acc.iter_mut().zip(block) {
+                *a += v;
+            }
         }
+        let tail: f32 = blocks.remainder().iter().sum();
+        *total = acc.iter().sum::<f32>() + tail;
     }
-    let tail: f32 = blocks.remainder().iter().sum();
-    acc.iter().sum::<f32>() + tail
 }
 
 /// `out = parts[0] + parts[1] + ...` over the first `chunks` scratches' `grad`, in order, so
