@@ -17,7 +17,7 @@
 use super::conv_direct::{lane_dots, shifted_dots, shifted_sum, unwiden, widen, Planes};
 use super::gemm::sgemm;
 use super::im2col::{col2im, pad_whole, unfold_chunk, unpad_from, wide_col2im, ConvLayout};
-use super::pool::max_pool_2x2;
+use super::pool::{max_pool_2x2, unpool_2x2};
 use super::simd::{self, round_up, Isa, MAX_LANES};
 use super::winograd::{self, Finish, Source};
 use super::winograd_dw;
@@ -538,11 +538,9 @@ impl FastConv {
     fn gather_dy(&self, dst: &mut [f32], dy: &[f32], y: &[f32], arg: &[u32]) {
         let g = &self.shape;
         if self.pool {
-            dst[..g.cols_per_image()].fill(0.0);
-            // Without a branch: after a ReLU about half the windows pass, unpredictably.
-            for ((&d, &y), &a) in dy.iter().zip(y).zip(arg) {
-                dst[a as usize] = if !self.relu || y > 0.0 { d } else { 0.0 };
-            }
+            let mask = self.relu.then_some(y);
+            let (shape, step) = ((g.out_h / 2, g.out_w / 2), g.row_step());
+            unpool_2x2(self.direct, dy, mask, arg, shape, step, g.out_h, dst);
             return;
         }
         widen(

@@ -241,6 +241,11 @@ pub(crate) trait Lanes {
     unsafe fn iota() -> Self::V;
     /// Stores the lanes, whole numbers below 2^24, as `u32`.
     unsafe fn store_u32(p: *mut u32, v: Self::V);
+    /// The first `n` `u32` at `p` (`n <= LANES`, each below 2^24) as floats, zero in the
+    /// other lanes, which are not read.
+    unsafe fn load_u32_first(p: *const u32, n: usize) -> Self::V;
+    /// `a` where `x == y`, else `b`, per lane.
+    unsafe fn select_eq(x: Self::V, y: Self::V, a: Self::V, b: Self::V) -> Self::V;
     /// Lane indices for `permute`, from the first `LANES` of `from`.
     type Idx: Copy;
     unsafe fn indices(from: &[u32; MAX_LANES]) -> Self::Idx;
@@ -408,6 +413,15 @@ mod x86 {
         unsafe fn store_u32(p: *mut u32, v: __m512) {
             _mm512_storeu_si512(p as *mut _, _mm512_cvttps_epi32(v))
         }
+        #[inline(always)]
+        unsafe fn load_u32_first(p: *const u32, n: usize) -> __m512 {
+            let mask = ((1u32 << n) - 1) as u16;
+            _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, p as *const i32))
+        }
+        #[inline(always)]
+        unsafe fn select_eq(x: __m512, y: __m512, a: __m512, b: __m512) -> __m512 {
+            _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_EQ_OQ>(x, y), b, a)
+        }
         type Idx = __m512i;
         #[inline(always)]
         unsafe fn indices(from: &[u32; MAX_LANES]) -> __m512i {
@@ -515,6 +529,16 @@ mod x86 {
         #[inline(always)]
         unsafe fn store_u32(p: *mut u32, v: __m256) {
             _mm256_storeu_si256(p as *mut __m256i, _mm256_cvttps_epi32(v))
+        }
+        #[inline(always)]
+        unsafe fn load_u32_first(p: *const u32, n: usize) -> __m256 {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+            _mm256_cvtepi32_ps(_mm256_maskload_epi32(p as *const i32, mask))
+        }
+        #[inline(always)]
+        unsafe fn select_eq(x: __m256, y: __m256, a: __m256, b: __m256) -> __m256 {
+            _mm256_blendv_ps(b, a, _mm256_cmp_ps::<_CMP_EQ_OQ>(x, y))
         }
         type Idx = __m256i;
         #[inline(always)]
