@@ -34,6 +34,10 @@ thread_local! {
     /// Each worker thread's transposed output gradient and weight-gradient sums for
     /// `lane_dots`, likewise.
     static LANE_DW: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each worker thread's output gradient in the wide layout and input gradient rows for
+    /// the direct backward pass, likewise. (In each chunk's own `Scratch` they were cold
+    /// memory on every pass: writing them waited for each line from DRAM.)
+    static BACKWARD: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` on this thread's im2col buffer, `len` values long. `f` must not call into
@@ -609,18 +613,52 @@ impl FastConv {
         let g = &self.shape;
         let nb = dy.len() / (g.out_c * self.out_plane());
         let (plane, margin, row) = (g.padded_plane(), g.grad_margin(), g.grad_row());
-        let (cols_len, dxw_row) = (g.cols_per_image(), round_up(g.dx_wide()));
+        let dxw_row = round_up(g.dx_wide());
         let padded_len = nb * g.in_c * plane;
         let dyw_len = nb * g.out_c * row;
         // The Winograd input gradient reads past the last gradient row (into `dxw`), its
-        // weight gradient past the last padded image (into `dyw`).
+        // weight gradient past the last padded image (into the rest of `s.work`).
         let room = margin + winograd::convolve_room((g.in_h, g.in_w), g.padded_w(), row);
         let x_room = winograd::convolve_room((g.out_h, g.out_w), g.padded_w(), plane);
-        grow(
-            &mut s.work,
-            (padded_len + dyw_len + (g.in_c * dxw_row).max(room)).max(padded_len + x_room),
-        );
-        let dyw = &mut s.work[padded_len..][..dyw_len];
+        grow(&mut s.work, padded_len + x_room);
+        BACKWARD.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            grow(&mut buf, dyw_len + (g.in_c * dxw_row).max(room));
+            let work = &s.work[..];
+            let (indices, grad) = (&s.indices[..], &mut s.grad);
+            let wide = &mut buf[..];
+            self.direct_backward_with(
+                isa,
+                (w, b),
+                (y, dy, dx),
+                (work, padded_len),
+                wide,
+                indices,
+                grad,
+            );
+        });
+    }
+
+    /// `direct_backward` with its buffers: `work` holds the padded images from the forward
+    /// pass (`padded_len` values, then room), `wide` the output gradient in the wide
+    /// layout (`dyw`), then room and the input gradient rows.
+    #[allow(clippy::too_many_arguments)]
+    fn direct_backward_with(
+        &self,
+        isa: Isa,
+        (w, b): (&[f32], &[f32]),
+        (y, dy, dx): (&[f32], &[f32], Option<&mut [f32]>),
+        (work, padded_len): (&[f32], usize),
+        wide: &mut [f32],
+        indices: &[u32],
+        grad: &mut Vec<f32>,
+    ) {
+        let g = &self.shape;
+        let nb = dy.len() / (g.out_c * self.out_plane());
+        let (plane, margin, row) = (g.padded_plane(), g.grad_margin(), g.grad_row());
+        let (cols_len, dxw_row) = (g.cols_per_image(), round_up(g.dx_wide()));
+        let dyw_len = nb * g.out_c * row;
+        let dyw = &mut wide[..dyw_len];
         // dy in the wide layout, one row per image and channel, with zero margins.
         let out_plane = self.out_plane();
         let planes = dy.chunks(out_plane).zip(y.chunks(out_plane));
@@ -628,18 +666,17 @@ impl FastConv {
             r[..margin].fill(0.0);
             r[margin + cols_len..].fill(0.0);
             let arg = if self.pool {
-                &s.indices[k * out_plane..][..out_plane]
+                &indices[k * out_plane..][..out_plane]
             } else {
                 &[]
             };
             self.gather_dy(&mut r[margin..], dy, y, arg);
         }
         let (wn, bn) = (w.len(), b.len());
-        s.grad.resize(wn + bn, 0.0);
-        let (dw, db) = s.grad.split_at_mut(wn);
+        grad.resize(wn + bn, 0.0);
+        let (dw, db) = grad.split_at_mut(wn);
         dw.fill(0.0);
-        let work = &s.work[..];
-        let (padded, dyw) = (&work[..padded_len], &work[padded_len..][..dyw_len]);
+        let (padded, dyw) = (&work[..padded_len], &wide[..dyw_len]);
         match self.dw {
             WeightGrad::LaneDots => self.lane_weight_grad(isa, dyw, padded, nb, dw),
             WeightGrad::ShiftedDots => {
@@ -697,7 +734,7 @@ impl FastConv {
                 pool: None,
             };
             let image = g.out_c * row;
-            let rest = &work[padded_len..];
+            let rest = &wide[..];
             winograd::convolve(
                 isa,
                 rest,
@@ -721,8 +758,8 @@ impl FastConv {
         // shifted sum with the weights transposed (`weight_t`) and the offsets negated.
         let wt = &self.weight_t;
         let (wp, hw) = (g.padded_w(), g.in_h * g.in_w);
-        let (front, dxw) = s.work.split_at_mut(padded_len + dyw_len);
-        let dyw = &front[padded_len..];
+        let (dyw, dxw) = wide.split_at_mut(dyw_len);
+        let dyw = &*dyw;
         for (i, dx) in dx.chunks_mut(g.in_len()).enumerate() {
             let dyi = Planes {
                 data: dyw,
