@@ -257,9 +257,28 @@ impl Network {
     /// Every layer's own output only after an evaluation pass with `keep_every_output`
     /// set (or on the reference engine): otherwise a conv followed by a ReLU writes the
     /// ReLU's output into the ReLU's tensor, and its own is stale; so is the input of a
-    /// skipped flatten.
+    /// skipped flatten, and after a training pass every output that no backward pass reads
+    /// (kept per thread instead: `pipeline.rs`).
     pub fn activation(&self, i: usize) -> &Tensor {
         &self.acts[i + 1]
+    }
+
+    /// Test aid: sets every layer's output tensor to NaN.
+    #[cfg(test)]
+    pub(crate) fn poison_outputs(&mut self) {
+        for t in &mut self.acts[1..] {
+            t.data.fill(f32::NAN);
+        }
+    }
+
+    /// Test aid: the layers whose output tensor holds only NaN (written by no pass since
+    /// `poison_outputs`).
+    #[cfg(test)]
+    pub(crate) fn unwritten_outputs(&self) -> Vec<usize> {
+        let untouched = |t: &Tensor| !t.data.is_empty() && t.data.iter().all(|v| v.is_nan());
+        (0..self.ops.len())
+            .filter(|&i| untouched(&self.acts[i + 1]))
+            .collect()
     }
 
     /// The logits of the last forward pass.

@@ -77,6 +77,13 @@ pub(crate) trait Op: Send + Sync {
         let _ = affine;
         false
     }
+    /// Whether this layer's training backward pass (`backward_chunk`, `finish_backward`)
+    /// reads the data of its input `x` and of its output `y`, as now set up (fusions
+    /// included). A training forward pass keeps a tensor that neither its writer's nor its
+    /// reader's backward reads in a per-thread buffer only (`pipeline.rs`).
+    fn backward_reads(&self) -> (bool, bool) {
+        (true, true)
+    }
     /// A fast path worth naming that this layer takes, if any.
     fn kernel_path(&self) -> Option<String> {
         None
@@ -194,6 +201,9 @@ impl Op for ConvOp {
     fn layer_mut(&mut self) -> &mut dyn Layer {
         &mut self.layer
     }
+    fn backward_reads(&self) -> (bool, bool) {
+        self.fast.backward_reads()
+    }
     fn fuse(&mut self, what: Absorb, on: bool) -> bool {
         match what {
             Absorb::Relu => self.fast.set_relu(on),
@@ -289,6 +299,10 @@ impl Op for LinearOp {
     fn layer_mut(&mut self) -> &mut dyn Layer {
         &mut self.layer
     }
+    /// The weight gradient is one product over the batch's inputs (`finish_backward`).
+    fn backward_reads(&self) -> (bool, bool) {
+        (true, false)
+    }
     fn wide_chunk(&self) -> bool {
         self.layer.in_features * self.layer.out_features >= WIDE_LINEAR_WEIGHTS
     }
@@ -330,6 +344,10 @@ impl Op for PoolOp {
     fn layer_mut(&mut self) -> &mut dyn Layer {
         &mut self.layer
     }
+    /// Max pooling keeps its winners in the chunk's scratch; average pooling needs nothing.
+    fn backward_reads(&self) -> (bool, bool) {
+        (false, false)
+    }
     fn absorb(&self) -> Option<Absorb> {
         (self.layer.kind == PoolKind::Max && self.layer.shape.is_2x2())
             .then_some(Absorb::MaxPool2x2)
@@ -362,6 +380,10 @@ impl Op for ActivationOp {
     }
     fn layer_mut(&mut self) -> &mut dyn Layer {
         &mut self.layer
+    }
+    /// The gradient is a function of the output.
+    fn backward_reads(&self) -> (bool, bool) {
+        (false, true)
     }
     fn absorb(&self) -> Option<Absorb> {
         (self.layer.kind == ActivationKind::Relu).then_some(Absorb::Relu)
@@ -400,6 +422,9 @@ impl Op for FlattenOp {
     fn layer_mut(&mut self) -> &mut dyn Layer {
         &mut self.layer
     }
+    fn backward_reads(&self) -> (bool, bool) {
+        (false, false)
+    }
     fn absorb(&self) -> Option<Absorb> {
         Some(Absorb::Identity)
     }
@@ -431,6 +456,10 @@ impl Op for DropoutOp {
     }
     fn layer_mut(&mut self) -> &mut dyn Layer {
         &mut self.layer
+    }
+    /// The mask is kept in the chunk's scratch.
+    fn backward_reads(&self) -> (bool, bool) {
+        (false, false)
     }
     fn forward_chunk(&self, c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, mode: Mode) {
         // `saved`: the scale each value was multiplied by (0 or 1/(1-p)).
@@ -478,6 +507,10 @@ impl Op for BatchNormOp {
     }
     fn layer_mut(&mut self) -> &mut dyn Layer {
         &mut self.layer
+    }
+    /// x-hat and the fused ReLU's mask are recomputed from the input.
+    fn backward_reads(&self) -> (bool, bool) {
+        (true, false)
     }
     fn batch_barrier(&self) -> bool {
         true

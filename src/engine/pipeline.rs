@@ -26,6 +26,13 @@
 //! and bias, and the conv then applies the ReLU and the pool after the batch norm. The
 //! layer before a run of skipped layers writes straight into the last one's output tensor
 //! and reads its gradient.
+//!
+//! Transient outputs: in a training pass, an output written and read inside one stage, by
+//! layers whose backward passes read neither it (`Op::backward_reads`: cnn-plus's batch
+//! norms with their ReLUs feeding a conv or a pool, its pools feeding a conv or a dropout),
+//! stays in a per-thread buffer; the batch's tensor for it is not written. bn2's and bn3's
+//! forward passes 2.1-3.7 -> 2.1-2.3 and 1.3-1.5 -> 1.0-1.2 ms a batch, pool1's 0.8-1.0 ->
+//! 0.6-0.8 (`convnet bench`, three alternating pairs).
 
 use super::ops::{Absorb, Op};
 use crate::kernels::Scratch;
@@ -326,10 +333,14 @@ impl Pipeline {
             self.fused_now.is_some(),
             self.timing.is_some(),
         );
+        let run = match mode {
+            Mode::Train => run.training(),
+            Mode::Eval => run,
+        };
         let times = run.new_times();
         views.into_par_iter().enumerate().for_each(|(c, mut v)| {
             let mut t = [(Duration::ZERO, Duration::ZERO); MAX_TIMED];
-            run.forward(c, &mut v, mode, &mut t);
+            run.forward_with_spare(c, &mut v, mode, &mut t);
             add_times(&times, &t);
         });
         if tail {
@@ -475,14 +486,15 @@ impl Pipeline {
             &self.absorbed,
             self.fused_now.is_some(),
             self.timing.is_some(),
-        );
+        )
+        .training();
         let times = run.new_times();
         let parts: Vec<BatchStats> = views
             .into_par_iter()
             .enumerate()
             .map(|(c, mut v)| {
                 let mut t = [(Duration::ZERO, Duration::ZERO); MAX_TIMED];
-                run.forward(c, &mut v, Mode::Train, &mut t);
+                run.forward_with_spare(c, &mut v, Mode::Train, &mut t);
                 let labels = &labels[c * CHUNK..(c * CHUNK + CHUNK).min(n)];
                 let dz = v.grads[end].as_deref_mut().expect("logit gradients exist");
                 let stats = loss.chunk_forward_backward(&v.acts[end][..], labels, dz, smoothing, n);
@@ -641,6 +653,17 @@ struct Run<'a> {
     len: usize,
     skips: Skips<'a>,
     timed: bool,
+    /// Per slot of the stage (its input, then each layer's output), whether a training
+    /// forward pass may keep it in a per-thread buffer (`SPARE`) instead of the batch's
+    /// tensor: written and read inside the stage, by layers whose backward passes read
+    /// neither it (`Op::backward_reads`). Writing whole-batch tensors that are never read
+    /// again costs a trip to memory per cache line.
+    transient: Vec<bool>,
+}
+
+thread_local! {
+    /// Each worker thread's buffers for the transient slots of the chunk it runs, per slot.
+    static SPARE: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl<'a> Run<'a> {
@@ -656,7 +679,51 @@ impl<'a> Run<'a> {
             len,
             skips: Skips { absorbed, fused },
             timed,
+            transient: Vec::new(),
         }
+    }
+
+    /// The same, for a training pass that keeps its transient slots per thread.
+    fn training(mut self) -> Self {
+        let mut transient = vec![false; self.len + 1];
+        for j in 0..self.len {
+            if self.skips.skip(j) {
+                continue;
+            }
+            // Layer `j` writes slot `out`; the layer there reads it (the stage's last slot
+            // is read by the next stage and the barrier after it).
+            let out = self.skips.out(j);
+            if out < self.len {
+                let writer_reads_output = self.ops[j].backward_reads().1;
+                let reader_reads_input = self.ops[out].backward_reads().0;
+                transient[out] = !writer_reads_output && !reader_reads_input;
+            }
+        }
+        self.transient = transient;
+        self
+    }
+
+    /// `forward` with this thread's `SPARE` buffers for the transient slots (if they are
+    /// in use already, by a task this thread took up while waiting, the batch's tensors).
+    fn forward_with_spare(
+        &self,
+        c: usize,
+        v: &mut ChunkViews,
+        mode: Mode,
+        t: &mut [(Duration, Duration)],
+    ) {
+        if !self.transient.contains(&true) {
+            return self.forward(c, v, mode, t, None);
+        }
+        SPARE.with(|spare| match spare.try_borrow_mut() {
+            Ok(mut spare) => {
+                if spare.len() < self.transient.len() {
+                    spare.resize_with(self.transient.len(), Vec::new);
+                }
+                self.forward(c, v, mode, t, Some(&mut spare))
+            }
+            Err(_) => self.forward(c, v, mode, t, None),
+        })
     }
 
     fn new_times(&self) -> Option<Mutex<Times>> {
@@ -671,14 +738,44 @@ impl<'a> Run<'a> {
 
     /// Chunk `c` forward through every layer of the stage, then the following barrier's
     /// share of its statistics from the chunk's output.
-    fn forward(&self, c: usize, v: &mut ChunkViews, mode: Mode, t: &mut [(Duration, Duration)]) {
+    fn forward(
+        &self,
+        c: usize,
+        v: &mut ChunkViews,
+        mode: Mode,
+        t: &mut [(Duration, Duration)],
+        mut spare: Option<&mut Vec<Vec<f32>>>,
+    ) {
         for (j, op) in self.ops[..self.len].iter().enumerate() {
             if self.skips.skip(j) {
                 continue;
             }
             let begin = self.timed.then(Instant::now);
-            let (x, y) = v.acts.split_at_mut(self.skips.out(j));
-            op.forward_chunk(c, x[j], y[0], v.scratch[j], mode);
+            let out = self.skips.out(j);
+            let (x, y) = v.acts.split_at_mut(out);
+            let (x, y): (&[f32], &mut [f32]) = match spare.as_deref_mut() {
+                Some(spare) => {
+                    // The slot's chunk as long as the tensor's, in this thread's buffer.
+                    let (sx, sy) = spare.split_at_mut(out);
+                    let x = if self.transient[j] {
+                        &sx[j][..x[j].len()]
+                    } else {
+                        &*x[j]
+                    };
+                    let y = if self.transient[out] {
+                        let n = y[0].len();
+                        if sy[0].len() < n {
+                            sy[0].resize(n, 0.0);
+                        }
+                        &mut sy[0][..n]
+                    } else {
+                        &mut *y[0]
+                    };
+                    (x, y)
+                }
+                None => (&*x[j], &mut *y[0]),
+            };
+            op.forward_chunk(c, x, y, v.scratch[j], mode);
             if let Some(b) = begin {
                 t[j.min(MAX_TIMED - 1)].0 += b.elapsed();
             }

@@ -252,6 +252,14 @@ impl FastConv {
         self.relu = on;
     }
 
+    /// What the backward pass reads besides its output gradient: (the input, the output).
+    /// The direct path reads neither input (it keeps its own padded copy) nor output but
+    /// for the fused ReLU's mask; im2col + GEMM reads the input.
+    pub fn backward_reads(&self) -> (bool, bool) {
+        let gemm = self.direct.is_none();
+        (gemm, gemm || self.relu)
+    }
+
     /// Apply a 2x2, stride-2 max pool to the output (after the ReLU) while `on`.
     pub fn set_max_pool(&mut self, on: bool) {
         self.pool = on;

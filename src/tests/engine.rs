@@ -148,6 +148,62 @@ fn networks() -> Vec<ModelSpec> {
     ]
 }
 
+/// A training pass keeps in per-thread buffers only the outputs that are written and read
+/// inside one stage by layers whose backward passes read neither (`pipeline.rs`): in
+/// cnn-plus, what bn1, bn2 and bn3 write for their fused ReLUs, pool1's and pool2's outputs
+/// (pool2's into the skipped flatten's slot) and bn4's. Their tensors are left as they were,
+/// and the step's logits and gradients are the same bits as with every tensor written
+/// (`the_chunk_pipeline_matches_running_layers_one_at_a_time` checks those against the
+/// layers run one at a time).
+#[test]
+fn a_training_pass_writes_no_tensor_that_no_backward_pass_reads() {
+    let spec = ModelSpec::preset("cnn-plus").unwrap();
+    let build = || {
+        let mut net = Network::build_on(&spec, Engine::Fast).unwrap();
+        net.initialize(&mut rng(5), None);
+        net.reseed(9);
+        net
+    };
+    let n = 37;
+    let input: Vec<f32> = (0..n * 784)
+        .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+        .collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i * 7 % 10) as u8).collect();
+    let (mut plain, mut poisoned) = (build(), build());
+    for net in [&mut plain, &mut poisoned] {
+        net.input_mut(n).copy_from_slice(&input);
+        net.forward(Mode::Train);
+    }
+    // Poisoned after the first pass sized every tensor; the pass after it is compared.
+    poisoned.poison_outputs();
+    for net in [&mut plain, &mut poisoned] {
+        net.input_mut(n).copy_from_slice(&input);
+        net.train_step(&labels);
+    }
+    let names: Vec<&str> = poisoned
+        .unwritten_outputs()
+        .into_iter()
+        .map(|i| poisoned.resolved()[i].name.as_str())
+        .collect();
+    // bn1-bn4's own slots and pool2's are never written in fused passes (each writes into
+    // the skipped layer's after it); the others are the per-thread ones.
+    let skipped = ["bn1", "bn2", "bn3", "pool2", "bn4"];
+    let kept: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !skipped.contains(n))
+        .collect();
+    assert_eq!(
+        kept,
+        ["relu1", "relu2", "pool1", "relu3", "flatten", "relu4"]
+    );
+    assert_eq!(names.len(), kept.len() + skipped.len(), "{names:?}");
+    assert_eq!(poisoned.output().data, plain.output().data, "logits");
+    for ((name, a), (_, b)) in poisoned.named_params().iter().zip(plain.named_params()) {
+        assert_eq!(a.grad, b.grad, "gradient of {name}");
+    }
+}
+
 /// The network runs each chunk through a whole stage of layers, skipping the fused ones;
 /// the plain way is one layer at a time over the whole batch. Both must give the same
 /// bits: for a network of per-chunk layers only, for ones whose batch norms split it into
