@@ -31,7 +31,7 @@
 //! layers whose backward passes read neither it (`Op::backward_reads`: cnn-plus's batch
 //! norms with their ReLUs feeding a conv or a pool, its pools feeding a conv or a dropout),
 //! stays in a per-thread buffer; the batch's tensor for it is not written. bn2's and bn3's
-//! forward passes 2.1-3.7 -> 2.1-2.3 and 1.3-1.5 -> 1.0-1.2 ms a batch, pool1's 0.8-1.0 ->
+//! forward passes 2.6-3.7 -> 2.1-2.3 and 1.3-1.5 -> 1.0-1.2 ms a batch, pool1's 0.8-1.0 ->
 //! 0.6-0.8 (`convnet bench`, three alternating pairs).
 
 use super::ops::{Absorb, Op};
