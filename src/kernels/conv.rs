@@ -146,8 +146,8 @@ fn lane_dw_fits(g: &ConvShape, isa: Isa) -> bool {
 // or dw^T (`temp_len`); the im2col columns themselves, (CKK, images*cols_per_image)
 // with the images side by side so each chunk needs one GEMM, live in a per-thread
 // buffer. Direct path: the chunk's padded images (kept for the backward pass), then
-// one image's output block, or in the backward pass the output gradient in the wide
-// layout with margins and one image's input gradient.
+// one image's output block; the backward pass's output gradient in the wide layout with
+// margins and its input-gradient rows live in a per-thread buffer (`BACKWARD`).
 // `indices`: the fused pool's winning positions. Evaluation passes use a per-thread
 // scratch instead (`EVAL_SCRATCH`).
 

@@ -64,20 +64,18 @@ pub fn backward_chunk(kind: PoolKind, shape: &PoolShape, dy: &[f32], dx: &mut [f
     let (h, w) = (shape.in_h, shape.in_w);
     let (oh, ow) = (shape.out_h, shape.out_w);
     let (plane_in, plane_out) = (h * w, oh * ow);
-    match kind {
-        PoolKind::Max if k == 2 && st == 2 => {
-            let isa = simd::detect();
-            for ((dx, arg), dy) in dx
-                .chunks_mut(plane_in)
-                .zip(s.indices.chunks(plane_out))
-                .zip(dy.chunks(plane_out))
-            {
-                unpool_2x2(isa, dy, None, arg, (oh, ow), w, h, dx);
-            }
-            return;
+    if kind == PoolKind::Max && k == 2 && st == 2 {
+        let isa = simd::detect();
+        for ((dx, arg), dy) in dx
+            .chunks_mut(plane_in)
+            .zip(s.indices.chunks(plane_out))
+            .zip(dy.chunks(plane_out))
+        {
+            unpool_2x2(isa, dy, None, arg, (oh, ow), w, h, dx);
         }
-        _ => dx.fill(0.0),
+        return;
     }
+    dx.fill(0.0);
     match kind {
         PoolKind::Max => {
             for ((dx, arg), dy) in dx
@@ -402,7 +400,7 @@ unsafe fn unpool_rows<S: Lanes>(
             } else {
                 (zero, zero)
             };
-            if let (Some(m), true) = (mask, n > 0) {
+            if let Some(m) = mask.filter(|_| n > 0) {
                 d = S::where_positive(d, S::load_first(m.as_ptr().add(at), n));
             }
             // 0.0 + dy, as the plain loop's sum into zeros: -0.0 becomes +0.0.
