@@ -169,12 +169,18 @@ struct DotArgs<'a> {
 }
 
 // One compiled copy per instruction set. Block sizes: AVX-512 has 32 vector registers,
-// so `shifted_sum` keeps 4 rows x 6 vectors of accumulators; AVX2 has 16, so 4 x 2.
+// so `shifted_sum` keeps 4 rows x 6 vectors of accumulators (8 x 3 with one tap); AVX2 has
+// 16, so 4 x 2.
 // `shifted_dots` keeps 4 rows x 3 taps on both (12 accumulators, 3 inputs and 1 gradient
 // vector fill AVX2's 16; 2 rows x 3 taps was 5% slower there, being short of loads).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn sum_avx512(args: SumArgs) {
+    // One tap (the Winograd products, 16-64 planes long): 8 rows x 3 vectors load each
+    // input vector half as often as 4 x 6.
+    if args.0.len() == 1 {
+        return sum_rows::<super::simd::Avx512, 8, 3>(args);
+    }
     sum_rows::<super::simd::Avx512, 4, 6>(args)
 }
 #[cfg(target_arch = "x86_64")]
@@ -231,7 +237,13 @@ unsafe fn sum_rows<S: Lanes, const R: usize, const V: usize>(args: SumArgs) {
     let blocks = vectors.div_ceil(V);
     let mut r = 0;
     while r < rows {
-        let block = if rows - r >= R { R } else { 1 };
+        let block = if rows - r >= R {
+            R
+        } else if rows - r >= 4 {
+            4
+        } else {
+            1
+        };
         let mut v = 0;
         for b in 0..blocks {
             // Blocks `b < vectors % blocks` take one vector more.
@@ -242,10 +254,10 @@ unsafe fn sum_rows<S: Lanes, const R: usize, const V: usize>(args: SumArgs) {
                 out.add(r * out_row + v * S::LANES),
             );
             let shape = (offsets, wr, k, planes, xv, x_plane, o, out_row);
-            if block == R {
-                sum_width::<S, R, V>(width, shape);
-            } else {
-                sum_width::<S, 1, V>(width, shape);
+            match block {
+                _ if block == R => sum_width::<S, R, V>(width, shape),
+                4 => sum_width::<S, 4, V>(width, shape),
+                _ => sum_width::<S, 1, V>(width, shape),
             }
             v += width;
         }
@@ -285,18 +297,36 @@ unsafe fn sum_block<S: Lanes, const R: usize, const V: usize>(args: BlockArgs) {
     let (offsets, w, k, planes, x, x_plane, out, out_row) = args;
     let taps = offsets.len();
     let mut acc = [[S::zero(); V]; R];
-    for c in 0..planes {
-        let (xc, wc) = (x.add(c * x_plane), w.add(c * taps));
-        for (t, &off) in offsets.iter().enumerate() {
-            let src = xc.offset(off);
+    if taps == 1 {
+        let (mut src, mut wc) = (x.offset(offsets[0]), w);
+        for _ in 0..planes {
             let mut xv = [S::zero(); V];
             for (j, xv) in xv.iter_mut().enumerate() {
                 *xv = S::load(src.add(j * S::LANES));
             }
             for (i, acc) in acc.iter_mut().enumerate() {
-                let wv = S::splat(*wc.add(i * k + t));
+                let wv = S::splat(*wc.add(i * k));
                 for (a, &xv) in acc.iter_mut().zip(&xv) {
                     *a = S::fma(wv, xv, *a);
+                }
+            }
+            src = src.add(x_plane);
+            wc = wc.add(1);
+        }
+    } else {
+        for c in 0..planes {
+            let (xc, wc) = (x.add(c * x_plane), w.add(c * taps));
+            for (t, &off) in offsets.iter().enumerate() {
+                let src = xc.offset(off);
+                let mut xv = [S::zero(); V];
+                for (j, xv) in xv.iter_mut().enumerate() {
+                    *xv = S::load(src.add(j * S::LANES));
+                }
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let wv = S::splat(*wc.add(i * k + t));
+                    for (a, &xv) in acc.iter_mut().zip(&xv) {
+                        *a = S::fma(wv, xv, *a);
+                    }
                 }
             }
         }
@@ -752,3 +782,4 @@ unsafe fn widen_rows<S: Lanes>(
         }
     }
 }
+
