@@ -782,4 +782,3 @@ unsafe fn widen_rows<S: Lanes>(
         }
     }
 }
-

@@ -62,8 +62,8 @@ fn fast_conv_on(g: ConvShape, p: ConvPath) -> FastConv {
 /// Shapes beyond the gradient checks' small ones: channels enough for Winograd by
 /// default, odd sizes (a half-outside last tile), pads 0 to 3 (3: a Winograd forward pass
 /// with a direct input gradient), chunks of several images in one Winograd group, and
-/// output channels in whole vectors (8, 16, 32, 48: the lane weight gradient, 48 being
-/// a pair of AVX-512 vectors and one more) with odd sizes and pads 0 to 2; 13x11 planes
+/// output channels in whole vectors (8, 16, 32, 48, 64: the lane weight gradient, 48 being
+/// a pair of AVX-512 vectors and one more, 64 four) with odd sizes and pads 0 to 2; 13x11 planes
 /// (42 tiles) make a chunk of 8 two groups of images for the Winograd weight gradient, and
 /// a 1x1 plane is one tile, mostly outside.
 const WIDE_CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize)] = &[
@@ -77,6 +77,9 @@ const WIDE_CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize
     (2, 8, 6, 5, 48, 3, 1, 1),
     (9, 8, 13, 11, 16, 3, 1, 1),
     (3, 8, 1, 1, 16, 3, 1, 1),
+    // 64 outputs: the Winograd weight gradient's blocks of four vectors (13 = 6 + 6 + 1
+    // input channels).
+    (2, 13, 6, 7, 64, 3, 1, 1),
 ];
 
 /// The fast conv over a whole batch, chunk by chunk as the engine runs it; returns y and
@@ -665,8 +668,14 @@ fn the_shifted_sums_match_a_plain_loop_bit_for_bit() {
                     image: 0,
                 };
                 shifted_sum(isa, offsets, n, &w, rows, planes, planes_in, &mut got, ld);
-                let same = got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(same, "{isa:?}, taps {offsets:?}, {rows} rows x {planes} planes x {n}");
+                let same = got
+                    .iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{isa:?}, taps {offsets:?}, {rows} rows x {planes} planes x {n}"
+                );
             }
         }
     }
