@@ -170,7 +170,7 @@ struct DotArgs<'a> {
 
 // One compiled copy per instruction set. Block sizes: AVX-512 has 32 vector registers,
 // so `shifted_sum` keeps 4 rows x 6 vectors of accumulators (8 x 3 with one tap); AVX2 has
-// 16, so 4 x 2.
+// 16, so 4 x 2 (6 x 2 with one tap).
 // `shifted_dots` keeps 4 rows x 3 taps on both (12 accumulators, 3 inputs and 1 gradient
 // vector fill AVX2's 16; 2 rows x 3 taps was 5% slower there, being short of loads).
 #[cfg(target_arch = "x86_64")]
@@ -186,6 +186,10 @@ unsafe fn sum_avx512(args: SumArgs) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn sum_avx2(args: SumArgs) {
+    // One tap: 6 rows x 2 vectors (12 of the 16 registers), as AVX-512's 8 x 3.
+    if args.0.len() == 1 {
+        return sum_rows::<super::simd::Avx2, 6, 2>(args);
+    }
     sum_rows::<super::simd::Avx2, 4, 2>(args)
 }
 #[cfg(target_arch = "x86_64")]
@@ -225,7 +229,7 @@ unsafe fn with_accumulators<S: Lanes>(d: &DotArgs, f: impl FnOnce(*mut S::V)) {
     })
 }
 
-/// `shifted_sum` in blocks of R rows x up to V vectors (then single rows). A row's vectors
+/// `shifted_sum` in blocks of R rows x up to V vectors (then 4 rows, then single rows). A row's vectors
 /// are cut into as few blocks as V allows, of nearly equal widths: 13 vectors as 5 + 4 + 4
 /// rather than 6 + 6 + 1, whose last block (R accumulators, fewer than the FMA units'
 /// latency x throughput) ran at half speed.
