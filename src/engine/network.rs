@@ -281,6 +281,25 @@ impl Network {
             .collect()
     }
 
+    /// Test aid: sets every layer's output gradient but the logits' to NaN.
+    #[cfg(test)]
+    pub(crate) fn poison_gradients(&mut self) {
+        let n = self.ops.len();
+        for t in &mut self.grads[1..n] {
+            t.data.fill(f32::NAN);
+        }
+    }
+
+    /// Test aid: the layers whose output gradient holds only NaN (written by no pass since
+    /// `poison_gradients`).
+    #[cfg(test)]
+    pub(crate) fn unwritten_gradients(&self) -> Vec<usize> {
+        let untouched = |t: &Tensor| !t.data.is_empty() && t.data.iter().all(|v| v.is_nan());
+        (0..self.ops.len() - 1)
+            .filter(|&i| untouched(&self.grads[i + 1]))
+            .collect()
+    }
+
     /// The logits of the last forward pass.
     pub fn output(&self) -> &Tensor {
         self.acts.last().expect("a network has layers")

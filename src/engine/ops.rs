@@ -84,6 +84,13 @@ pub(crate) trait Op: Send + Sync {
     fn backward_reads(&self) -> (bool, bool) {
         (true, true)
     }
+    /// Whether this layer's `finish_backward` reads the batch's output gradient `dy` (a
+    /// linear layer's weight gradient, one product over the batch). A training backward
+    /// pass keeps a gradient that is written and read inside one stage, by a layer that is
+    /// not a barrier and does not read it here, in a per-thread buffer only (`pipeline.rs`).
+    fn finish_reads_dy(&self) -> bool {
+        false
+    }
     /// A fast path worth naming that this layer takes, if any.
     fn kernel_path(&self) -> Option<String> {
         None
@@ -302,6 +309,9 @@ impl Op for LinearOp {
     /// The weight gradient is one product over the batch's inputs (`finish_backward`).
     fn backward_reads(&self) -> (bool, bool) {
         (true, false)
+    }
+    fn finish_reads_dy(&self) -> bool {
+        true
     }
     fn wide_chunk(&self) -> bool {
         self.layer.in_features * self.layer.out_features >= WIDE_LINEAR_WEIGHTS

@@ -32,7 +32,12 @@
 //! norms with their ReLUs feeding a conv or a pool, its pools feeding a conv or a dropout),
 //! stays in a per-thread buffer; the batch's tensor for it is not written. bn2's and bn3's
 //! forward passes 2.6-3.7 -> 2.1-2.3 and 1.3-1.5 -> 1.0-1.2 ms a batch, pool1's 0.8-1.0 ->
-//! 0.6-0.8 (`convnet bench`, three alternating pairs).
+//! 0.6-0.8 (`convnet bench`, three alternating pairs). The backward pass does the same
+//! with a gradient written and read inside one stage, by a reader that is neither a batch
+//! norm (the stage below reads its output gradient again) nor a layer whose
+//! `finish_backward` reads it (`Op::finish_reads_dy`: a linear layer): cnn-plus's batch
+//! norms' input gradients, which its convs read, and the convs' and dropout's own where a
+//! pool reads them.
 
 use super::ops::{Absorb, Op};
 use crate::kernels::Scratch;
@@ -407,11 +412,12 @@ impl Pipeline {
             &self.absorbed[start..],
             self.fused_now.is_some(),
             self.timing.is_some(),
-        );
+        )
+        .training();
         let times = run.new_times();
         views.into_par_iter().for_each(|mut v| {
             let mut t = [(Duration::ZERO, Duration::ZERO); MAX_TIMED];
-            run.backward(&mut v, &mut t);
+            run.backward_with_spare(&mut v, &mut t);
             add_times(&times, &t);
         });
         self.finish_stage(ops, acts, grads, start, end, chunks);
@@ -498,7 +504,7 @@ impl Pipeline {
                 let labels = &labels[c * CHUNK..(c * CHUNK + CHUNK).min(n)];
                 let dz = v.grads[end].as_deref_mut().expect("logit gradients exist");
                 let stats = loss.chunk_forward_backward(&v.acts[end][..], labels, dz, smoothing, n);
-                run.backward(&mut v, &mut t);
+                run.backward_with_spare(&mut v, &mut t);
                 add_times(&times, &t);
                 stats
             })
@@ -659,11 +665,18 @@ struct Run<'a> {
     /// neither it (`Op::backward_reads`). Writing whole-batch tensors that are never read
     /// again costs a trip to memory per cache line.
     transient: Vec<bool>,
+    /// Per slot, whether a training backward pass may keep its gradient in a per-thread
+    /// buffer (`SPARE_GRADS`): written and read inside the stage, by a reader that is not
+    /// a barrier (whose output gradient the stage below reads again) and whose
+    /// `finish_backward` does not read it (`Op::finish_reads_dy`).
+    transient_grads: Vec<bool>,
 }
 
 thread_local! {
     /// Each worker thread's buffers for the transient slots of the chunk it runs, per slot.
     static SPARE: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The same for the transient gradients of a backward pass.
+    static SPARE_GRADS: std::cell::RefCell<Vec<Vec<f32>>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 impl<'a> Run<'a> {
@@ -680,6 +693,7 @@ impl<'a> Run<'a> {
             skips: Skips { absorbed, fused },
             timed,
             transient: Vec::new(),
+            transient_grads: Vec::new(),
         }
     }
 
@@ -700,6 +714,23 @@ impl<'a> Run<'a> {
             }
         }
         self.transient = transient;
+        // Slot `out`'s gradient is written by the layer there (its input gradient) or, at
+        // the stage's end, by the barrier after it, and read by layer `j`.
+        let mut transient_grads = vec![false; self.len + 1];
+        for j in 0..self.len {
+            if self.skips.skip(j) {
+                continue;
+            }
+            let out = self.skips.out(j);
+            let written = if out < self.len {
+                !self.skips.skip(out)
+            } else {
+                out == self.len && self.tail().is_some()
+            };
+            let reader = &self.ops[j];
+            transient_grads[out] = written && !reader.batch_barrier() && !reader.finish_reads_dy();
+        }
+        self.transient_grads = transient_grads;
         self
     }
 
@@ -789,16 +820,59 @@ impl<'a> Run<'a> {
         }
     }
 
+    /// `backward` with this thread's `SPARE_GRADS` buffers for the transient gradients (if
+    /// they are in use already, by a task this thread took up while waiting, the batch's
+    /// tensors).
+    fn backward_with_spare(&self, v: &mut ChunkViews, t: &mut [(Duration, Duration)]) {
+        if !self.transient_grads.contains(&true) {
+            return self.backward(v, t, None);
+        }
+        SPARE_GRADS.with(|spare| match spare.try_borrow_mut() {
+            Ok(mut spare) => {
+                if spare.len() < self.transient_grads.len() {
+                    spare.resize_with(self.transient_grads.len(), Vec::new);
+                }
+                self.backward(v, t, Some(&mut spare))
+            }
+            Err(_) => self.backward(v, t, None),
+        })
+    }
+
     /// One chunk backward: the following barrier's input gradient first, then every layer
-    /// of the stage, last first.
-    fn backward(&self, v: &mut ChunkViews, t: &mut [(Duration, Duration)]) {
+    /// of the stage, last first. With `spare`, the transient gradients live there.
+    fn backward(
+        &self,
+        v: &mut ChunkViews,
+        t: &mut [(Duration, Duration)],
+        mut spare: Option<&mut Vec<Vec<f32>>>,
+    ) {
+        // Slot `k`'s gradient: the batch's chunk, or this thread's buffer of its length.
+        fn slot<'b>(
+            grads: &'b mut [Option<&mut [f32]>],
+            spare: Option<&'b mut Vec<f32>>,
+            k: usize,
+        ) -> Option<&'b mut [f32]> {
+            let chunk = grads[k].as_deref_mut()?;
+            match spare {
+                Some(buf) => {
+                    if buf.len() < chunk.len() {
+                        buf.resize(chunk.len(), 0.0);
+                    }
+                    Some(&mut buf[..chunk.len()])
+                }
+                None => Some(chunk),
+            }
+        }
+        let transient = |k: usize| self.transient_grads.get(k).copied().unwrap_or(false);
         if let Some(barrier) = self.tail() {
             let begin = self.timed.then(Instant::now);
             let out = self.skips.out(self.len);
             let (dx, dy) = v.grads.split_at_mut(out);
-            let dx = dx[self.len]
-                .as_deref_mut()
-                .expect("the barrier's input gradient");
+            let buf = match spare.as_deref_mut() {
+                Some(s) if transient(self.len) => Some(&mut s[self.len]),
+                _ => None,
+            };
+            let dx = slot(dx, buf, self.len).expect("the barrier's input gradient");
             let dy = dy[0].as_deref().expect("output gradients exist");
             barrier.dx_chunk(v.acts[self.len], dy, dx);
             if let Some(b) = begin {
@@ -812,14 +886,18 @@ impl<'a> Run<'a> {
             let begin = self.timed.then(Instant::now);
             let out = self.skips.out(j);
             let (dx, dy) = v.grads.split_at_mut(j + 1);
-            let dy = dy[out - j - 1].as_deref().expect("output gradients exist");
-            op.backward_chunk(
-                v.acts[j],
-                v.acts[out],
-                dy,
-                dx[j].as_deref_mut(),
-                v.scratch[j],
-            );
+            let (sx, sy) = match spare.as_deref_mut() {
+                Some(s) => {
+                    let (sx, sy) = s.split_at_mut(j + 1);
+                    (
+                        transient(j).then_some(&mut sx[j]),
+                        transient(out).then_some(&mut sy[out - j - 1]),
+                    )
+                }
+                None => (None, None),
+            };
+            let dy = slot(dy, sy, out - j - 1).expect("output gradients exist");
+            op.backward_chunk(v.acts[j], v.acts[out], dy, slot(dx, sx, j), v.scratch[j]);
             if let Some(b) = begin {
                 t[j.min(MAX_TIMED - 1)].1 += b.elapsed();
             }

@@ -151,8 +151,11 @@ fn networks() -> Vec<ModelSpec> {
 /// A training pass keeps in per-thread buffers only the outputs that are written and read
 /// inside one stage by layers whose backward passes read neither (`pipeline.rs`): in
 /// cnn-plus, what bn1, bn2 and bn3 write for their fused ReLUs, pool1's and pool2's outputs
-/// (pool2's into the skipped flatten's slot) and bn4's. Their tensors are left as they were,
-/// and the step's logits and gradients are the same bits as with every tensor written
+/// (pool2's into the skipped flatten's slot) and bn4's; and the output gradients written
+/// and read inside one stage by a layer that is no batch norm and no linear layer (conv1's,
+/// conv2's and conv3's, which their batch norms write, pool1's and flatten's, which conv3
+/// and drop1 write, and drop2's). Their tensors are left as they were, and the step's
+/// logits and gradients are the same bits as with every tensor written
 /// (`the_chunk_pipeline_matches_running_layers_one_at_a_time` checks those against the
 /// layers run one at a time).
 #[test]
@@ -174,8 +177,12 @@ fn a_training_pass_writes_no_tensor_that_no_backward_pass_reads() {
         net.input_mut(n).copy_from_slice(&input);
         net.forward(Mode::Train);
     }
-    // Poisoned after the first pass sized every tensor; the pass after it is compared.
+    // Poisoned after a first step sized every tensor; the step after it is compared.
+    for net in [&mut plain, &mut poisoned] {
+        net.train_step(&labels);
+    }
     poisoned.poison_outputs();
+    poisoned.poison_gradients();
     for net in [&mut plain, &mut poisoned] {
         net.input_mut(n).copy_from_slice(&input);
         net.train_step(&labels);
@@ -196,6 +203,25 @@ fn a_training_pass_writes_no_tensor_that_no_backward_pass_reads() {
     assert_eq!(
         kept,
         ["relu1", "relu2", "pool1", "relu3", "flatten", "relu4"]
+    );
+    assert_eq!(names.len(), kept.len() + skipped.len(), "{names:?}");
+    // The same for the output gradients: the skipped layers' are never written; those
+    // written and read inside one stage, by a layer that is no batch norm (whose stage
+    // below reads its output gradient again) and no linear layer (whose weight gradient
+    // reads it over the whole batch), are the per-thread ones.
+    let names: Vec<&str> = poisoned
+        .unwritten_gradients()
+        .into_iter()
+        .map(|i| poisoned.resolved()[i].name.as_str())
+        .collect();
+    let kept: Vec<&str> = names
+        .iter()
+        .copied()
+        .filter(|n| !skipped.contains(n))
+        .collect();
+    assert_eq!(
+        kept,
+        ["conv1", "conv2", "pool1", "conv3", "flatten", "drop2"]
     );
     assert_eq!(names.len(), kept.len() + skipped.len(), "{names:?}");
     assert_eq!(poisoned.output().data, plain.output().data, "logits");
