@@ -890,8 +890,8 @@ impl<'a> Run<'a> {
                 Some(s) => {
                     let (sx, sy) = s.split_at_mut(j + 1);
                     (
-                        transient(j).then_some(&mut sx[j]),
-                        transient(out).then_some(&mut sy[out - j - 1]),
+                        transient(j).then(|| &mut sx[j]),
+                        transient(out).then(|| &mut sy[out - j - 1]),
                     )
                 }
                 None => (None, None),
