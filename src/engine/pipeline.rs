@@ -722,10 +722,11 @@ impl<'a> Run<'a> {
                 continue;
             }
             let out = self.skips.out(j);
+            // `out <= len`: a stage's fusions stay inside it.
             let written = if out < self.len {
                 !self.skips.skip(out)
             } else {
-                out == self.len && self.tail().is_some()
+                self.tail().is_some()
             };
             let reader = &self.ops[j];
             transient_grads[out] = written && !reader.batch_barrier() && !reader.finish_reads_dy();

@@ -320,25 +320,26 @@ unsafe fn product_blocks<S: Lanes>(a: ProductArgs, du: *mut f32) {
             while j < vectors {
                 let (vc, dj) = (v.add(c * ld), d.add(j * S::LANES));
                 let out = du.add(c * outs + j * S::LANES);
-                let pair = S::LANES == 16 && vectors - j >= 2;
-                if quad {
-                    quad_rows::<S>(rows, vc, ld, dj, outs, n, out);
-                    j += 4;
-                } else if pair {
-                    block_rows::<S, 2>(rows, vc, ld, dj, outs, n, out);
-                    j += 2;
-                } else {
-                    block_rows::<S, 1>(rows, vc, ld, dj, outs, n, out);
-                    j += 1;
+                let width = match vectors - j {
+                    _ if quad => 4,
+                    2.. if S::LANES == 16 => 2,
+                    _ => 1,
+                };
+                match width {
+                    4 => block_rows::<S, 4>(rows, vc, ld, dj, outs, n, out),
+                    2 => block_rows::<S, 2>(rows, vc, ld, dj, outs, n, out),
+                    _ => block_rows::<S, 1>(rows, vc, ld, dj, outs, n, out),
                 }
+                j += width;
             }
             c += rows;
         }
     }
 }
 
-/// `rows` (at most `ROWS`) input channels of `v` (`ld` apart) against `V` vectors of
-/// output channels of `d` over `n` tiles, into the sums `du` (rows `outs` apart).
+/// `rows` (at most `ROWS`; `QUAD_ROWS` against 4 vectors, whose 7- and 8-row arms never
+/// run) input channels of `v` (`ld` apart) against `V` vectors of output channels of `d`
+/// over `n` tiles, into the sums `du` (rows `outs` apart).
 #[inline(always)]
 unsafe fn block_rows<S: Lanes, const V: usize>(
     rows: usize,
@@ -358,27 +359,6 @@ unsafe fn block_rows<S: Lanes, const V: usize>(
         3 => broadcast_dots::<S, 3, V>(v, &rows_apart(ld), d, outs, n, du),
         2 => broadcast_dots::<S, 2, V>(v, &rows_apart(ld), d, outs, n, du),
         _ => broadcast_dots::<S, 1, V>(v, &rows_apart(ld), d, outs, n, du),
-    }
-}
-
-/// `block_rows` for `rows` (at most `QUAD_ROWS`) input channels against 4 vectors.
-#[inline(always)]
-unsafe fn quad_rows<S: Lanes>(
-    rows: usize,
-    v: *const f32,
-    ld: usize,
-    d: *const f32,
-    outs: usize,
-    n: usize,
-    du: *mut f32,
-) {
-    match rows {
-        6 => broadcast_dots::<S, 6, 4>(v, &rows_apart(ld), d, outs, n, du),
-        5 => broadcast_dots::<S, 5, 4>(v, &rows_apart(ld), d, outs, n, du),
-        4 => broadcast_dots::<S, 4, 4>(v, &rows_apart(ld), d, outs, n, du),
-        3 => broadcast_dots::<S, 3, 4>(v, &rows_apart(ld), d, outs, n, du),
-        2 => broadcast_dots::<S, 2, 4>(v, &rows_apart(ld), d, outs, n, du),
-        _ => broadcast_dots::<S, 1, 4>(v, &rows_apart(ld), d, outs, n, du),
     }
 }
 
