@@ -226,14 +226,16 @@ fn the_page_draws_predicts_follows_a_live_run_and_shows_the_model_in_chromium() 
                 &common::data(),
             ])
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            // Whatever the server says on failure shows in the test's log.
+            .stderr(Stdio::inherit())
             .spawn()
             .unwrap(),
     );
     let mut first = String::new();
-    BufReader::new(server.0.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    let mut out = BufReader::new(server.0.stdout.take().unwrap());
+    out.read_line(&mut first).unwrap();
+    // Keep reading: the rest of the banner goes to an open pipe.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
     let url = first
         .split_whitespace()
         .find(|w| w.starts_with("http://127.0.0.1:"))

@@ -978,3 +978,46 @@ fn a_fashion_model_gets_its_class_names_and_its_own_preparation() {
         "fashion-mnist"
     );
 }
+
+/// A server whose stdout is closed (`convnet serve | head -1`, a page opener that reads
+/// the URL and goes) keeps serving: a closed pipe ended it on its second banner line,
+/// which made the browser test fail now and then with a refused connection.
+#[test]
+fn the_server_outlives_its_closed_stdout() {
+    let root = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut child = Command::new(BIN)
+        .args(["serve", root.path().to_str().unwrap(), "--port"])
+        .arg(port.to_string())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/api/runs");
+    let start = Instant::now();
+    let answered = loop {
+        if let Ok(r) = ureq::get(&url).call() {
+            break r.status();
+        }
+        if let Some(st) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).ok();
+            panic!("the server ended ({st}) with its stdout closed: {err}");
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "no answer");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(answered, 200);
+    // Still up a moment later, after everything it prints at start-up.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(ureq::get(&url).call().map(|r| r.status()).ok(), Some(200));
+    assert!(child.try_wait().unwrap().is_none(), "the server ended");
+    let _ = child.kill();
+    let _ = child.wait();
+}

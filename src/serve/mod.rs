@@ -168,13 +168,24 @@ pub fn serve(opts: Options, stop: &(dyn Fn() -> bool + Sync)) -> Result<(), Erro
         data: opts.data.clone(),
         stopping: AtomicBool::new(false),
     });
+    // A server outlives its stdout (`convnet serve | head -1`, a script that reads the URL
+    // and goes): a closed pipe must not end it, so SIGPIPE is ignored from here on and
+    // what it prints is best effort.
+    // SAFETY: setting a signal's action is process-wide and safe with threads running.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+    }
     let shown: Vec<String> = opts.roots.iter().map(|r| r.display().to_string()).collect();
-    println!("convnet serve: http://{addr}/ · {}", shown.join(", "));
+    say(format_args!(
+        "convnet serve: http://{addr}/ · {}",
+        shown.join(", ")
+    ));
     if addr.ip().is_loopback() {
-        println!(
+        say(format_args!(
             "  (this machine only; from a laptop: ssh -L {0}:localhost:{0} THIS_HOST, then open http://localhost:{0}/)",
             addr.port()
-        );
+        ));
     }
     let watcher = {
         let state = state.clone();
@@ -206,8 +217,14 @@ pub fn serve(opts: Options, stop: &(dyn Fn() -> bool + Sync)) -> Result<(), Erro
     }
     state.stopping.store(true, Ordering::SeqCst);
     let _ = watcher.join();
-    println!("convnet serve: stopped");
+    say(format_args!("convnet serve: stopped"));
     Ok(())
+}
+
+/// One line to stdout, if it is still there.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
 }
 
 /// Sets TCP_NODELAY on the listening socket, which the accepted connections inherit.
