@@ -517,14 +517,23 @@ fn bench_reports_the_conv_path_that_convnet_simd_picks() {
         assert!(out.status.success(), "{:?}", text(&out));
         text(&out).0
     };
+    // conv2's 28x28 planes are whole 4x4 tiles: F(4x4, 3x3); conv3's 14x14 are not.
     let on = winograd("on");
-    for layer in ["conv2", "conv3"] {
-        let named = format!("{layer} forward and input gradient as Winograd F(2x2, 3x3)");
+    for (layer, tile) in [("conv2", "F(4x4, 3x3)"), ("conv3", "F(2x2, 3x3)")] {
+        let named = format!("{layer} forward and input gradient as Winograd {tile}");
         assert_eq!(on.contains(&named), has_vectors, "winograd on: {on}");
     }
+    // CONVNET_WINOGRAD=f2 keeps F(2x2, 3x3) everywhere.
+    let f2 = winograd("f2");
+    assert_eq!(
+        f2.contains("conv2 forward and input gradient as Winograd F(2x2, 3x3)"),
+        has_vectors,
+        "winograd f2: {f2}"
+    );
+    assert!(!f2.contains("F(4x4"), "{f2}");
     // Their weight gradients run as Winograd with the output channels in the lanes (32 and
     // 64 fill whole vectors; conv1's single input channel keeps the shifted dots).
-    let named = "conv2 forward and input gradient as Winograd F(2x2, 3x3), weight gradient \
+    let named = "conv2 forward and input gradient as Winograd F(4x4, 3x3), weight gradient \
                  as Winograd with the channels in the lanes · conv3 forward";
     assert_eq!(
         on.contains(named),

@@ -231,17 +231,19 @@ impl Network {
         }
     }
 
-    /// Layers whose fast kernels take a path worth naming (`convnet bench` prints them):
-    /// (layer name, path), e.g. a conv whose forward pass runs as Winograd.
-    pub fn kernel_paths(&self) -> Vec<(String, String)> {
+    /// Layers whose fast kernels take a path worth naming in training passes (`convnet
+    /// bench` prints them): (layer name, path), e.g. a conv whose forward pass runs as
+    /// Winograd.
+    pub fn kernel_paths(&mut self) -> Vec<(String, String)> {
         if self.engine == Engine::Reference {
             return Vec::new();
         }
-        let named = self
-            .ops
-            .iter()
-            .filter_map(|op| Some((op.layer().name().to_string(), op.kernel_path()?)));
-        named.collect()
+        self.pipeline.as_in_training(&mut self.ops, |ops| {
+            let named = ops
+                .iter()
+                .filter_map(|op| Some((op.layer().name().to_string(), op.kernel_path()?)));
+            named.collect()
+        })
     }
 
     /// The layer that applied layer `i` itself in the last pass (a fused ReLU or max pool;

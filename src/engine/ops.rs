@@ -5,6 +5,7 @@
 use crate::kernels::batchnorm::FastBatchNorm;
 use crate::kernels::conv::{FastConv, WeightGrad};
 use crate::kernels::linear::FastLinear;
+use crate::kernels::winograd::Tile;
 use crate::kernels::{pool, sum_chunk_grads, Scratch};
 use crate::nn::dropout::GROUP;
 use crate::nn::{
@@ -226,9 +227,20 @@ impl Op for ConvOp {
         true
     }
     fn kernel_path(&self) -> Option<String> {
-        let winograd = match (self.fast.winograd(), self.fast.winograd_dx()) {
-            (true, true) => Some("forward and input gradient as Winograd F(2x2, 3x3)"),
-            (true, false) => Some("forward as Winograd F(2x2, 3x3)"),
+        let name = |t: Tile| match t {
+            Tile::F2 => "Winograd F(2x2, 3x3)",
+            Tile::F4 => "Winograd F(4x4, 3x3)",
+        };
+        let winograd = match (self.fast.forward_tile(), self.fast.dx_tile()) {
+            (Some(f), Some(d)) if f == d => {
+                Some(format!("forward and input gradient as {}", name(f)))
+            }
+            (Some(f), Some(d)) => Some(format!(
+                "forward as {}, input gradient as {}",
+                name(f),
+                name(d)
+            )),
+            (Some(f), None) => Some(format!("forward as {}", name(f))),
             _ => None,
         };
         let dw = match self.fast.weight_grad() {
@@ -238,7 +250,7 @@ impl Op for ConvOp {
             }
             WeightGrad::ShiftedDots => None,
         };
-        let named: Vec<&str> = winograd.into_iter().chain(dw).collect();
+        let named: Vec<String> = winograd.into_iter().chain(dw.map(String::from)).collect();
         (!named.is_empty()).then(|| named.join(", "))
     }
     fn prepare(&mut self, mode: Mode) {

@@ -225,6 +225,23 @@ impl Pipeline {
         self.fused_now = fuse.then_some(mode);
     }
 
+    /// What `f` sees of `ops` with the fusions of training passes on (a conv's Winograd
+    /// tile depends on whether it pools), the fusions then put back as they were.
+    pub fn as_in_training<T>(
+        &mut self,
+        ops: &mut [Box<dyn Op>],
+        f: impl FnOnce(&[Box<dyn Op>]) -> T,
+    ) -> T {
+        let before = self.fused_now;
+        self.set_fusion(ops, true, Mode::Train);
+        let out = f(ops);
+        match before {
+            Some(mode) => self.set_fusion(ops, true, mode),
+            None => self.set_fusion(ops, false, Mode::Train),
+        }
+        out
+    }
+
     /// The layer that applied layer `i` itself in the last pass (a fused ReLU or max pool;
     /// a skipped flatten gives the layer before it), or `None` if layer `i` ran.
     pub fn applied_by(&self, i: usize) -> Option<usize> {

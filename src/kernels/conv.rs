@@ -19,7 +19,7 @@ use super::gemm::sgemm;
 use super::im2col::{col2im, pad_whole, unfold_chunk, unpad_from, wide_col2im, ConvLayout};
 use super::pool::{max_pool_2x2, unpool_2x2};
 use super::simd::{self, round_up, Isa, MAX_LANES};
-use super::winograd::{self, Finish, Source};
+use super::winograd::{self, Finish, Source, Tile};
 use super::winograd_dw;
 use super::{grow, sum, Scratch};
 use crate::nn::{ConvShape, Mode};
@@ -76,6 +76,9 @@ pub struct FastConv {
     /// (pad <= 2) the input gradient run as Winograd F(2x2, 3x3) (`winograd.rs`); the
     /// weight gradient has its own choice (`dw`).
     winograd: bool,
+    /// Whether planes of whole 4x4 tiles run F(4x4, 3x3) instead (`winograd4.rs`): on
+    /// unless `CONVNET_WINOGRAD=f2`.
+    four: bool,
     /// The weights transformed for it, forward and for the input gradient (`prepare`).
     wino_u: Vec<f32>,
     wino_back: Vec<f32>,
@@ -166,6 +169,7 @@ impl FastConv {
             back_offsets: g.tap_offsets().iter().map(|o| -o).collect(),
             weight_t: Vec::new(),
             winograd: direct.is_some() && wants_winograd(&g),
+            four: winograd::four_allowed(),
             wino_u: Vec::new(),
             wino_back: Vec::new(),
             dw: default_weight_grad(&g, direct),
@@ -220,6 +224,33 @@ impl FastConv {
         self.winograd
     }
 
+    /// Lets planes of whole 4x4 tiles run Winograd F(4x4, 3x3) while `on` (the default
+    /// unless `CONVNET_WINOGRAD=f2`), else F(2x2, 3x3) everywhere.
+    pub fn set_winograd_four(&mut self, on: bool) {
+        self.four = on;
+    }
+
+    /// The Winograd algorithm of the forward pass as the layer stands, if any: F(4x4, 3x3)
+    /// for output planes of whole 4x4 tiles, else F(2x2, 3x3).
+    pub fn forward_tile(&self) -> Option<Tile> {
+        let g = &self.shape;
+        self.winograd.then(|| self.tile_for(g.out_h, g.out_w))
+    }
+
+    /// The same for the input gradient (`winograd_dx`), whose output planes are the input's.
+    pub fn dx_tile(&self) -> Option<Tile> {
+        let g = &self.shape;
+        self.winograd_dx().then(|| self.tile_for(g.in_h, g.in_w))
+    }
+
+    fn tile_for(&self, h: usize, w: usize) -> Tile {
+        if self.four && Tile::F4.fits(h, w) {
+            Tile::F4
+        } else {
+            Tile::F2
+        }
+    }
+
     /// Chooses the direct path on vector unit `isa` (one of `simd::supported()`, stride 1
     /// only) or, with `None`, im2col + GEMM. Tests and benchmarks compare them; otherwise
     /// the default, the widest unit, stays. Refuses what this CPU or shape cannot run.
@@ -271,11 +302,11 @@ impl FastConv {
             return;
         }
         let (g, taps) = (&self.shape, self.offsets.len());
-        if self.winograd {
-            winograd::transform_weights(weight, g.out_c, g.in_c, false, &mut self.wino_u);
+        if let Some(tile) = self.forward_tile() {
+            tile.transform_weights(weight, g.out_c, g.in_c, false, &mut self.wino_u);
         }
-        if self.winograd_dx() {
-            winograd::transform_weights(weight, g.out_c, g.in_c, true, &mut self.wino_back);
+        if let Some(tile) = self.dx_tile() {
+            tile.transform_weights(weight, g.out_c, g.in_c, true, &mut self.wino_back);
         }
         self.weight_t.resize(weight.len(), 0.0);
         for (o, w) in weight.chunks(g.in_c * taps).enumerate() {
@@ -424,7 +455,8 @@ impl FastConv {
         let padded_len = nb * g.in_c * plane;
         // Two rows of slack: the pooling reads whole vectors past the last plane's end; the
         // Winograd input transform reads past it as well.
-        let room = winograd::convolve_room((g.out_h, g.out_w), g.padded_w(), plane);
+        let tile = self.forward_tile().unwrap_or(Tile::F2);
+        let room = winograd::convolve_room(tile, (g.out_h, g.out_w), g.padded_w(), plane);
         grow(
             &mut s.work,
             padded_len + (g.out_c * img + 2 * MAX_LANES).max(room),
@@ -433,7 +465,7 @@ impl FastConv {
             pad_whole(g, self.direct, x, p);
         }
         if self.winograd {
-            return self.winograd_forward(isa, b, &s.work, nb, y, &mut s.indices, train);
+            return self.winograd_forward(isa, tile, b, &s.work, nb, y, &mut s.indices, train);
         }
         let (padded, block) = s.work.split_at_mut(padded_len);
         let rows = g.out_c;
@@ -449,12 +481,13 @@ impl FastConv {
         }
     }
 
-    /// The forward pass of a chunk as Winograd F(2x2, 3x3), bias, ReLU and pool included,
+    /// The forward pass of a chunk as Winograd (`tile`), bias, ReLU and pool included,
     /// from the `nb` padded images at the start of `padded`.
     #[allow(clippy::too_many_arguments)]
     fn winograd_forward(
         &self,
         isa: Isa,
+        tile: Tile,
         bias: &[f32],
         padded: &[f32],
         nb: usize,
@@ -478,6 +511,7 @@ impl FastConv {
         let (u, out) = (&self.wino_u, (g.out_h, g.out_w));
         winograd::convolve(
             isa,
+            tile,
             padded,
             src,
             image,
@@ -487,6 +521,10 @@ impl FastConv {
             g.out_c,
             out,
             |i, p| {
+                if !self.pool {
+                    let planes = &mut y[i * g.out_c * plane..][..g.out_c * plane];
+                    return p.planes(0, bias, self.relu, planes);
+                }
                 for (o, &bias) in bias.iter().enumerate() {
                     let k = i * g.out_c + o;
                     let arg = if keep_arg {
@@ -626,8 +664,10 @@ impl FastConv {
         let dyw_len = nb * g.out_c * row;
         // The Winograd input gradient reads past the last gradient row (into `dxw`), its
         // weight gradient past the last padded image (into the rest of `s.work`).
-        let room = margin + winograd::convolve_room((g.in_h, g.in_w), g.padded_w(), row);
-        let x_room = winograd::convolve_room((g.out_h, g.out_w), g.padded_w(), plane);
+        let dx_tile = self.dx_tile().unwrap_or(Tile::F2);
+        let room = margin + winograd::convolve_room(dx_tile, (g.in_h, g.in_w), g.padded_w(), row);
+        // The weight gradient's transforms are F(2x2).
+        let x_room = winograd::convolve_room(Tile::F2, (g.out_h, g.out_w), g.padded_w(), plane);
         grow(&mut s.work, padded_len + x_room);
         BACKWARD.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -726,7 +766,7 @@ impl FastConv {
             *d = rows.map(sum).sum();
         }
         let Some(dx) = dx else { return };
-        if self.winograd_dx() {
+        if let Some(tile) = self.dx_tile() {
             // The same convolution of dy, padded by 2 - pad, with the kernels flipped and the
             // channels swapped (`wino_back`). The wide layout holds dy padded already: its
             // margins and the zeros past each row's `out_w` values are the padding.
@@ -737,14 +777,12 @@ impl FastConv {
                 row: wp,
             };
             let (u, out, hw) = (&self.wino_back, (g.in_h, g.in_w), g.in_h * g.in_w);
-            let finish = Finish {
-                relu: false,
-                pool: None,
-            };
+            let no_bias = vec![0.0; g.in_c];
             let image = g.out_c * row;
             let rest = &wide[..];
             winograd::convolve(
                 isa,
+                tile,
                 rest,
                 src,
                 image,
@@ -754,10 +792,12 @@ impl FastConv {
                 g.in_c,
                 out,
                 |i, p| {
-                    for c in 0..g.in_c {
-                        let k = i * g.in_c + c;
-                        p.plane(c, 0.0, finish, &mut dx[k * hw..][..hw], &mut []);
-                    }
+                    p.planes(
+                        0,
+                        &no_bias,
+                        false,
+                        &mut dx[i * g.in_c * hw..][..g.in_c * hw],
+                    )
                 },
             );
             return;

@@ -251,6 +251,8 @@ pub(crate) trait Lanes {
     unsafe fn indices(from: &[u32; MAX_LANES]) -> Self::Idx;
     /// Lane `j` of the result is lane `idx[j]` of `v` (`idx[j] < LANES`).
     unsafe fn permute(v: Self::V, idx: Self::Idx) -> Self::V;
+    /// Lane `j` of the result is lane `idx[j]` of `a` followed by `b` (`idx[j] < 2 LANES`).
+    unsafe fn permute2(a: Self::V, b: Self::V, idx: Self::Idx) -> Self::V;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -431,6 +433,10 @@ mod x86 {
         unsafe fn permute(v: __m512, idx: __m512i) -> __m512 {
             _mm512_permutexvar_ps(idx, v)
         }
+        #[inline(always)]
+        unsafe fn permute2(a: __m512, b: __m512, idx: __m512i) -> __m512 {
+            _mm512_permutex2var_ps(a, idx, b)
+        }
     }
 
     impl Lanes for Avx2 {
@@ -548,6 +554,17 @@ mod x86 {
         #[inline(always)]
         unsafe fn permute(v: __m256, idx: __m256i) -> __m256 {
             _mm256_permutevar8x32_ps(v, idx)
+        }
+        #[inline(always)]
+        unsafe fn permute2(a: __m256, b: __m256, idx: __m256i) -> __m256 {
+            // No two-source permute: each source's lanes (the low three bits), then `b`'s
+            // where the index is 8 or more.
+            let from_b = _mm256_castsi256_ps(_mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7)));
+            _mm256_blendv_ps(
+                _mm256_permutevar8x32_ps(a, idx),
+                _mm256_permutevar8x32_ps(b, idx),
+                from_b,
+            )
         }
     }
 }

@@ -34,7 +34,57 @@
 
 use super::conv_direct::{shifted_sum, Planes};
 use super::simd::{call_isa_copy, isa_copies, prefetch_write, round_up, Isa, Lanes, MAX_LANES};
+use super::winograd4;
 use std::cell::RefCell;
+
+/// Which Winograd algorithm `convolve` runs: F(2x2, 3x3) (this file) or F(4x4, 3x3)
+/// (`winograd4.rs`, for planes of whole 4x4 tiles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    F2,
+    F4,
+}
+
+impl Tile {
+    /// Outputs along each side of a tile.
+    pub fn side(self) -> usize {
+        match self {
+            Tile::F2 => 2,
+            Tile::F4 => 4,
+        }
+    }
+
+    /// Values of a transformed tile: products per (input, output) channel pair.
+    pub fn positions(self) -> usize {
+        (self.side() + 2) * (self.side() + 2)
+    }
+
+    /// The tiles covering an `out_h` x `out_w` plane: (tile rows, tile columns).
+    pub fn grid(self, out_h: usize, out_w: usize) -> (usize, usize) {
+        (out_h.div_ceil(self.side()), out_w.div_ceil(self.side()))
+    }
+
+    /// Whether an `out_h` x `out_w` plane is whole tiles (F(4x4) needs it: its module
+    /// says why).
+    pub fn fits(self, out_h: usize, out_w: usize) -> bool {
+        self == Tile::F2 || (out_h.is_multiple_of(4) && out_w.is_multiple_of(4))
+    }
+
+    /// The weights' transform (`transform_weights` or F(4x4)'s).
+    pub fn transform_weights(
+        self,
+        w: &[f32],
+        out_c: usize,
+        in_c: usize,
+        flip: bool,
+        u: &mut Vec<f32>,
+    ) {
+        match self {
+            Tile::F2 => transform_weights(w, out_c, in_c, flip, u),
+            Tile::F4 => winograd4::transform_weights(w, out_c, in_c, flip, u),
+        }
+    }
+}
 
 /// Where one image's zero-padded planes sit in a slice: padded value (row `r`, column
 /// `c`) of plane `k` is at `start + k * plane + r * row + c`. The kernels read whole
@@ -64,6 +114,16 @@ pub fn allowed() -> bool {
             v.to_ascii_lowercase().as_str(),
             "off" | "0" | "no" | "false"
         )
+    })
+}
+
+/// Whether planes of whole 4x4 tiles may run F(4x4, 3x3): yes unless `CONVNET_WINOGRAD=f2`
+/// (F(2x2, 3x3) everywhere, to measure or rule out the larger tiles). Read once per process.
+pub fn four_allowed() -> bool {
+    static FOUR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FOUR.get_or_init(|| {
+        let v = std::env::var("CONVNET_WINOGRAD").unwrap_or_default();
+        !matches!(v.to_ascii_lowercase().as_str(), "f2" | "2x2")
     })
 }
 
@@ -194,7 +254,7 @@ unsafe fn close_up<S: Lanes>(tw: usize) -> S::Idx {
 /// The inverse of `close_up`: lanes `tw..2 tw` (the second tile row's tiles, as loaded)
 /// up to `half..half + tw`.
 #[inline(always)]
-unsafe fn open_up<S: Lanes>(tw: usize) -> S::Idx {
+pub(super) unsafe fn open_up<S: Lanes>(tw: usize) -> S::Idx {
     let half = S::LANES / 2;
     lanes::<S>(|j| if j < half { j } else { j - half + tw })
 }
@@ -474,15 +534,16 @@ thread_local! {
     static BUFFERS: RefCell<[Vec<f32>; 2]> = const { RefCell::new([Vec::new(), Vec::new()]) };
 }
 
-/// One Winograd convolution over `images` images: image `i`'s `planes` padded input
-/// planes are at `src` moved on by `i * image_len` (with room after the last one for
-/// whole-vector reads: `convolve_room`); `u` is from `transform_weights`, with `rows`
-/// output planes of size `out`. Once image `i`'s products are ready, `write(i, products)`
+/// One Winograd convolution (`tile`) over `images` images: image `i`'s `planes` padded
+/// input planes are at `src` moved on by `i * image_len` (with room after the last one for
+/// whole-vector reads: `convolve_room`); `u` is from `tile.transform_weights`, with `rows`
+/// output planes of size `out` (whole tiles for F(4x4)). Once image `i`'s products are ready, `write(i, products)`
 /// turns them into its output planes (`Products::plane`). Images go in groups of about
 /// 200 tiles, so each product is long enough for the vector kernel's blocks.
 #[allow(clippy::too_many_arguments)]
 pub fn convolve(
     isa: Isa,
+    tile: Tile,
     x: &[f32],
     src: Source,
     image_len: usize,
@@ -493,17 +554,29 @@ pub fn convolve(
     out: (usize, usize),
     mut write: impl FnMut(usize, &Products),
 ) {
+    let positions = tile.positions();
     assert_eq!(
         u.len(),
-        16 * rows * planes,
+        positions * rows * planes,
         "transformed weights of another shape"
     );
-    let grid = tiles(out.0, out.1);
+    assert!(
+        tile.fits(out.0, out.1),
+        "{out:?} is not whole {tile:?} tiles"
+    );
+    let grid = tile.grid(out.0, out.1);
     let per_image = grid.0 * grid.1;
     if per_image == 0 {
         return;
     }
-    let group = 192usize.div_ceil(per_image).clamp(1, images.max(1));
+    // F(4x4)'s tiles are 2.25 times larger: the same 192 tiles would make its buffers
+    // 2.25 times larger too (1.4 MB for cnn-plus's conv2, most of an L2). 96: conv kernels'
+    // profile share 50.4 / 49.9% of a real epoch against 50.5 / 50.5% for 192.
+    let target = match tile {
+        Tile::F2 => 192usize,
+        Tile::F4 => 96,
+    };
+    let group = target.div_ceil(per_image).clamp(1, images.max(1));
     BUFFERS.with(|b| {
         let mut b = b.borrow_mut();
         let [v, m] = &mut *b;
@@ -512,16 +585,16 @@ pub fn convolve(
             let count = group.min(images - first);
             let n = count * per_image;
             let ld = round_up(n);
-            // Each tile's 16 values lie `vstride` (`mstride`) apart: 16 streams, kept off
+            // Each tile's values lie `vstride` (`mstride`) apart: 16 (36) streams, kept off
             // multiples of 4 KiB so they cannot crowd into a few L1 sets (no measurable
             // change on the CPU measured; a precaution for others).
             let (vstride, mstride) = (planes * ld + MAX_LANES, rows * ld + MAX_LANES);
-            if v.len() < 16 * vstride + MAX_LANES {
-                v.resize(16 * vstride + MAX_LANES, 0.0);
+            if v.len() < positions * vstride + MAX_LANES {
+                v.resize(positions * vstride + MAX_LANES, 0.0);
             }
             // Slack: the output transform reads whole vectors past the last tile.
-            if m.len() < 16 * mstride + 2 * MAX_LANES {
-                m.resize(16 * mstride + 2 * MAX_LANES, 0.0);
+            if m.len() < positions * mstride + 2 * MAX_LANES {
+                m.resize(positions * mstride + 2 * MAX_LANES, 0.0);
             }
             // The products read and write whole vectors from each plane's start: from a
             // 64-byte boundary none of them straddles a cache line.
@@ -531,9 +604,13 @@ pub fn convolve(
                     start: src.start + (first + i) * image_len,
                     ..src
                 };
-                input_kernel(isa, x, s, planes, grid, (v, ld, vstride), i * per_image);
+                let vs = (&mut *v, ld, vstride);
+                match tile {
+                    Tile::F2 => input_kernel(isa, x, s, planes, grid, vs, i * per_image),
+                    Tile::F4 => winograd4::input_kernel(isa, x, s, planes, grid, vs, i * per_image),
+                }
             }
-            for xi in 0..16 {
+            for xi in 0..positions {
                 let vx = Planes {
                     data: v,
                     start: xi * vstride,
@@ -547,6 +624,7 @@ pub fn convolve(
             for i in 0..count {
                 let p = Products {
                     isa,
+                    tile,
                     m,
                     ld,
                     mstride,
@@ -567,15 +645,21 @@ pub(super) fn aligned(buf: &mut [f32]) -> &mut [f32] {
     &mut buf[skew..]
 }
 
-/// Values a caller of `convolve` must leave readable after its last image's last plane
-/// (beyond `plane` values), for the input transform's whole-vector reads.
-pub fn convolve_room(out: (usize, usize), row: usize, plane: usize) -> usize {
-    reach(tiles(out.0, out.1), row).saturating_sub(plane)
+/// Values a caller of `convolve` (`tile`) must leave readable after its last image's last
+/// plane (beyond `plane` values), for the input transform's whole-vector reads.
+pub fn convolve_room(tile: Tile, out: (usize, usize), row: usize, plane: usize) -> usize {
+    let grid = tile.grid(out.0, out.1);
+    match tile {
+        Tile::F2 => reach(grid, row),
+        Tile::F4 => winograd4::reach(grid, row),
+    }
+    .saturating_sub(plane)
 }
 
 /// One image's products, ready to be turned into output planes.
 pub struct Products<'a> {
     isa: Isa,
+    tile: Tile,
     m: &'a [f32],
     ld: usize,
     mstride: usize,
@@ -590,7 +674,33 @@ impl Products<'_> {
     pub fn plane(&self, r: usize, bias: f32, finish: Finish, y: &mut [f32], arg: &mut [u32]) {
         assert!((r + 1) * self.ld <= self.mstride);
         let (start, stride) = (r * self.ld + self.at, self.mstride);
-        let (m, grid, out) = (self.m, self.grid, self.out);
-        output_kernel(self.isa, m, start, stride, grid, out, bias, finish, y, arg);
+        let (isa, m, grid, out) = (self.isa, self.m, self.grid, self.out);
+        match self.tile {
+            Tile::F2 => output_kernel(isa, m, start, stride, grid, out, bias, finish, y, arg),
+            Tile::F4 => {
+                let at = (start, self.ld, stride);
+                winograd4::output_kernel(isa, m, at, grid, out, &[bias], finish, y, arg)
+            }
+        }
+    }
+
+    /// Output planes `first..first + bias.len()` of the image, unpooled, one after another
+    /// into `y` (a plane each `out.0 * out.1` values), each plus its `bias`.
+    pub fn planes(&self, first: usize, bias: &[f32], relu: bool, y: &mut [f32]) {
+        let plane = self.out.0 * self.out.1;
+        assert!((first + bias.len()) * self.ld <= self.mstride && y.len() >= bias.len() * plane);
+        let finish = Finish { relu, pool: None };
+        match self.tile {
+            Tile::F2 => {
+                for (r, (&b, y)) in bias.iter().zip(y.chunks_mut(plane)).enumerate() {
+                    self.plane(first + r, b, finish, y, &mut []);
+                }
+            }
+            Tile::F4 => {
+                let at = (first * self.ld + self.at, self.ld, self.mstride);
+                let (isa, m, grid, out) = (self.isa, self.m, self.grid, self.out);
+                winograd4::output_kernel(isa, m, at, grid, out, bias, finish, y, &mut [])
+            }
+        }
     }
 }

@@ -342,17 +342,18 @@ fn reference_network_backpropagation_matches_finite_differences() {
 /// The fused fast training path end to end: `train_step` on a seed-cnn-shaped network,
 /// where each conv applies its ReLU and 2x2 max pool itself and the flatten is skipped,
 /// against finite differences of the loss, on the coordinates whose nudges leave every ReLU
-/// and pool decision as it was (most of them). Twice: thin convs (direct kernels), and a
-/// 16 -> 32 second conv, wide enough that it runs as Winograd F(2x2, 3x3): forward pass,
-/// input gradient and (its outputs filling whole vectors) weight gradient.
+/// and pool decision as it was (most of them). Three times: thin convs (direct kernels); a
+/// 16 -> 32 second conv, wide enough that it runs as Winograd F(4x4, 3x3) (its 4x4 planes
+/// are one tile): forward pass with the pool fused, input gradient and (its outputs filling
+/// whole vectors) the Winograd weight gradient; and the same without the second pool.
 #[test]
 fn fused_fast_training_step_matches_finite_differences() {
-    for widths in [(4, 5), (16, 32)] {
-        fused_step_gradient_check(widths);
+    for (widths, pool2) in [((4, 5), true), ((16, 32), true), ((16, 32), false)] {
+        fused_step_gradient_check(widths, pool2);
     }
 }
 
-fn fused_step_gradient_check((c1, c2): (usize, usize)) {
+fn fused_step_gradient_check((c1, c2): (usize, usize), pool2: bool) {
     let text = r#"
         name = "mini-seed"
         input = [1, 8, 8]
@@ -397,11 +398,24 @@ fn fused_step_gradient_check((c1, c2): (usize, usize)) {
         type = "linear"
         out_features = 10
         "#;
-    let text = text
+    let mut text = text
         .replace("C1", &c1.to_string())
         .replace("C2", &c2.to_string());
+    if !pool2 {
+        let pool = "[[layers]]\n        name = \"pool2\"\n        type = \"max_pool2d\"\n        kernel = 2\n";
+        assert!(text.contains(pool));
+        text = text.replace(pool, "");
+    }
     let spec = ModelSpec::from_toml(&text, "test").unwrap();
     let mut net = Network::build_on(&spec, Engine::Fast).unwrap();
+    if c2 == 32 {
+        let paths = net.kernel_paths();
+        let want = "forward and input gradient as Winograd F(4x4, 3x3)";
+        assert!(
+            paths.iter().any(|(l, p)| l == "conv2" && p.contains(want)),
+            "{paths:?}"
+        );
+    }
     net.initialize(&mut rng(11), None);
     let mut r = rng(15);
     let n = 3;
@@ -411,7 +425,12 @@ fn fused_step_gradient_check((c1, c2): (usize, usize)) {
     net.input_mut(n).copy_from_slice(&x);
     net.train_step(&labels);
     // Every ReLU and pool ran inside its conv, and the flatten was skipped.
-    for (i, host) in [(1, 0), (2, 0), (4, 3), (5, 3), (6, 3)] {
+    let fused: &[(usize, usize)] = if pool2 {
+        &[(1, 0), (2, 0), (4, 3), (5, 3), (6, 3)]
+    } else {
+        &[(1, 0), (2, 0), (4, 3)]
+    };
+    for &(i, host) in fused {
         assert_eq!(net.applied_by(i), Some(host), "layer {i} fused into {host}");
     }
     assert!(
@@ -419,5 +438,8 @@ fn fused_step_gradient_check((c1, c2): (usize, usize)) {
         "only {:.0}% of a parameter's coordinates stayed on their pieces",
         100.0 * share
     );
-    assert!(e < 1e-3, "widths {c1}, {c2}: worst relative error {e}");
+    assert!(
+        e < 1e-3,
+        "widths {c1}, {c2}, pool2 {pool2}: worst relative error {e}"
+    );
 }

@@ -7,6 +7,7 @@ use super::gradcheck::{CONV_CASES, POOL_CASES};
 use crate::engine::pipeline::{Alone, CHUNK};
 use crate::kernels::conv::{FastConv, WeightGrad};
 use crate::kernels::simd::{self, Isa};
+use crate::kernels::winograd::Tile;
 use crate::kernels::{sum_chunk_grads, Scratch};
 use crate::nn::{
     ActivationKind, Conv2d, ConvShape, Layer, LayerKind, Mode, Pool2d, PoolKind, PoolShape,
@@ -17,27 +18,44 @@ use crate::tensor::Tensor;
 /// The ways a convolution can run here: im2col + GEMM (`None`), and the direct path on
 /// every vector unit this CPU has (stride 1 only), with its exact shifted sums, and for
 /// 3x3 kernels with the forward pass (and for pad <= 2 the input gradient) as Winograd
-/// F(2x2, 3x3) (`winograd`), and with the weight gradient's output channels in the lanes,
-/// as dots or as Winograd (`dw`), where they fill whole vectors.
+/// F(2x2, 3x3) (`winograd`) or, where the planes are whole 4x4 tiles, F(4x4, 3x3)
+/// (`four`), and with the weight gradient's output channels in the lanes, as dots or as
+/// Winograd (`dw`), where they fill whole vectors.
 #[derive(Clone, Copy, Debug)]
 struct ConvPath {
     isa: Option<Isa>,
     winograd: bool,
+    four: bool,
     dw: WeightGrad,
 }
 
 fn conv_paths(g: &ConvShape) -> Vec<ConvPath> {
-    let path = |isa, winograd, dw| ConvPath { isa, winograd, dw };
-    let mut paths = vec![path(None, false, WeightGrad::ShiftedDots)];
+    let path = |isa, winograd, four, dw| ConvPath {
+        isa,
+        winograd,
+        four,
+        dw,
+    };
+    let mut paths = vec![path(None, false, false, WeightGrad::ShiftedDots)];
+    // F(4x4) where the forward pass's or input gradient's planes are whole 4x4 tiles.
+    let fours: &[bool] = if Tile::F4.fits(g.out_h, g.out_w) || Tile::F4.fits(g.in_h, g.in_w) {
+        &[false, true]
+    } else {
+        &[false]
+    };
     if g.stride == 1 {
         for isa in simd::supported() {
-            paths.push(path(Some(isa), false, WeightGrad::ShiftedDots));
+            paths.push(path(Some(isa), false, false, WeightGrad::ShiftedDots));
             if g.kernel == 3 {
-                paths.push(path(Some(isa), true, WeightGrad::ShiftedDots));
+                for &four in fours {
+                    paths.push(path(Some(isa), true, four, WeightGrad::ShiftedDots));
+                }
                 if g.out_c.is_multiple_of(isa.lanes()) {
                     for dw in [WeightGrad::LaneDots, WeightGrad::Winograd] {
-                        paths.push(path(Some(isa), false, dw));
-                        paths.push(path(Some(isa), true, dw));
+                        paths.push(path(Some(isa), false, false, dw));
+                        for &four in fours {
+                            paths.push(path(Some(isa), true, four, dw));
+                        }
                     }
                 }
             }
@@ -52,6 +70,7 @@ fn fast_conv_on(g: ConvShape, p: ConvPath) -> FastConv {
     fast.set_direct(p.isa).unwrap();
     fast.set_winograd(p.winograd).unwrap();
     fast.set_weight_grad(p.dw).unwrap();
+    fast.set_winograd_four(p.four);
     assert_eq!(
         (fast.direct(), fast.winograd(), fast.weight_grad()),
         (p.isa, p.winograd, p.dw)
@@ -80,6 +99,15 @@ const WIDE_CONV_CASES: &[(usize, usize, usize, usize, usize, usize, usize, usize
     // 64 outputs: the Winograd weight gradient's blocks of four vectors (13 = 6 + 6 + 1
     // input channels).
     (2, 13, 6, 7, 64, 3, 1, 1),
+    // Whole 4x4 tiles for F(4x4, 3x3): cnn-plus's conv2 (7 tiles a row: two rows a vector
+    // on AVX-512, one on AVX2); 9 tiles a row (a vector and part of one on AVX-512); pad 0
+    // (F(4x4) forward, F(2x2) input gradient) and pad 2 (the other way round); 21 images
+    // of 4 tiles each, so a group holds many images.
+    (2, 16, 28, 28, 32, 3, 1, 1),
+    (2, 8, 8, 36, 16, 3, 1, 1),
+    (3, 9, 10, 10, 8, 3, 1, 0),
+    (2, 8, 8, 12, 12, 3, 1, 2),
+    (21, 8, 8, 8, 12, 3, 1, 1),
 ];
 
 /// The fast conv over a whole batch, chunk by chunk as the engine runs it; returns y and
@@ -169,7 +197,13 @@ fn every_conv_path_matches_the_readable_conv() {
                     want_y.data.clone()
                 };
                 let e = max_rel_diff(&y, &want);
-                assert!(e < 1e-5, "{case}: forward differs by {e}");
+                // F(4x4)'s float error is about 20 times F(2x2)'s (`winograd4.rs`).
+                let tol = if fast.forward_tile() == Some(Tile::F4) {
+                    5e-5
+                } else {
+                    1e-5
+                };
+                assert!(e < tol, "{case}: forward differs by {e}");
                 let (y_eval, _) = fast_conv_forward(&mut fast, &conv, &x, g.out_len(), Mode::Eval);
                 assert_eq!(y_eval, y, "{case}: evaluation forward differs");
                 // The fused ReLU's backward: the gradient passes where the output is positive.
@@ -239,10 +273,17 @@ fn a_weight_gradient_path_the_shape_cannot_run_is_refused() {
 /// A conv with the ReLU and max pool after it fused gives the same bits as the conv
 /// unfused, then `nn::Activation` and `nn::Pool2d`, ties included: inputs and weights are
 /// small integers, so many windows hold equal values, and each window's first position must
-/// win. Stride 2 runs im2col + GEMM with the plain column layout.
+/// win. Stride 2 runs im2col + GEMM with the plain column layout. 8x12 and 8x40 planes are
+/// whole 4x4 tiles, for F(4x4, 3x3)'s pool (four windows a tile; 10 tiles a row take one
+/// AVX-512 vector and part of another).
 #[test]
 fn a_conv_with_its_relu_and_max_pool_fused_matches_the_separate_layers() {
-    let (n, c, h, w) = (11, 2, 7, 6);
+    for (n, c, h, w) in [(11, 2, 7, 6), (5, 2, 8, 12), (3, 2, 8, 40)] {
+        fused_pool_matches_separate_layers(n, c, h, w);
+    }
+}
+
+fn fused_pool_matches_separate_layers(n: usize, c: usize, h: usize, w: usize) {
     let x: Vec<f32> = (0..n * c * h * w).map(|i| ((i * 7) % 3) as f32).collect();
     let x = Tensor::from_vec(&[n, c, h, w], x);
     for (k, pad, stride) in [(1, 0, 1), (3, 1, 1), (2, 0, 1), (3, 1, 2), (1, 0, 2)] {
@@ -258,7 +299,9 @@ fn a_conv_with_its_relu_and_max_pool_fused_matches_the_separate_layers() {
         let dy: Vec<f32> = (0..n * pooled_len).map(|i| 1.0 + i as f32).collect();
         for path in conv_paths(&g) {
             for relu in [false, true] {
-                let case = format!("kernel {k} pad {pad} stride {stride} on {path:?}, ReLU {relu}");
+                let case = format!(
+                    "{h}x{w}, kernel {k} pad {pad} stride {stride} on {path:?}, ReLU {relu}"
+                );
                 // The separate layers: the fast conv alone, then the readable ReLU and pool.
                 let mut plain = fast_conv_on(g, path);
                 let (y1, mut s1) =

@@ -1,0 +1,507 @@
+//! Winograd F(4x4, 3x3) (Lavin & Gray 2015, points 0, ±1, ±2): 4x4 outputs a tile from 6x6
+//! inputs, 36 multiplications per (input, output) channel pair instead of F(2x2, 3x3)'s 16
+//! for a quarter as many outputs: 2.25 an output against 4, and the transformed inputs and
+//! products shrink in the same ratio. `winograd.rs` runs it through the same `convolve`
+//! for the forward pass and input gradient of layers whose planes are whole tiles (sides
+//! multiples of 4, `conv.rs`), with the ReLU and 2x2 max pool on the way out; the readable
+//! reference is `nn::Conv2d`.
+//!
+//! ```text
+//! Y (4x4) = A^T [ U ⊙ V ] A,   U = G g G^T (6x6),   V = B^T d B (6x6)
+//!
+//! B^T = | 4  0 -5  0  1  0 |   G = |  1/4     0     0   |   A^T = | 1  1  1  1  1  0 |
+//!       | 0 -4 -4  1  1  0 |       | -1/6  -1/6  -1/6  |         | 0  1 -1  2 -2  0 |
+//!       | 0  4 -4 -1  1  0 |       | -1/6   1/6  -1/6  |         | 0  1  1  4  4  0 |
+//!       | 0 -2 -1  2  1  0 |       |  1/24  1/12  1/6  |         | 0  1 -1  8 -8  1 |
+//!       | 0  2 -1 -2  1  0 |       |  1/24 -1/12  1/6  |
+//!       | 0  4  0 -5  0  1 |       |  0      0     1   |
+//! ```
+//!
+//! **Float error.** The larger coefficients cost accuracy: simulated in float32 against
+//! float64 on uniform inputs and He-scaled weights, the largest error relative to
+//! `1 + |y|` is 1.2e-5 to 2.3e-5 for 8 to 64 input channels, about 20 times F(2x2, 3x3)'s
+//! (5.8e-7 to 8.6e-7); the points 0, ±1, 1/2, -2 halve it but need twice the transform
+//! arithmetic. The tests bound this path at 5e-5 forward (F(2x2): 1e-5) and at the other
+//! paths' 1e-4 for the input gradient.
+//!
+//! **Why whole tiles only.** With exact arithmetic an output depends only on its 3x3
+//! window, but in floats a tile's outputs 0 to 2 take rounding error from its input 4 (B^T's
+//! rows 0 to 4 read it): a tile hanging over the plane's end would mix in whatever lies
+//! past it. F(2x2)'s outputs 0 and 1 never read input 3, so its tiles may hang over.
+
+use super::simd::{call_isa_copy, isa_copies, prefetch_write, round_up, Isa, Lanes, MAX_LANES};
+use super::winograd::{open_up, Finish, Source};
+
+/// The transform matrix G (6x3), in f64: the weights are transformed once a batch.
+const G: [[f64; 3]; 6] = [
+    [0.25, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+
+/// Values read per plane from `Source::start + k * plane` by the input transform of a
+/// `grid` of tiles with rows `row` apart: rows up to `4 th + 1`, and per row whole vectors
+/// from column `4 t` to `4 t + 4 + 4 LANES` for the last block of tiles `t`.
+pub(super) fn reach(grid: (usize, usize), row: usize) -> usize {
+    (4 * grid.0 + 1) * row + 4 * round_up(grid.1) + 4
+}
+
+/// `U[ξ][row][col] = (G g G^T)[ξ]` into `u` (36 * O * C values), as
+/// `winograd::transform_weights` (the same rows, columns and `flip`).
+pub fn transform_weights(w: &[f32], out_c: usize, in_c: usize, flip: bool, u: &mut Vec<f32>) {
+    assert_eq!(w.len(), out_c * in_c * 9, "weights are not (O, C, 3, 3)");
+    let pairs = out_c * in_c;
+    u.clear();
+    u.resize(36 * pairs, 0.0);
+    for o in 0..out_c {
+        for c in 0..in_c {
+            let k = &w[(o * in_c + c) * 9..][..9];
+            let g = |a: usize, b: usize| {
+                f64::from(if flip {
+                    k[(2 - a) * 3 + 2 - b]
+                } else {
+                    k[a * 3 + b]
+                })
+            };
+            let at = if flip { c * out_c + o } else { o * in_c + c };
+            // t = G g (6x3), then U = t G^T (6x6).
+            let t: [[f64; 3]; 6] = std::array::from_fn(|i| {
+                std::array::from_fn(|j| (0..3).map(|a| G[i][a] * g(a, j)).sum())
+            });
+            for (i, t) in t.iter().enumerate() {
+                for (j, gj) in G.iter().enumerate() {
+                    let v: f64 = (0..3).map(|b| t[b] * gj[b]).sum();
+                    u[(6 * i + j) * pairs + at] = v as f32;
+                }
+            }
+        }
+    }
+}
+
+/// B^T applied to six vectors (a tile's row or column in each lane).
+#[inline(always)]
+unsafe fn bt<S: Lanes>(d: [S::V; 6]) -> [S::V; 6] {
+    let [d0, d1, d2, d3, d4, d5] = d;
+    let (d12, d34) = (S::add(d1, d2), S::add(d3, d4));
+    let (d1m2, d4m3) = (S::sub(d1, d2), S::sub(d4, d3));
+    let (d1m3, d4m2) = (S::sub(d1, d3), S::sub(d4, d2));
+    [
+        S::fma(S::splat(4.0), d0, S::fma(S::splat(-5.0), d2, d4)),
+        S::fma(S::splat(-4.0), d12, d34),
+        S::fma(S::splat(4.0), d1m2, d4m3),
+        S::fma(S::splat(-2.0), d1m3, d4m2),
+        S::fma(S::splat(2.0), d1m3, d4m2),
+        S::fma(S::splat(4.0), d1, S::fma(S::splat(-5.0), d3, d5)),
+    ]
+}
+
+/// A^T applied to six vectors.
+#[inline(always)]
+unsafe fn at<S: Lanes>(p: [S::V; 6]) -> [S::V; 4] {
+    let [p0, p1, p2, p3, p4, p5] = p;
+    let (t1, t2) = (S::add(p1, p2), S::sub(p1, p2));
+    let (t3, t4) = (S::add(p3, p4), S::sub(p3, p4));
+    [
+        S::add(S::add(p0, t1), t3),
+        S::fma(S::splat(2.0), t4, t2),
+        S::fma(S::splat(4.0), t3, t1),
+        S::add(S::fma(S::splat(8.0), t4, t2), p5),
+    ]
+}
+
+/// `V[ξ][k][at + tile] = (B^T d B)[ξ]` for every tile `d` of plane `k < planes`, as
+/// `winograd::input_kernel` with 36 positions `vstride` apart.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn input_kernel(
+    isa: Isa,
+    x: &[f32],
+    src: Source,
+    planes: usize,
+    grid: (usize, usize),
+    (v, ld, vstride): (&mut [f32], usize, usize),
+    at: usize,
+) {
+    let (th, tw) = grid;
+    assert!(planes == 0 || src.start + (planes - 1) * src.plane + reach(grid, src.row) <= x.len());
+    assert!(at + th * tw <= ld && planes * ld <= vstride && v.len() >= 36 * vstride);
+    // SAFETY: the reads of `x` stay within `reach` of each plane's start, checked above;
+    // every store into `v` is cut at the tile row's end, inside the plane (checked above).
+    unsafe {
+        let args = (
+            x.as_ptr(),
+            src,
+            planes,
+            grid,
+            (v.as_mut_ptr(), ld, vstride),
+            at,
+        );
+        call_isa_copy!(isa, input_avx512, input_avx2(args))
+    }
+}
+
+type InputArgs = (
+    *const f32,
+    Source,
+    usize,
+    (usize, usize),
+    (*mut f32, usize, usize),
+    usize,
+);
+
+isa_copies!(input_avx512, input_avx2 = input_tiles(args: InputArgs));
+
+#[inline(always)]
+unsafe fn input_tiles<S: Lanes>(args: InputArgs) {
+    if args.3 .1 <= S::LANES / 2 {
+        input_rows::<S, true>(args)
+    } else {
+        input_rows::<S, false>(args)
+    }
+}
+
+/// Two-source lane indices (`Lanes::permute2`), clamped to the two vectors.
+#[inline(always)]
+unsafe fn pair_lanes<S: Lanes>(from: impl Fn(usize) -> usize) -> S::Idx {
+    let mut idx = [0u32; MAX_LANES];
+    for (j, v) in idx.iter_mut().enumerate() {
+        *v = from(j).min(2 * S::LANES - 1) as u32;
+    }
+    S::indices(&idx)
+}
+
+/// The input transform, a tile row per vector, or (`PACKED`) two tile rows of at most half a
+/// vector each, the second from lane `tw` on: the tiles as they lie in `V`, so the stores
+/// need no permute. A tile's columns `4 t + j` come from two rounds of deinterleaving; the
+/// second round's indices put the lanes where they belong.
+#[inline(always)]
+unsafe fn input_rows<S: Lanes, const PACKED: bool>(args: InputArgs) {
+    // How far ahead of the stores `prefetch_write` asks for lines, in values (as F(2x2)).
+    const PF: usize = 32;
+    let (x, src, planes, (th, tw), (v, ld, step), at) = args;
+    let l = S::LANES;
+    // Lanes below `split` from the first source's even (odd) lanes, the rest from the
+    // second's: unpacked, a block's first and second halves of tiles; packed, the two rows.
+    let split = if PACKED { tw } else { l / 2 };
+    let pick = |odd: usize| {
+        pair_lanes::<S>(|j| {
+            if j < split {
+                2 * j + odd
+            } else {
+                l + 2 * (j - split) + odd
+            }
+        })
+    };
+    let (even, odd) = (pick(0), pick(1));
+    for k in 0..planes {
+        let plane = x.add(src.start + k * src.plane);
+        let vk = v.add(k * ld + at);
+        let mut ty = 0;
+        while ty < th {
+            let rows = plane.add(4 * ty * src.row);
+            let both = PACKED && ty + 1 < th;
+            let second = if both { rows.add(4 * src.row) } else { rows };
+            let mut t = 0;
+            while t < tw {
+                // B along each of the six input rows: h[i][j] from columns 4 t + j.
+                let h: [[S::V; 6]; 6] = std::array::from_fn(|i| {
+                    let p = rows.add(i * src.row + 4 * t);
+                    let q = if PACKED {
+                        second.add(i * src.row)
+                    } else {
+                        p.add(2 * l)
+                    };
+                    let (e0, o0) = S::deinterleave(S::load(p), S::load(p.add(l)));
+                    let (e1, o1) = S::deinterleave(S::load(q), S::load(q.add(l)));
+                    let (f0, g0) = S::deinterleave(S::load(p.add(4)), S::load(p.add(l + 4)));
+                    let (f1, g1) = S::deinterleave(S::load(q.add(4)), S::load(q.add(l + 4)));
+                    bt::<S>([
+                        S::permute2(e0, e1, even),
+                        S::permute2(o0, o1, even),
+                        S::permute2(e0, e1, odd),
+                        S::permute2(o0, o1, odd),
+                        S::permute2(f0, f1, even),
+                        S::permute2(g0, g1, even),
+                    ])
+                });
+                let n = match (PACKED, both) {
+                    (true, true) => 2 * tw,
+                    (true, false) => tw,
+                    (false, _) => (tw - t).min(l),
+                };
+                // B^T down the columns: col[j][i] is V's value (i, j).
+                let col: [[S::V; 6]; 6] =
+                    std::array::from_fn(|j| bt::<S>(std::array::from_fn(|i| h[i][j])));
+                // The 36 streams in order from one pointer: 36 addresses kept apart were
+                // spilled to the stack and reloaded for every store. Each stream's line
+                // two vectors on is asked for as it is written (the last stream's address
+                // may lie past the buffer: never dereferenced, so `wrapping_add`).
+                let mut dst = vk.add(ty * tw + t);
+                for i in 0..6 {
+                    for c in &col {
+                        prefetch_write(dst.wrapping_add(PF));
+                        S::store_first(dst, c[i], n);
+                        dst = dst.wrapping_add(step);
+                    }
+                }
+                t += l;
+            }
+            ty += if both { 2 } else { 1 };
+        }
+    }
+}
+
+/// Output planes `r < bias.len()` of one image from the products: plane `r`'s tile `t` has
+/// its 36 values at `m[start + r * ld + ξ * stride + t]`; `A^T M A`, plus `bias[r]`,
+/// finished per `finish` (the ReLU; the 2x2 max pool, four windows a tile, the winners'
+/// positions into `arg` unless it is empty, as `winograd::Finish` says), into `y`, the
+/// planes one after another (`out` = a plane's height and width before pooling, whole
+/// tiles). All of an image's planes in one call: one plane's 49 tiles (cnn-plus's conv2)
+/// made a call short enough that its set-up showed.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn output_kernel(
+    isa: Isa,
+    m: &[f32],
+    (start, ld, stride): (usize, usize, usize),
+    grid: (usize, usize),
+    out: (usize, usize),
+    bias: &[f32],
+    finish: Finish,
+    y: &mut [f32],
+    arg: &mut [u32],
+) {
+    let (th, tw) = grid;
+    let (oh, ow) = out;
+    let planes = bias.len();
+    assert!(
+        oh == 4 * th && ow == 4 * tw && th * tw <= ld,
+        "not whole 4x4 tiles"
+    );
+    let plane = match finish.pool {
+        Some(step) => {
+            // Positions kept as floats until stored: whole numbers below 2^24.
+            assert!((oh - 1) * step + ow <= 1 << 24);
+            oh * ow / 4
+        }
+        None => oh * ow,
+    };
+    assert!(y.len() >= planes * plane);
+    assert!(arg.is_empty() || (finish.pool.is_some() && arg.len() >= planes * plane));
+    // Whole vectors read past the image's last tile: `convolve` leaves the slack.
+    assert!(
+        planes == 0 || start + (planes - 1) * ld + 35 * stride + th * tw + MAX_LANES <= m.len()
+    );
+    let pm = m[start..].as_ptr();
+    let pa = if arg.is_empty() {
+        std::ptr::null_mut()
+    } else {
+        arg.as_mut_ptr()
+    };
+    // SAFETY: checked above: reads of `m` in whole vectors up to the last tile's vector
+    // from each of its 36 planes, for each output plane; `y` and `arg` written only inside
+    // them.
+    unsafe {
+        let args = (pm, (ld, stride), grid, bias, finish, y.as_mut_ptr(), pa);
+        call_isa_copy!(isa, output_avx512, output_avx2(args))
+    }
+}
+
+type OutputArgs<'a> = (
+    *const f32,
+    (usize, usize),
+    (usize, usize),
+    &'a [f32],
+    Finish,
+    *mut f32,
+    *mut u32,
+);
+
+isa_copies!(output_avx512, output_avx2 = output_tiles(args: OutputArgs));
+
+#[inline(always)]
+unsafe fn output_tiles<S: Lanes>(args: OutputArgs) {
+    if args.2 .1 <= S::LANES / 2 {
+        output_rows::<S, true>(args)
+    } else {
+        output_rows::<S, false>(args)
+    }
+}
+
+/// The output transform, a tile row per vector, or (`PACKED`) two tile rows of at most half
+/// a vector each, as `input_rows` leaves them; the 16 results moved to the two halves of the
+/// vector (`open_up`), then each output row's four columns (or each pooled row's two)
+/// interleaved into place.
+#[inline(always)]
+unsafe fn output_rows<S: Lanes, const PACKED: bool>(args: OutputArgs) {
+    let (m, (ld, stride), (th, tw), bias, finish, y, arg) = args;
+    let open = open_up::<S>(tw);
+    let plane = if finish.pool.is_some() {
+        4 * th * tw
+    } else {
+        16 * th * tw
+    };
+    for (r, &bias) in bias.iter().enumerate() {
+        let arg = if arg.is_null() {
+            arg
+        } else {
+            arg.add(r * plane)
+        };
+        let at = (m.add(r * ld), stride);
+        output_plane::<S, PACKED>(at, (th, tw), bias, finish, open, (y.add(r * plane), arg));
+    }
+}
+
+/// One plane of `output_rows`.
+#[inline(always)]
+unsafe fn output_plane<S: Lanes, const PACKED: bool>(
+    (m, stride): (*const f32, usize),
+    (th, tw): (usize, usize),
+    bias: f32,
+    finish: Finish,
+    open: S::Idx,
+    (y, arg): (*mut f32, *mut u32),
+) {
+    let (l, half, b) = (S::LANES, S::LANES / 2, S::splat(bias));
+    let ow = 4 * tw;
+    let mut ty = 0;
+    while ty < th {
+        let both = PACKED && ty + 1 < th;
+        let mut t = 0;
+        while t < tw {
+            let at_tile = ty * tw + t;
+            // A^T down the columns (s[r][j]), then along the rows.
+            let s: [[S::V; 4]; 6] = std::array::from_fn(|j| {
+                at::<S>(std::array::from_fn(|i| {
+                    S::load(m.add((6 * i + j) * stride + at_tile))
+                }))
+            });
+            let yv: [[S::V; 4]; 4] = std::array::from_fn(|r| {
+                let row = at::<S>(std::array::from_fn(|j| s[j][r]));
+                row.map(|v| {
+                    let v = S::add(v, b);
+                    let v = if finish.relu { S::relu(v) } else { v };
+                    if PACKED {
+                        S::permute(v, open)
+                    } else {
+                        v
+                    }
+                })
+            });
+            match finish.pool {
+                None => {
+                    for (r, [y0, y1, y2, y3]) in yv.into_iter().enumerate() {
+                        // Columns 4 t + c: a block's first half of tiles in (a0, a1), its
+                        // second half (packed: the second tile row) in (a2, a3).
+                        let (p0, p1) = S::interleave(y0, y2);
+                        let (q0, q1) = S::interleave(y1, y3);
+                        let (a0, a1) = S::interleave(p0, q0);
+                        let (a2, a3) = S::interleave(p1, q1);
+                        let row = 4 * ty + r;
+                        if PACKED {
+                            put::<S, PACKED>((y, ow, 4), both, row, 0, a0, a2);
+                            put::<S, PACKED>((y, ow, 4), both, row, l, a1, a3);
+                        } else {
+                            put::<S, PACKED>((y, ow, 4), both, row, 4 * t, a0, a1);
+                            put::<S, PACKED>((y, ow, 4), both, row, 4 * t + 2 * l, a2, a3);
+                        }
+                    }
+                }
+                Some(step) => {
+                    // Each tile's four 2x2 windows: the first of tied values wins, in
+                    // row-major order (as `nn::Pool2d` and F(2x2)'s pool); the winner's
+                    // position as `row * step + column` of the unpooled plane.
+                    let pw = 2 * tw;
+                    let mut base = [0.0f32; MAX_LANES];
+                    for (j, v) in base.iter_mut().enumerate().take(l) {
+                        let (row, tile) = match (PACKED, j < half) {
+                            (true, true) => (ty, j),
+                            (true, false) => (ty + 1, j - half),
+                            (false, _) => (ty, t + j),
+                        };
+                        *v = (4 * row * step + 4 * tile) as f32;
+                    }
+                    let base = S::load(base.as_ptr());
+                    let offsets = [0.0, 1.0, step as f32, step as f32 + 1.0];
+                    for a in 0..2 {
+                        let win = |c: usize| {
+                            let cand = [
+                                yv[2 * a][2 * c],
+                                yv[2 * a][2 * c + 1],
+                                yv[2 * a + 1][2 * c],
+                                yv[2 * a + 1][2 * c + 1],
+                            ];
+                            let (mut best, mut off) = (cand[0], S::splat(0.0));
+                            for k in 1..4 {
+                                off = S::select_gt(cand[k], best, S::splat(offsets[k]), off);
+                                best = S::select_gt(cand[k], best, cand[k], best);
+                            }
+                            let at = S::splat((2 * a * step + 2 * c) as f32);
+                            (best, S::add(S::add(base, at), off))
+                        };
+                        let ((v0, q0), (v1, q1)) = (win(0), win(1));
+                        // Pooled columns 2 t + c.
+                        let (lo, hi) = S::interleave(v0, v1);
+                        let row = 2 * ty + a;
+                        put::<S, PACKED>((y, pw, 2), both, row, 2 * t, lo, hi);
+                        if !arg.is_null() {
+                            let (qlo, qhi) = S::interleave(q0, q1);
+                            let mut pos = [[0.0f32; MAX_LANES]; 2];
+                            S::store(pos[0].as_mut_ptr(), qlo);
+                            S::store(pos[1].as_mut_ptr(), qhi);
+                            let keep = |row: usize, col: usize, p: &[f32; MAX_LANES]| {
+                                let n = pw.saturating_sub(col).min(l);
+                                for (i, &p) in p[..n].iter().enumerate() {
+                                    *arg.add(row * pw + col + i) = p as u32;
+                                }
+                            };
+                            if PACKED {
+                                keep(row, 0, &pos[0]);
+                                if both {
+                                    keep(row + 2, 0, &pos[1]);
+                                }
+                            } else {
+                                keep(row, 2 * t, &pos[0]);
+                                keep(row, 2 * t + l, &pos[1]);
+                            }
+                        }
+                    }
+                }
+            }
+            t += l;
+        }
+        ty += if both { 2 } else { 1 };
+    }
+}
+
+/// Stores `lo` and `hi` into a plane `cols` wide (`to` = (its start, `cols`, rows between
+/// a tile row and the next)), cut at its end: unpacked, row `row` from column `col`, a
+/// vector each; packed, from column `col` of row `row` (the first tile row's) and, if
+/// `both`, of row `row + next` (the second's). A function: as a closure it was left as a
+/// call (0.9% of a cnn-plus training profile).
+#[inline(always)]
+unsafe fn put<S: Lanes, const PACKED: bool>(
+    (dst, cols, next): (*mut f32, usize, usize),
+    both: bool,
+    row: usize,
+    col: usize,
+    lo: S::V,
+    hi: S::V,
+) {
+    let l = S::LANES;
+    let cut = |c: usize| cols.saturating_sub(c).min(l);
+    if PACKED {
+        S::store_first(dst.add(row * cols + col), lo, cut(col));
+        if both {
+            S::store_first(dst.add((row + next) * cols + col), hi, cut(col));
+        }
+    } else {
+        if col < cols {
+            S::store_first(dst.add(row * cols + col), lo, cut(col));
+        }
+        if col + l < cols {
+            S::store_first(dst.add(row * cols + col + l), hi, cut(col + l));
+        }
+    }
+}
