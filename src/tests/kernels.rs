@@ -71,6 +71,7 @@ fn fast_conv_on(g: ConvShape, p: ConvPath) -> FastConv {
     fast.set_winograd(p.winograd).unwrap();
     fast.set_weight_grad(p.dw).unwrap();
     fast.set_winograd_four(p.four);
+    fast.set_winograd_four_pooled(p.four);
     assert_eq!(
         (fast.direct(), fast.winograd(), fast.weight_grad()),
         (p.isa, p.winograd, p.dw)
