@@ -127,12 +127,6 @@ pub fn four_allowed() -> bool {
     })
 }
 
-/// The 2x2 output tiles covering an `out_h` x `out_w` plane: (tile rows, tile columns).
-/// An odd size gets a last tile half outside, whose extra outputs are dropped.
-pub fn tiles(out_h: usize, out_w: usize) -> (usize, usize) {
-    (out_h.div_ceil(2), out_w.div_ceil(2))
-}
-
 /// `U[ξ][row][col] = (G g G^T)[ξ]` into `u` (16 * O * C values) for every kernel of the
 /// weights `w`, (O, C, 3, 3). Forward (`flip` false): rows are the output channels,
 /// columns the input channels, `g = w[o][c]`. Input gradient (`flip` true): rows are the
@@ -177,12 +171,13 @@ pub fn transform_weights(w: &[f32], out_c: usize, in_c: usize, flip: bool, u: &m
     }
 }
 
-/// `V[ξ][k][at + tile] = (B^T d B)[ξ]` for every tile `d` of plane `k < planes` of the
-/// image at `src` (tiles row by row, `grid` of them), the planes `ld` apart in `v` and the
-/// positions `ξ` `vstride` apart.
+/// `V[ξ][k][at + tile] = (B^T d B)[ξ]` (`tile`: F(2x2) here, F(4x4) in `winograd4.rs`)
+/// for every tile `d` of plane `k < planes` of the image at `src` (tiles row by row, `grid`
+/// of them), the planes `ld` apart in `v` and the positions `ξ` `vstride` apart.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn input_kernel(
     isa: Isa,
+    tile: Tile,
     x: &[f32],
     src: Source,
     planes: usize,
@@ -191,8 +186,13 @@ pub(super) fn input_kernel(
     at: usize,
 ) {
     let (th, tw) = grid;
-    assert!(planes == 0 || src.start + (planes - 1) * src.plane + reach(grid, src.row) <= x.len());
-    assert!(at + th * tw <= ld && planes * ld <= vstride && v.len() >= 16 * vstride);
+    let reach = match tile {
+        Tile::F2 => reach(grid, src.row),
+        Tile::F4 => winograd4::reach(grid, src.row),
+    };
+    assert!(planes == 0 || src.start + (planes - 1) * src.plane + reach <= x.len());
+    assert!(at + th * tw <= ld && planes * ld <= vstride);
+    assert!(v.len() >= tile.positions() * vstride);
     // SAFETY: the reads of `x` stay within `reach` of each plane's start, checked above;
     // every store into `v` is cut at the tile row's end, inside the plane (checked above).
     unsafe {
@@ -204,11 +204,14 @@ pub(super) fn input_kernel(
             (v.as_mut_ptr(), ld, vstride),
             at,
         );
-        call_isa_copy!(isa, input_avx512, input_avx2(args))
+        match tile {
+            Tile::F2 => call_isa_copy!(isa, input_avx512, input_avx2(args)),
+            Tile::F4 => winograd4::input_on(isa, args),
+        }
     }
 }
 
-type InputArgs = (
+pub(super) type InputArgs = (
     *const f32,
     Source,
     usize,
@@ -605,10 +608,7 @@ pub fn convolve(
                     ..src
                 };
                 let vs = (&mut *v, ld, vstride);
-                match tile {
-                    Tile::F2 => input_kernel(isa, x, s, planes, grid, vs, i * per_image),
-                    Tile::F4 => winograd4::input_kernel(isa, x, s, planes, grid, vs, i * per_image),
-                }
+                input_kernel(isa, tile, x, s, planes, grid, vs, i * per_image);
             }
             for xi in 0..positions {
                 let vx = Planes {

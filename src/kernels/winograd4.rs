@@ -30,7 +30,7 @@
 //! past it. F(2x2)'s outputs 0 and 1 never read input 3, so its tiles may hang over.
 
 use super::simd::{call_isa_copy, isa_copies, prefetch_write, round_up, Isa, Lanes, MAX_LANES};
-use super::winograd::{open_up, Finish, Source};
+use super::winograd::{open_up, Finish, InputArgs};
 
 /// The transform matrix G (6x3), in f64: the weights are transformed once a batch.
 const G: [[f64; 3]; 6] = [
@@ -112,46 +112,16 @@ unsafe fn at<S: Lanes>(p: [S::V; 6]) -> [S::V; 4] {
     ]
 }
 
-/// `V[ξ][k][at + tile] = (B^T d B)[ξ]` for every tile `d` of plane `k < planes`, as
-/// `winograd::input_kernel` with 36 positions `vstride` apart.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn input_kernel(
-    isa: Isa,
-    x: &[f32],
-    src: Source,
-    planes: usize,
-    grid: (usize, usize),
-    (v, ld, vstride): (&mut [f32], usize, usize),
-    at: usize,
-) {
-    let (th, tw) = grid;
-    assert!(planes == 0 || src.start + (planes - 1) * src.plane + reach(grid, src.row) <= x.len());
-    assert!(at + th * tw <= ld && planes * ld <= vstride && v.len() >= 36 * vstride);
-    // SAFETY: the reads of `x` stay within `reach` of each plane's start, checked above;
-    // every store into `v` is cut at the tile row's end, inside the plane (checked above).
-    unsafe {
-        let args = (
-            x.as_ptr(),
-            src,
-            planes,
-            grid,
-            (v.as_mut_ptr(), ld, vstride),
-            at,
-        );
-        call_isa_copy!(isa, input_avx512, input_avx2(args))
-    }
-}
-
-type InputArgs = (
-    *const f32,
-    Source,
-    usize,
-    (usize, usize),
-    (*mut f32, usize, usize),
-    usize,
-);
-
 isa_copies!(input_avx512, input_avx2 = input_tiles(args: InputArgs));
+
+/// F(4x4)'s input transform on `isa`, for `winograd::input_kernel`, which checks `args`.
+///
+/// # Safety
+/// As `winograd::input_kernel` checks: the reads within reach of each plane, the stores
+/// inside `v`, and `isa` on this CPU.
+pub(super) unsafe fn input_on(isa: Isa, args: InputArgs) {
+    call_isa_copy!(isa, input_avx512, input_avx2(args))
+}
 
 #[inline(always)]
 unsafe fn input_tiles<S: Lanes>(args: InputArgs) {

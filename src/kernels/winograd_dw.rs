@@ -25,7 +25,7 @@
 use super::conv_direct::broadcast_dots;
 use super::grow;
 use super::simd::{self, call_isa_copy, isa_copies, round_up, Isa, Lanes, MAX_LANES};
-use super::winograd::{aligned, input_kernel, tiles, Source};
+use super::winograd::{aligned, input_kernel, Source, Tile};
 use std::cell::RefCell;
 
 thread_local! {
@@ -67,7 +67,7 @@ pub fn weight_grad(
         dys.row > out.1,
         "the gradient rows need a zero past the width"
     );
-    let grid = tiles(out.0, out.1);
+    let grid = Tile::F2.grid(out.0, out.1);
     let per_image = grid.0 * grid.1;
     let positions = out.0 * dys.row;
     if images == 0 || per_image == 0 || planes == 0 || outs == 0 {
@@ -97,7 +97,8 @@ pub fn weight_grad(
                     start: src.start + (first + i) * x_image,
                     ..src
                 };
-                input_kernel(isa, x, s, planes, grid, (v, ld, vstride), i * per_image);
+                let vs = (&mut *v, ld, vstride);
+                input_kernel(isa, Tile::F2, x, s, planes, grid, vs, i * per_image);
                 let at = dys.start + (first + i) * dy_image;
                 let rows = (&dy[at..], dys.plane);
                 simd::transpose_strided(Some(isa), rows, outs, positions, (dyt, outs));
