@@ -147,27 +147,34 @@ on_best_isa! {
     ) {
         let (channels, plane) = shape;
         let samples = x.len() / (channels * plane).max(1);
+        // The chunk in memory order (samples outer): channels outer jumped a sample's
+        // length every plane. Each channel's planes are still added in sample order, so
+        // the sums are the same as summed channel by channel. (One pass for both sums, a
+        // closure returning the pair, was left scalar by the compiler.)
         sums.clear();
-        for (c, &m) in mean.iter().enumerate().take(channels) {
-            let m = m as f64;
-            let (mut sg, mut sgx) = (0.0f64, 0.0f64);
-            for s in 0..samples {
+        sums.resize(2 * channels, 0.0);
+        for s in 0..samples {
+            for (c, &m) in mean.iter().enumerate().take(channels) {
+                let m = m as f64;
                 let (xs, gs) = (plane_of(x, shape, s, c), plane_of(dy, shape, s, c));
-                match relu_of {
+                let (sg, sgx) = match relu_of {
                     Some((scale, shift)) => {
                         let (a, b) = (scale[c], shift[c]);
-                        sg += lanes_sum3(gs, xs, xs, |g, x, _| relu_grad(x * a + b, g) as f64);
-                        sgx += lanes_sum3(gs, xs, xs, |g, x, _| {
-                            relu_grad(x * a + b, g) as f64 * (x as f64 - m)
-                        });
+                        (
+                            lanes_sum3(gs, xs, xs, |g, x, _| relu_grad(x * a + b, g) as f64),
+                            lanes_sum3(gs, xs, xs, |g, x, _| {
+                                relu_grad(x * a + b, g) as f64 * (x as f64 - m)
+                            }),
+                        )
                     }
-                    None => {
-                        sg += lanes_sum(gs, |g| g as f64);
-                        sgx += lanes_sum3(gs, xs, xs, |g, x, _| g as f64 * (x as f64 - m));
-                    }
-                }
+                    None => (
+                        lanes_sum(gs, |g| g as f64),
+                        lanes_sum3(gs, xs, xs, |g, x, _| g as f64 * (x as f64 - m)),
+                    ),
+                };
+                sums[2 * c] += sg;
+                sums[2 * c + 1] += sgx;
             }
-            sums.extend([sg, sgx]);
         }
     }
 }
