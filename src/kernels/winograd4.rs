@@ -110,13 +110,11 @@ unsafe fn at<S: Lanes>(p: [S::V; 6]) -> [S::V; 4] {
 #[inline(always)]
 unsafe fn at_half<S: Lanes>(p: [S::V; 6], half: usize) -> [S::V; 2] {
     let [p0, p1, p2, p3, p4, p5] = p;
+    let (t1, t2) = (S::add(p1, p2), S::sub(p1, p2));
+    let (t3, t4) = (S::add(p3, p4), S::sub(p3, p4));
     if half == 0 {
-        let (t1, t2) = (S::add(p1, p2), S::sub(p1, p2));
-        let (t3, t4) = (S::add(p3, p4), S::sub(p3, p4));
         [S::add(S::add(p0, t1), t3), S::fma(S::splat(2.0), t4, t2)]
     } else {
-        let (t1, t2) = (S::add(p1, p2), S::sub(p1, p2));
-        let (t3, t4) = (S::add(p3, p4), S::sub(p3, p4));
         [
             S::fma(S::splat(4.0), t3, t1),
             S::add(S::fma(S::splat(8.0), t4, t2), p5),
@@ -436,7 +434,9 @@ unsafe fn output_plane<S: Lanes, const PACKED: bool>(
 /// the columns (s[j][r]), then along the rows, plus the bias, the ReLU and (packed) the
 /// lanes opened up. Half the rows at a time, reading the 36 products twice: all 16 results
 /// at once kept 40 vectors live and spilled them (the output transform was 8.7% of a
-/// cnn-plus training profile on an AMD EPYC). A function: as a closure it was not inlined.
+/// cnn-plus training profile on an AMD EPYC). Plain calls of inline functions: closures
+/// and `array::from_fn` here were left as calls, compiled without the vector unit's target
+/// features (8x slower).
 #[inline(always)]
 unsafe fn rows_half<S: Lanes, const PACKED: bool>(
     (m, stride, at_tile): (*const f32, usize, usize),
@@ -445,8 +445,6 @@ unsafe fn rows_half<S: Lanes, const PACKED: bool>(
     relu: bool,
     open: S::Idx,
 ) -> [[S::V; 4]; 2] {
-    // Plain calls of inline functions: closures and `array::from_fn` here were left as
-    // calls, compiled without the vector unit's target features.
     let at_tile = m.add(at_tile);
     let s = [
         column_half::<S>(at_tile, stride, 0, a),
