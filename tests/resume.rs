@@ -159,6 +159,36 @@ fn killed_mid_epoch_then_resumed_equals_an_uninterrupted_run() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+/// A kill between the first epoch's best model and its checkpoint leaves a folder with a
+/// metrics row and `best.safetensors` but no checkpoint: resuming starts the run again and
+/// ends as the uninterrupted one did.
+#[test]
+#[cfg_attr(
+    not(convnet_data),
+    ignore = "needs the data sets: set CONVNET_DATA=DIR"
+)]
+fn killed_before_the_first_checkpoint_then_resumed_equals_an_uninterrupted_run() {
+    let root = tempfile::tempdir().unwrap();
+    let a = reference_run(root.path());
+    let b = root.path().join("killed-early");
+    std::fs::create_dir(&b).unwrap();
+    for f in ["config.toml", "best.safetensors"] {
+        std::fs::copy(a.join(f), b.join(f)).unwrap();
+    }
+    for (f, rows) in [("metrics.csv", 2), ("steps.csv", 30)] {
+        let text = std::fs::read_to_string(a.join(f)).unwrap();
+        let head: Vec<&str> = text.lines().take(rows).collect();
+        std::fs::write(b.join(f), head.join("\n") + "\n").unwrap();
+    }
+    let o = run(&["train".into(), "--resume".into(), b.display().to_string()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_run(&a, &b);
+    assert_eq!(
+        tensors(&a.join("best.safetensors")),
+        tensors(&b.join("best.safetensors"))
+    );
+}
+
 #[test]
 #[cfg_attr(
     not(convnet_data),

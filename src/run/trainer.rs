@@ -271,18 +271,20 @@ impl Training {
         let ckpt = run_dir.join(CHECKPOINT);
         if !ckpt.exists() {
             // Stopped before its first checkpoint: start again with the same config. The
-            // logs hold rows of no epoch any checkpoint knows; anything else means the
-            // folder is not one a stopped run left.
+            // logs hold rows of no epoch any checkpoint knows, and the first epoch writes
+            // its best model just before its checkpoint, so a kill between the two leaves
+            // that too; anything else means the folder is not one a stopped run left.
+            let left = [CONFIG, METRICS, STEPS, BEST];
             if let Some(f) = run_files_in(run_dir)
                 .into_iter()
-                .find(|f| ![CONFIG, METRICS, STEPS].contains(f))
+                .find(|f| !left.contains(f))
             {
                 return Err(Error::model(
                     &run_dir.join(f),
                     format!("is there but {CHECKPOINT} is not: not a folder a stopped run left"),
                 ));
             }
-            for f in [METRICS, STEPS] {
+            for f in [METRICS, STEPS, BEST] {
                 let _ = std::fs::remove_file(run_dir.join(f));
             }
             return Training::start(&cfg, run_dir, Engine::from_env(), lock);
