@@ -237,6 +237,7 @@ impl Dataset {
         use rand::{Rng, SeedableRng};
         use rayon::prelude::*;
         let (w, h) = (self.cols, self.rows);
+        let isa = crate::kernels::simd::detect();
         labels.clear();
         labels.extend(indices.iter().map(|&i| self.labels[i as usize]));
         out.par_chunks_mut(w * h)
@@ -252,33 +253,65 @@ impl Dataset {
                 );
                 let flip = aug.flip && rng.gen::<bool>();
                 let (sin, cos) = angle.sin_cos();
-                let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
-                let img = self.image(i as usize);
-                let px = |x: i64, y: i64| -> f32 {
-                    if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
-                        0.0
-                    } else {
-                        img[y as usize * w + x as usize] as f32
-                    }
+                let warp = Warp {
+                    w,
+                    h,
+                    cos,
+                    sin,
+                    tx,
+                    ty,
+                    flip,
+                    norm,
                 };
-                for y in 0..h {
-                    for x in 0..w {
-                        // Where this output pixel comes from: the inverse of flip, rotate, shift.
-                        let xs = if flip { w - 1 - x } else { x };
-                        let (dx, dy) = (xs as f32 - cx - tx, y as f32 - cy - ty);
-                        let u = cos * dx + sin * dy + cx;
-                        let v = -sin * dx + cos * dy + cy;
-                        let (x0, y0) = (u.floor(), v.floor());
-                        let (fx, fy) = (u - x0, v - y0);
-                        let (x0, y0) = (x0 as i64, y0 as i64);
-                        let val = px(x0, y0) * (1.0 - fx) * (1.0 - fy)
-                            + px(x0 + 1, y0) * fx * (1.0 - fy)
-                            + px(x0, y0 + 1) * (1.0 - fx) * fy
-                            + px(x0 + 1, y0 + 1) * fx * fy;
-                        dst[y * w + x] = (val - norm.mean) / norm.scale;
-                    }
-                }
+                warp_image(isa, &warp, self.image(i as usize), dst);
             });
+    }
+}
+
+/// One image's random transform: flip, then rotate by the angle whose sine and cosine these
+/// are, then shift, about the image's centre.
+pub(crate) struct Warp {
+    w: usize,
+    h: usize,
+    cos: f32,
+    sin: f32,
+    tx: f32,
+    ty: f32,
+    flip: bool,
+    norm: Normalize,
+}
+
+crate::kernels::simd::on_best_isa! {
+    /// Writes the normalised, transformed image, bilinearly sampled (zero outside). Compiled
+    /// per instruction set so `floor` is one instruction, not a call into libm; the same
+    /// float operations in the same order on every copy, so the same bits.
+    fn warp_image(warp: &Warp, img: &[u8], dst: &mut [f32]) {
+        let Warp { w, h, cos, sin, tx, ty, flip, norm } = *warp;
+        let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
+        let px = |x: i64, y: i64| -> f32 {
+            if x < 0 || y < 0 || x >= w as i64 || y >= h as i64 {
+                0.0
+            } else {
+                img[y as usize * w + x as usize] as f32
+            }
+        };
+        for y in 0..h {
+            for x in 0..w {
+                // Where this output pixel comes from: the inverse of flip, rotate, shift.
+                let xs = if flip { w - 1 - x } else { x };
+                let (dx, dy) = (xs as f32 - cx - tx, y as f32 - cy - ty);
+                let u = cos * dx + sin * dy + cx;
+                let v = -sin * dx + cos * dy + cy;
+                let (x0, y0) = (u.floor(), v.floor());
+                let (fx, fy) = (u - x0, v - y0);
+                let (x0, y0) = (x0 as i64, y0 as i64);
+                let val = px(x0, y0) * (1.0 - fx) * (1.0 - fy)
+                    + px(x0 + 1, y0) * fx * (1.0 - fy)
+                    + px(x0, y0 + 1) * (1.0 - fx) * fy
+                    + px(x0 + 1, y0 + 1) * fx * fy;
+                dst[y * w + x] = (val - norm.mean) / norm.scale;
+            }
+        }
     }
 }
 
@@ -320,4 +353,49 @@ pub fn load_splits(
         test,
         source: format!("{} ({})", source.dir.display(), source.origin),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every compiled copy of the warp gives the baseline's bits, across flips, angles and
+    /// shifts that send samples off the image.
+    #[test]
+    fn every_isa_copy_of_the_warp_gives_the_same_bits() {
+        let (w, h) = (28, 28);
+        let img: Vec<u8> = (0..w * h).map(|i| (i * 37 % 251) as u8).collect();
+        let norm = Normalize {
+            mean: 33.3,
+            scale: 78.5,
+        };
+        for (k, &(deg, tx, ty)) in [(0.0f32, 0.0, 0.0), (9.7, 1.3, -2.0), (-15.0, 3.5, 0.25)]
+            .iter()
+            .enumerate()
+        {
+            let (sin, cos) = deg.to_radians().sin_cos();
+            let warp = Warp {
+                w,
+                h,
+                cos,
+                sin,
+                tx,
+                ty,
+                flip: k % 2 == 1,
+                norm,
+            };
+            let mut base = vec![0.0f32; w * h];
+            warp_image(None, &warp, &img, &mut base);
+            if deg == 0.0 {
+                let plain: Vec<f32> = img.iter().map(|&p| (p as f32 - 33.3) / 78.5).collect();
+                assert_eq!(base, plain, "no transform is the plain normalisation");
+            }
+            for isa in crate::kernels::simd::supported() {
+                let mut out = vec![1.0f32; w * h];
+                warp_image(Some(isa), &warp, &img, &mut out);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&out), bits(&base), "{isa:?}, case {k}");
+            }
+        }
+    }
 }
