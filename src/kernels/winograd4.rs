@@ -333,6 +333,30 @@ unsafe fn output_rows<S: Lanes, const PACKED: bool>(args: OutputArgs) {
     }
 }
 
+/// The largest of window `c`'s four values in two output rows `yv` (the first of tied values
+/// in row-major order) and its position: `at` plus the winner's offset. A plain function, not
+/// a closure: one the compiler keeps out of line loses the caller's instruction set.
+#[inline(always)]
+unsafe fn window<S: Lanes>(
+    yv: &[[S::V; 4]; 2],
+    c: usize,
+    offsets: &[f32; 4],
+    at: S::V,
+) -> (S::V, S::V) {
+    let cand = [
+        yv[0][2 * c],
+        yv[0][2 * c + 1],
+        yv[1][2 * c],
+        yv[1][2 * c + 1],
+    ];
+    let (mut best, mut off) = (cand[0], S::splat(0.0));
+    for k in 1..4 {
+        off = S::select_gt(cand[k], best, S::splat(offsets[k]), off);
+        best = S::select_gt(cand[k], best, cand[k], best);
+    }
+    (best, S::add(at, off))
+}
+
 /// One plane of `output_rows`.
 #[inline(always)]
 unsafe fn output_plane<S: Lanes, const PACKED: bool>(
@@ -380,22 +404,10 @@ unsafe fn output_plane<S: Lanes, const PACKED: bool>(
                     let offsets = [0.0, 1.0, step as f32, step as f32 + 1.0];
                     for a in 0..2 {
                         let yv = rows_half::<S, PACKED>(tile, a, b, finish.relu, open);
-                        let win = |c: usize| {
-                            let cand = [
-                                yv[0][2 * c],
-                                yv[0][2 * c + 1],
-                                yv[1][2 * c],
-                                yv[1][2 * c + 1],
-                            ];
-                            let (mut best, mut off) = (cand[0], S::splat(0.0));
-                            for k in 1..4 {
-                                off = S::select_gt(cand[k], best, S::splat(offsets[k]), off);
-                                best = S::select_gt(cand[k], best, cand[k], best);
-                            }
-                            let at = S::splat((2 * a * step + 2 * c) as f32);
-                            (best, S::add(S::add(base, at), off))
-                        };
-                        let ((v0, q0), (v1, q1)) = (win(0), win(1));
+                        let at = S::add(base, S::splat((2 * a * step) as f32));
+                        let (v0, q0) = window::<S>(&yv, 0, &offsets, at);
+                        let at = S::add(base, S::splat((2 * a * step + 2) as f32));
+                        let (v1, q1) = window::<S>(&yv, 1, &offsets, at);
                         // Pooled columns 2 t + c.
                         let (lo, hi) = S::interleave(v0, v1);
                         let row = 2 * ty + a;

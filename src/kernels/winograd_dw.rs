@@ -142,21 +142,26 @@ isa_copies!(finish_avx512, finish_avx2 = finish_sums(args: (*const f32, usize, u
 unsafe fn finish_sums<S: Lanes>((du, planes, outs, dwt): (*const f32, usize, usize, *mut f32)) {
     let pairs = planes * outs;
     let (zero, half) = (S::zero(), S::splat(0.5));
+    // Plain loops and indexing, no closures: a closure (or `array::from_fn`) the compiler
+    // keeps out of line is compiled without the caller's instruction set, and each vector
+    // operation in it becomes a call.
     for c in 0..planes {
         for j in (0..outs).step_by(S::LANES) {
-            let u = |i: usize, k: usize| S::load(du.add((4 * i + k) * pairs + c * outs + j));
+            let at = du.add(c * outs + j);
             // G^T down the columns: u0 + (u1 + u2) / 2, (u1 - u2) / 2, (u1 + u2) / 2 + u3;
             // then the same along each row.
-            let cols: [[S::V; 3]; 4] = std::array::from_fn(|k| {
-                let (u0, u1, u2, u3) = (u(0, k), u(1, k), u(2, k), u(3, k));
+            let mut t = [[zero; 4]; 3];
+            #[allow(clippy::needless_range_loop)] // k indexes t's inner arrays
+            for k in 0..4 {
+                let u0 = S::load(at.add(k * pairs));
+                let u1 = S::load(at.add((4 + k) * pairs));
+                let u2 = S::load(at.add((8 + k) * pairs));
+                let u3 = S::load(at.add((12 + k) * pairs));
                 let s = S::add(u1, u2);
-                [
-                    S::fma(half, s, u0),
-                    S::fma(half, S::sub(u1, u2), zero),
-                    S::fma(half, s, u3),
-                ]
-            });
-            let t: [[S::V; 4]; 3] = std::array::from_fn(|a| std::array::from_fn(|k| cols[k][a]));
+                t[0][k] = S::fma(half, s, u0);
+                t[1][k] = S::fma(half, S::sub(u1, u2), zero);
+                t[2][k] = S::fma(half, s, u3);
+            }
             for (a, t) in t.iter().enumerate() {
                 let out = dwt.add((c * 9 + a * 3) * outs + j);
                 let s = S::add(t[1], t[2]);
