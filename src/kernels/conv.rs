@@ -79,9 +79,11 @@ pub struct FastConv {
     /// Whether planes of whole 4x4 tiles run F(4x4, 3x3) instead (`winograd4.rs`): on
     /// unless `CONVNET_WINOGRAD=f2`.
     four: bool,
-    /// Whether pooled planes run F(4x4) too: off, as `convnet bench`'s evaluation passes
-    /// (conv2 pooled, batch 1000) measured 6,259-7,881 images/s against 10,361-10,553 with
-    /// F(2x2); tests turn it on to keep the path checked.
+    /// Whether pooled planes run F(4x4) too: on. It was off while its pooling built each
+    /// window in a closure the compiler kept out of line, without AVX-512 (6,259-7,881
+    /// evaluation images/s against 10,361-10,553 with F(2x2) on an Intel Xeon); as a plain
+    /// function it beat F(2x2) in each of six alternating pairs on an AMD EPYC (Zen 4),
+    /// 15,182-17,215 against 14,398-16,211. Tests turn it off to keep F(2x2)'s pool checked.
     four_pooled: bool,
     /// The weights transformed for it, forward and for the input gradient (`prepare`).
     wino_u: Vec<f32>,
@@ -174,7 +176,7 @@ impl FastConv {
             weight_t: Vec::new(),
             winograd: direct.is_some() && wants_winograd(&g),
             four: winograd::four_allowed(),
-            four_pooled: false,
+            four_pooled: true,
             wino_u: Vec::new(),
             wino_back: Vec::new(),
             dw: default_weight_grad(&g, direct),
@@ -235,7 +237,7 @@ impl FastConv {
         self.four = on;
     }
 
-    /// Lets pooled planes run F(4x4, 3x3) too while `on` (off by default: `four_pooled`).
+    /// Lets pooled planes run F(4x4, 3x3) too while `on` (the default: `four_pooled`).
     #[cfg(test)]
     pub fn set_winograd_four_pooled(&mut self, on: bool) {
         self.four_pooled = on;
