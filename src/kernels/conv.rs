@@ -76,8 +76,8 @@ pub struct FastConv {
     /// (pad <= 2) the input gradient run as Winograd F(2x2, 3x3) (`winograd.rs`); the
     /// weight gradient has its own choice (`dw`).
     winograd: bool,
-    /// Whether planes of whole 4x4 tiles run F(4x4, 3x3) instead (`winograd4.rs`): on
-    /// unless `CONVNET_WINOGRAD=f2`.
+    /// Whether planes for which it takes fewer products (`Tile::four_pays`: cnn-plus's 28x28
+    /// and 14x14) run F(4x4, 3x3) instead (`winograd4.rs`): on unless `CONVNET_WINOGRAD=f2`.
     four: bool,
     /// Whether pooled planes run F(4x4) too: on. It was off while its pooling built each
     /// window in a closure the compiler kept out of line, without AVX-512 (6,259-7,881
@@ -231,8 +231,8 @@ impl FastConv {
         self.winograd
     }
 
-    /// Lets planes of whole 4x4 tiles run Winograd F(4x4, 3x3) while `on` (the default
-    /// unless `CONVNET_WINOGRAD=f2`), else F(2x2, 3x3) everywhere.
+    /// Lets planes run Winograd F(4x4, 3x3) where it takes fewer products while `on` (the
+    /// default unless `CONVNET_WINOGRAD=f2`), else F(2x2, 3x3) everywhere.
     pub fn set_winograd_four(&mut self, on: bool) {
         self.four = on;
     }
@@ -244,7 +244,7 @@ impl FastConv {
     }
 
     /// The Winograd algorithm of the forward pass as the layer stands, if any: F(4x4, 3x3)
-    /// for output planes of whole 4x4 tiles when not pooled, else F(2x2, 3x3).
+    /// for output planes where it takes fewer products (`tile_for`), else F(2x2, 3x3).
     pub fn forward_tile(&self) -> Option<Tile> {
         let g = &self.shape;
         let four = !self.pool || self.four_pooled;
@@ -259,7 +259,7 @@ impl FastConv {
     }
 
     fn tile_for(&self, h: usize, w: usize, four: bool) -> Tile {
-        if self.four && four && Tile::F4.fits(h, w) {
+        if self.four && four && Tile::four_pays(h, w) {
             Tile::F4
         } else {
             Tile::F2

@@ -38,7 +38,7 @@ use super::winograd4;
 use std::cell::RefCell;
 
 /// Which Winograd algorithm `convolve` runs: F(2x2, 3x3) (this file) or F(4x4, 3x3)
-/// (`winograd4.rs`, for planes of whole 4x4 tiles).
+/// (`winograd4.rs`, for planes it covers with fewer products).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tile {
     F2,
@@ -64,10 +64,16 @@ impl Tile {
         (out_h.div_ceil(self.side()), out_w.div_ceil(self.side()))
     }
 
-    /// Whether an `out_h` x `out_w` plane is whole tiles (F(4x4) needs it: its module
-    /// says why).
-    pub fn fits(self, out_h: usize, out_w: usize) -> bool {
-        self == Tile::F2 || (out_h.is_multiple_of(4) && out_w.is_multiple_of(4))
+    /// Products per (input, output) channel pair for an `out_h` x `out_w` plane.
+    pub fn products(self, out_h: usize, out_w: usize) -> usize {
+        let (th, tw) = self.grid(out_h, out_w);
+        self.positions() * th * tw
+    }
+
+    /// Whether F(4x4) takes fewer products than F(2x2) for an `out_h` x `out_w` plane:
+    /// 14x14 576 against 784, 7x7 144 against 256; 5x5 and 6x6 144 each, 1x1 36 against 16.
+    pub fn four_pays(out_h: usize, out_w: usize) -> bool {
+        Tile::F4.products(out_h, out_w) < Tile::F2.products(out_h, out_w)
     }
 
     /// The weights' transform (`transform_weights` or F(4x4)'s).
@@ -117,7 +123,7 @@ pub fn allowed() -> bool {
     })
 }
 
-/// Whether planes of whole 4x4 tiles may run F(4x4, 3x3): yes unless `CONVNET_WINOGRAD=f2`
+/// Whether planes may run F(4x4, 3x3) where it pays: yes unless `CONVNET_WINOGRAD=f2`
 /// (F(2x2, 3x3) everywhere, to measure or rule out the larger tiles). Read once per process.
 pub fn four_allowed() -> bool {
     static FOUR: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -172,8 +178,9 @@ pub fn transform_weights(w: &[f32], out_c: usize, in_c: usize, flip: bool, u: &m
 }
 
 /// `V[ξ][k][at + tile] = (B^T d B)[ξ]` (`tile`: F(2x2) here, F(4x4) in `winograd4.rs`)
-/// for every tile `d` of plane `k < planes` of the image at `src` (tiles row by row, `grid`
-/// of them), the planes `ld` apart in `v` and the positions `ξ` `vstride` apart.
+/// for every tile `d` of plane `k < planes` of the image at `src` (tiles row by row, as
+/// many as cover an `out` plane), the planes `ld` apart in `v` and the positions `ξ`
+/// `vstride` apart. The padded plane is `out` plus 2 each way; F(4x4) reads zeros past it.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn input_kernel(
     isa: Isa,
@@ -181,10 +188,11 @@ pub(super) fn input_kernel(
     x: &[f32],
     src: Source,
     planes: usize,
-    grid: (usize, usize),
+    out: (usize, usize),
     (v, ld, vstride): (&mut [f32], usize, usize),
     at: usize,
 ) {
+    let grid = tile.grid(out.0, out.1);
     let (th, tw) = grid;
     let reach = match tile {
         Tile::F2 => reach(grid, src.row),
@@ -203,6 +211,7 @@ pub(super) fn input_kernel(
             grid,
             (v.as_mut_ptr(), ld, vstride),
             at,
+            (out.0 + 2, out.1 + 2),
         );
         match tile {
             Tile::F2 => call_isa_copy!(isa, input_avx512, input_avx2(args)),
@@ -218,6 +227,7 @@ pub(super) type InputArgs = (
     (usize, usize),
     (*mut f32, usize, usize),
     usize,
+    (usize, usize),
 );
 
 isa_copies!(input_avx512, input_avx2 = input_tiles(args: InputArgs));
@@ -269,7 +279,8 @@ pub(super) unsafe fn open_up<S: Lanes>(tw: usize) -> S::Idx {
 unsafe fn input_rows<S: Lanes, const PACKED: bool>(args: InputArgs) {
     // How far ahead of the stores `prefetch_write` asks for lines, in values.
     const PF: usize = 32;
-    let (x, src, planes, (th, tw), (v, ld, step), at) = args;
+    // F(2x2)'s tiles hanging over the plane read past it only for outputs that are dropped.
+    let (x, src, planes, (th, tw), (v, ld, step), at, _) = args;
     let close = close_up::<S>(tw);
     for k in 0..planes {
         let plane = x.add(src.start + k * src.plane);
@@ -540,7 +551,7 @@ thread_local! {
 /// One Winograd convolution (`tile`) over `images` images: image `i`'s `planes` padded
 /// input planes are at `src` moved on by `i * image_len` (with room after the last one for
 /// whole-vector reads: `convolve_room`); `u` is from `tile.transform_weights`, with `rows`
-/// output planes of size `out` (whole tiles for F(4x4)). Once image `i`'s products are ready, `write(i, products)`
+/// output planes of size `out`. Once image `i`'s products are ready, `write(i, products)`
 /// turns them into its output planes (`Products::plane`). Images go in groups of about
 /// 200 tiles, so each product is long enough for the vector kernel's blocks.
 #[allow(clippy::too_many_arguments)]
@@ -562,10 +573,6 @@ pub fn convolve(
         u.len(),
         positions * rows * planes,
         "transformed weights of another shape"
-    );
-    assert!(
-        tile.fits(out.0, out.1),
-        "{out:?} is not whole {tile:?} tiles"
     );
     let grid = tile.grid(out.0, out.1);
     let per_image = grid.0 * grid.1;
@@ -608,7 +615,7 @@ pub fn convolve(
                     ..src
                 };
                 let vs = (&mut *v, ld, vstride);
-                input_kernel(isa, tile, x, s, planes, grid, vs, i * per_image);
+                input_kernel(isa, tile, x, s, planes, out, vs, i * per_image);
             }
             for xi in 0..positions {
                 let vx = Planes {

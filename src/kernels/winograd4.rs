@@ -2,9 +2,9 @@
 //! inputs, 36 multiplications per (input, output) channel pair instead of F(2x2, 3x3)'s 16
 //! for a quarter as many outputs: 2.25 an output against 4, and the transformed inputs and
 //! products shrink in the same ratio. `winograd.rs` runs it through the same `convolve`
-//! for the forward pass and input gradient of layers whose planes are whole tiles (sides
-//! multiples of 4, `conv.rs`), with the ReLU and 2x2 max pool on the way out; the readable
-//! reference is `nn::Conv2d`.
+//! for the forward pass and input gradient of layers whose planes it covers with fewer
+//! products (`Tile::four_pays`: cnn-plus's 28x28 and 14x14), with the ReLU and 2x2 max pool
+//! on the way out; the readable reference is `nn::Conv2d`.
 //!
 //! ```text
 //! Y (4x4) = A^T [ U ⊙ V ] A,   U = G g G^T (6x6),   V = B^T d B (6x6)
@@ -24,10 +24,14 @@
 //! arithmetic. The tests bound this path at 5e-5 forward (F(2x2): 1e-5) and at the other
 //! paths' 1e-4 for the input gradient.
 //!
-//! **Why whole tiles only.** With exact arithmetic an output depends only on its 3x3
-//! window, but in floats a tile's outputs 0 to 2 take rounding error from its input 4 (B^T's
-//! rows 0 to 4 read it): a tile hanging over the plane's end would mix in whatever lies
-//! past it. F(2x2)'s outputs 0 and 1 never read input 3, so its tiles may hang over.
+//! **Tiles hanging over the plane's end** (14x14 is 4 tiles of 4, 2 outputs past it). With
+//! exact arithmetic an output depends only on its 3x3 window, but in floats a tile's
+//! outputs 0 to 2 take rounding error from its input 4 (B^T's rows 0 to 4 read it), and a
+//! NaN there would reach them. So such tiles read zeros past the padded plane (masked loads,
+//! `load_in`), whatever the memory there holds: the next row's values, the next image's, or
+//! a buffer's leftovers. F(2x2)'s outputs 0 and 1 never read input 3, so it needs no mask.
+//! 14x14 with F(4x4): 16 tiles, 576 products a channel pair against F(2x2)'s 784; cnn-plus's
+//! conv3 forward 12% faster in `cargo bench --bench conv`, its input gradient 3-5%.
 
 use super::simd::{call_isa_copy, isa_copies, prefetch_write, round_up, Isa, Lanes, MAX_LANES};
 use super::winograd::{open_up, Finish, InputArgs};
@@ -50,32 +54,62 @@ pub(super) fn reach(grid: (usize, usize), row: usize) -> usize {
 }
 
 /// `U[ξ][row][col] = (G g G^T)[ξ]` into `u` (36 * O * C values), as
-/// `winograd::transform_weights` (the same rows, columns and `flip`).
+/// `winograd::transform_weights` (the same rows, columns and `flip`), in f64. Once a batch,
+/// on one thread, for the forward pass and the input gradient: as plain scalar loops this
+/// took 1.0-1.3% of a cnn-plus training epoch on an AMD EPYC, so eight kernels go at a time
+/// through loops the compiler vectorises (`transform_kernels`).
 pub fn transform_weights(w: &[f32], out_c: usize, in_c: usize, flip: bool, u: &mut Vec<f32>) {
     assert_eq!(w.len(), out_c * in_c * 9, "weights are not (O, C, 3, 3)");
-    let pairs = out_c * in_c;
     u.clear();
-    u.resize(36 * pairs, 0.0);
-    for o in 0..out_c {
-        for c in 0..in_c {
-            let k = &w[(o * in_c + c) * 9..][..9];
-            let g = |a: usize, b: usize| {
-                f64::from(if flip {
-                    k[(2 - a) * 3 + 2 - b]
-                } else {
-                    k[a * 3 + b]
-                })
-            };
-            let at = if flip { c * out_c + o } else { o * in_c + c };
-            // t = G g (6x3), then U = t G^T (6x6).
-            let t: [[f64; 3]; 6] = std::array::from_fn(|i| {
-                std::array::from_fn(|j| (0..3).map(|a| G[i][a] * g(a, j)).sum())
-            });
-            for (i, t) in t.iter().enumerate() {
-                for (j, gj) in G.iter().enumerate() {
-                    let v: f64 = (0..3).map(|b| t[b] * gj[b]).sum();
-                    u[(6 * i + j) * pairs + at] = v as f32;
+    u.resize(36 * out_c * in_c, 0.0);
+    transform_kernels(super::simd::detect(), w, (out_c, in_c), flip, u);
+}
+
+/// Kernels transformed at a time by `transform_kernels`: a vector of f64 on AVX-512.
+const KERNELS: usize = 8;
+
+super::simd::on_best_isa! {
+    /// `transform_weights`' arithmetic, `KERNELS` kernels in the lanes: the kernels in the
+    /// order of their place in `u`, so each of the 36 planes is written front to back.
+    fn transform_kernels(w: &[f32], sizes: (usize, usize), flip: bool, u: &mut [f32]) {
+        let (out_c, in_c) = sizes;
+        let pairs = out_c * in_c;
+        let (rows, cols) = if flip { (in_c, out_c) } else { (out_c, in_c) };
+        for row in 0..rows {
+            let mut col = 0;
+            while col < cols {
+                let n = (cols - col).min(KERNELS);
+                // g[a * 3 + b][lane]: tap (a, b) of each kernel (flipped for the input
+                // gradient).
+                let mut g = [[0.0f64; KERNELS]; 9];
+                for l in 0..n {
+                    let (o, c) = if flip { (col + l, row) } else { (row, col + l) };
+                    let k = &w[(o * in_c + c) * 9..][..9];
+                    for (tap, g) in g.iter_mut().enumerate() {
+                        let from = if flip { 8 - tap } else { tap };
+                        g[l] = f64::from(k[from]);
+                    }
                 }
+                // t = G g (6x3), then U = t G^T (6x6).
+                let mut t = [[[0.0f64; KERNELS]; 3]; 6];
+                for (t, gi) in t.iter_mut().zip(&G) {
+                    for (j, t) in t.iter_mut().enumerate() {
+                        for (l, t) in t.iter_mut().enumerate() {
+                            *t = gi[0] * g[j][l] + gi[1] * g[3 + j][l] + gi[2] * g[6 + j][l];
+                        }
+                    }
+                }
+                let at = row * cols + col;
+                for (i, t) in t.iter().enumerate() {
+                    for (j, gj) in G.iter().enumerate() {
+                        let mut v = [0.0f32; KERNELS];
+                        for (l, v) in v.iter_mut().enumerate() {
+                            *v = (t[0][l] * gj[0] + t[1][l] * gj[1] + t[2][l] * gj[2]) as f32;
+                        }
+                        u[(6 * i + j) * pairs + at..][..n].copy_from_slice(&v[..n]);
+                    }
+                }
+                col += KERNELS;
             }
         }
     }
@@ -135,11 +169,37 @@ pub(super) unsafe fn input_on(isa: Isa, args: InputArgs) {
 
 #[inline(always)]
 unsafe fn input_tiles<S: Lanes>(args: InputArgs) {
-    if args.3 .1 <= S::LANES / 2 {
-        input_rows::<S, true>(args)
-    } else {
-        input_rows::<S, false>(args)
+    let ((th, tw), (rows, cols)) = (args.3, args.6);
+    // Tiles hang over the padded plane's end when its outputs are not whole tiles.
+    let masked = 4 * th + 2 > rows || 4 * tw + 2 > cols;
+    match (tw <= S::LANES / 2, masked) {
+        (true, false) => input_rows::<S, true, false>(args),
+        (false, false) => input_rows::<S, false, false>(args),
+        (true, true) => input_rows::<S, true, true>(args),
+        (false, true) => input_rows::<S, false, true>(args),
     }
+}
+
+/// The vector at `p`, padded row `row` from column `col` of a `rows` x `cols` plane: with
+/// `MASKED`, zero in the lanes past the plane's end (the row past its last row, the columns
+/// past its width), as a zero-padded plane holds. A tile hanging over the end then reads
+/// zeros, and its outputs inside the plane take rounding error only from their own inputs
+/// and zeros: the same bits wherever the image lies and whatever follows it.
+#[inline(always)]
+unsafe fn load_in<S: Lanes, const MASKED: bool>(
+    p: *const f32,
+    (row, col): (usize, usize),
+    (rows, cols): (usize, usize),
+) -> S::V {
+    if !MASKED {
+        return S::load(p);
+    }
+    let n = if row < rows {
+        cols.saturating_sub(col).min(S::LANES)
+    } else {
+        0
+    };
+    S::load_first(p, n)
 }
 
 /// Two-source lane indices (`Lanes::permute2`), clamped to the two vectors.
@@ -157,10 +217,10 @@ unsafe fn pair_lanes<S: Lanes>(from: impl Fn(usize) -> usize) -> S::Idx {
 /// need no permute. A tile's columns `4 t + j` come from two rounds of deinterleaving; the
 /// second round's indices put the lanes where they belong.
 #[inline(always)]
-unsafe fn input_rows<S: Lanes, const PACKED: bool>(args: InputArgs) {
+unsafe fn input_rows<S: Lanes, const PACKED: bool, const MASKED: bool>(args: InputArgs) {
     // How far ahead of the stores `prefetch_write` asks for lines, in values (as F(2x2)).
     const PF: usize = 32;
-    let (x, src, planes, (th, tw), (v, ld, step), at) = args;
+    let (x, src, planes, (th, tw), (v, ld, step), at, extent) = args;
     let l = S::LANES;
     // Lanes below `split` from the first source's even (odd) lanes, the rest from the
     // second's: unpacked, a block's first and second halves of tiles; packed, the two rows.
@@ -186,17 +246,32 @@ unsafe fn input_rows<S: Lanes, const PACKED: bool>(args: InputArgs) {
             let mut t = 0;
             while t < tw {
                 // B along each of the six input rows: h[i][j] from columns 4 t + j.
+                // (Masked, each load knows its padded row and column: `load_in`.)
                 let h: [[S::V; 6]; 6] = std::array::from_fn(|i| {
                     let p = rows.add(i * src.row + 4 * t);
-                    let q = if PACKED {
-                        second.add(i * src.row)
+                    let (q, qr, qc) = if PACKED {
+                        (second.add(i * src.row), 4 * (ty + 1) + i, 4 * t)
                     } else {
-                        p.add(2 * l)
+                        (p.add(2 * l), 4 * ty + i, 4 * t + 2 * l)
                     };
-                    let (e0, o0) = S::deinterleave(S::load(p), S::load(p.add(l)));
-                    let (e1, o1) = S::deinterleave(S::load(q), S::load(q.add(l)));
-                    let (f0, g0) = S::deinterleave(S::load(p.add(4)), S::load(p.add(l + 4)));
-                    let (f1, g1) = S::deinterleave(S::load(q.add(4)), S::load(q.add(l + 4)));
+                    let (pr, pc) = (4 * ty + i, 4 * t);
+                    let e = extent;
+                    let (e0, o0) = S::deinterleave(
+                        load_in::<S, MASKED>(p, (pr, pc), e),
+                        load_in::<S, MASKED>(p.add(l), (pr, pc + l), e),
+                    );
+                    let (e1, o1) = S::deinterleave(
+                        load_in::<S, MASKED>(q, (qr, qc), e),
+                        load_in::<S, MASKED>(q.add(l), (qr, qc + l), e),
+                    );
+                    let (f0, g0) = S::deinterleave(
+                        load_in::<S, MASKED>(p.add(4), (pr, pc + 4), e),
+                        load_in::<S, MASKED>(p.add(l + 4), (pr, pc + l + 4), e),
+                    );
+                    let (f1, g1) = S::deinterleave(
+                        load_in::<S, MASKED>(q.add(4), (qr, qc + 4), e),
+                        load_in::<S, MASKED>(q.add(l + 4), (qr, qc + l + 4), e),
+                    );
                     bt::<S>([
                         S::permute2(e0, e1, even),
                         S::permute2(o0, o1, even),
@@ -237,8 +312,8 @@ unsafe fn input_rows<S: Lanes, const PACKED: bool>(args: InputArgs) {
 /// its 36 values at `m[start + r * ld + ξ * stride + t]`; `A^T M A`, plus `bias[r]`,
 /// finished per `finish` (the ReLU; the 2x2 max pool, four windows a tile, the winners'
 /// positions into `arg` unless it is empty, as `winograd::Finish` says), into `y`, the
-/// planes one after another (`out` = a plane's height and width before pooling, whole
-/// tiles). All of an image's planes in one call: one plane's 49 tiles (cnn-plus's conv2)
+/// planes one after another (`out` = a plane's height and width before pooling; the
+/// outputs of tiles hanging over its end are dropped). All of an image's planes in one call: one plane's 49 tiles (cnn-plus's conv2)
 /// made a call short enough that its set-up showed.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn output_kernel(
@@ -256,14 +331,14 @@ pub(super) fn output_kernel(
     let (oh, ow) = out;
     let planes = bias.len();
     assert!(
-        oh == 4 * th && ow == 4 * tw && th * tw <= ld,
-        "not whole 4x4 tiles"
+        oh <= 4 * th && ow <= 4 * tw && th * tw <= ld,
+        "a plane larger than its tiles"
     );
     let plane = match finish.pool {
         Some(step) => {
             // Positions kept as floats until stored: whole numbers below 2^24.
-            assert!((oh - 1) * step + ow <= 1 << 24);
-            oh * ow / 4
+            assert!(oh == 0 || (oh - 1) * step + ow <= 1 << 24);
+            (oh / 2) * (ow / 2)
         }
         None => oh * ow,
     };
@@ -283,13 +358,23 @@ pub(super) fn output_kernel(
     // from each of its 36 planes, for each output plane; `y` and `arg` written only inside
     // them.
     unsafe {
-        let args = (pm, (ld, stride), grid, bias, finish, y.as_mut_ptr(), pa);
+        let args = (
+            pm,
+            (ld, stride),
+            grid,
+            out,
+            bias,
+            finish,
+            y.as_mut_ptr(),
+            pa,
+        );
         call_isa_copy!(isa, output_avx512, output_avx2(args))
     }
 }
 
 type OutputArgs<'a> = (
     *const f32,
+    (usize, usize),
     (usize, usize),
     (usize, usize),
     &'a [f32],
@@ -315,12 +400,12 @@ unsafe fn output_tiles<S: Lanes>(args: OutputArgs) {
 /// interleaved into place.
 #[inline(always)]
 unsafe fn output_rows<S: Lanes, const PACKED: bool>(args: OutputArgs) {
-    let (m, (ld, stride), (th, tw), bias, finish, y, arg) = args;
+    let (m, (ld, stride), (th, tw), (oh, ow), bias, finish, y, arg) = args;
     let open = open_up::<S>(tw);
     let plane = if finish.pool.is_some() {
-        4 * th * tw
+        (oh / 2) * (ow / 2)
     } else {
-        16 * th * tw
+        oh * ow
     };
     for (r, &bias) in bias.iter().enumerate() {
         let arg = if arg.is_null() {
@@ -329,7 +414,8 @@ unsafe fn output_rows<S: Lanes, const PACKED: bool>(args: OutputArgs) {
             arg.add(r * plane)
         };
         let at = (m.add(r * ld), stride);
-        output_plane::<S, PACKED>(at, (th, tw), bias, finish, open, (y.add(r * plane), arg));
+        let to = (y.add(r * plane), arg);
+        output_plane::<S, PACKED>(at, ((th, tw), (oh, ow)), bias, finish, open, to);
     }
 }
 
@@ -361,14 +447,13 @@ unsafe fn window<S: Lanes>(
 #[inline(always)]
 unsafe fn output_plane<S: Lanes, const PACKED: bool>(
     (m, stride): (*const f32, usize),
-    (th, tw): (usize, usize),
+    ((th, tw), (oh, ow)): ((usize, usize), (usize, usize)),
     bias: f32,
     finish: Finish,
     open: S::Idx,
     (y, arg): (*mut f32, *mut u32),
 ) {
     let (l, half, b) = (S::LANES, S::LANES / 2, S::splat(bias));
-    let ow = 4 * tw;
     let mut ty = 0;
     while ty < th {
         let both = PACKED && ty + 1 < th;
@@ -381,7 +466,7 @@ unsafe fn output_plane<S: Lanes, const PACKED: bool>(
                 None => {
                     for a in 0..2 {
                         let [first, second] = rows_half::<S, PACKED>(tile, a, b, finish.relu, open);
-                        let at = (y, ow, t, both);
+                        let at = (y, (ow, oh), t, both);
                         store_row::<S, PACKED>(at, 4 * ty + 2 * a, first);
                         store_row::<S, PACKED>(at, 4 * ty + 2 * a + 1, second);
                     }
@@ -390,7 +475,7 @@ unsafe fn output_plane<S: Lanes, const PACKED: bool>(
                     // Each tile's four 2x2 windows: the first of tied values wins, in
                     // row-major order (as `nn::Pool2d` and F(2x2)'s pool); the winner's
                     // position as `row * step + column` of the unpooled plane.
-                    let pw = 2 * tw;
+                    let (ph, pw) = (oh / 2, ow / 2);
                     let mut base = [0.0f32; MAX_LANES];
                     for (j, v) in base.iter_mut().enumerate().take(l) {
                         let (row, tile) = match (PACKED, j < half) {
@@ -411,14 +496,18 @@ unsafe fn output_plane<S: Lanes, const PACKED: bool>(
                         // Pooled columns 2 t + c.
                         let (lo, hi) = S::interleave(v0, v1);
                         let row = 2 * ty + a;
-                        put::<S, PACKED>((y, pw, 2), both, row, 2 * t, lo, hi);
+                        put::<S, PACKED>((y, (pw, ph), 2), both, row, 2 * t, lo, hi);
                         if !arg.is_null() {
                             let (qlo, qhi) = S::interleave(q0, q1);
                             let mut pos = [[0.0f32; MAX_LANES]; 2];
                             S::store(pos[0].as_mut_ptr(), qlo);
                             S::store(pos[1].as_mut_ptr(), qhi);
                             let keep = |row: usize, col: usize, p: &[f32; MAX_LANES]| {
-                                let n = pw.saturating_sub(col).min(l);
+                                let n = if row < ph {
+                                    pw.saturating_sub(col).min(l)
+                                } else {
+                                    0
+                                };
                                 for (i, &p) in p[..n].iter().enumerate() {
                                     *arg.add(row * pw + col + i) = p as u32;
                                 }
@@ -513,12 +602,12 @@ unsafe fn finish_row<S: Lanes, const PACKED: bool>(
     row
 }
 
-/// Output row `row` of a block of tiles (`at` = (the plane, its width, the block's first
-/// tile column, `both` tile rows)): columns 4 t + c, a block's first half of tiles in
+/// Output row `row` of a block of tiles (`at` = (the plane, its (width, height), the block's
+/// first tile column, `both` tile rows)): columns 4 t + c, a block's first half of tiles in
 /// (a0, a1), its second half (packed: the second tile row) in (a2, a3).
 #[inline(always)]
 unsafe fn store_row<S: Lanes, const PACKED: bool>(
-    (y, ow, t, both): (*mut f32, usize, usize, bool),
+    (y, ow, t, both): (*mut f32, (usize, usize), usize, bool),
     row: usize,
     [y0, y1, y2, y3]: [S::V; 4],
 ) {
@@ -536,14 +625,14 @@ unsafe fn store_row<S: Lanes, const PACKED: bool>(
     }
 }
 
-/// Stores `lo` and `hi` into a plane `cols` wide (`to` = (its start, `cols`, rows between
-/// a tile row and the next)), cut at its end: unpacked, row `row` from column `col`, a
-/// vector each; packed, from column `col` of row `row` (the first tile row's) and, if
-/// `both`, of row `row + next` (the second's). A function: as a closure it was left as a
-/// call (0.9% of a cnn-plus training profile).
+/// Stores `lo` and `hi` into a plane `cols` wide and `rows` high (`to` = (its start, its
+/// size, rows between a tile row and the next)), cut at its end: unpacked, row `row` from
+/// column `col`, a vector each; packed, from column `col` of row `row` (the first tile
+/// row's) and, if `both`, of row `row + next` (the second's). A function: as a closure it
+/// was left as a call (0.9% of a cnn-plus training profile).
 #[inline(always)]
 unsafe fn put<S: Lanes, const PACKED: bool>(
-    (dst, cols, next): (*mut f32, usize, usize),
+    (dst, (cols, rows), next): (*mut f32, (usize, usize), usize),
     both: bool,
     row: usize,
     col: usize,
@@ -553,11 +642,16 @@ unsafe fn put<S: Lanes, const PACKED: bool>(
     let l = S::LANES;
     let cut = |c: usize| cols.saturating_sub(c).min(l);
     if PACKED {
-        S::store_first(dst.add(row * cols + col), lo, cut(col));
-        if both {
+        if row < rows {
+            S::store_first(dst.add(row * cols + col), lo, cut(col));
+        }
+        if both && row + next < rows {
             S::store_first(dst.add((row + next) * cols + col), hi, cut(col));
         }
     } else {
+        if row >= rows {
+            return;
+        }
         if col < cols {
             S::store_first(dst.add(row * cols + col), lo, cut(col));
         }

@@ -98,7 +98,7 @@ pub fn weight_grad(
                     ..src
                 };
                 let vs = (&mut *v, ld, vstride);
-                input_kernel(isa, Tile::F2, x, s, planes, grid, vs, i * per_image);
+                input_kernel(isa, Tile::F2, x, s, planes, out, vs, i * per_image);
                 let at = dys.start + (first + i) * dy_image;
                 let rows = (&dy[at..], dys.plane);
                 simd::transpose_strided(Some(isa), rows, outs, positions, (dyt, outs));

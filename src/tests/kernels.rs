@@ -18,7 +18,7 @@ use crate::tensor::Tensor;
 /// The ways a convolution can run here: im2col + GEMM (`None`), and the direct path on
 /// every vector unit this CPU has (stride 1 only), with its exact shifted sums, and for
 /// 3x3 kernels with the forward pass (and for pad <= 2 the input gradient) as Winograd
-/// F(2x2, 3x3) (`winograd`) or, where the planes are whole 4x4 tiles, F(4x4, 3x3)
+/// F(2x2, 3x3) (`winograd`) or, where it takes fewer products, F(4x4, 3x3)
 /// (`four`), and with the weight gradient's output channels in the lanes, as dots or as
 /// Winograd (`dw`), where they fill whole vectors.
 #[derive(Clone, Copy, Debug)]
@@ -37,8 +37,8 @@ fn conv_paths(g: &ConvShape) -> Vec<ConvPath> {
         dw,
     };
     let mut paths = vec![path(None, false, false, WeightGrad::ShiftedDots)];
-    // F(4x4) where the forward pass's or input gradient's planes are whole 4x4 tiles.
-    let fours: &[bool] = if Tile::F4.fits(g.out_h, g.out_w) || Tile::F4.fits(g.in_h, g.in_w) {
+    // F(4x4) where the forward pass's or input gradient's planes take fewer products so.
+    let fours: &[bool] = if Tile::four_pays(g.out_h, g.out_w) || Tile::four_pays(g.in_h, g.in_w) {
         &[false, true]
     } else {
         &[false]
@@ -232,6 +232,80 @@ fn every_conv_path_matches_the_readable_conv() {
     }
 }
 
+/// F(4x4, 3x3) tiles hanging over a plane's end (7x6 and 13x14 outputs: 2 and 1 rows or
+/// columns past it) read zeros there, whatever the memory past the padded plane holds: the
+/// outputs, plain and pooled, have the same bits with NaN or with zeros past each plane,
+/// and no NaN. (The conv-path test checks them against the readable conv.)
+#[test]
+fn overhanging_four_by_four_tiles_read_nothing_past_the_plane() {
+    use crate::kernels::winograd::{self, Finish, Source};
+    use rand::Rng;
+    for (c, o, out) in [(3, 5, (7, 6)), (4, 16, (13, 14))] {
+        let (rows, cols) = (out.0 + 2, out.1 + 2);
+        let plane = rows * cols + 7;
+        let images = 3;
+        let room = winograd::convolve_room(Tile::F4, out, cols, plane);
+        let mut r = rng(7);
+        let w = random(&[o, c, 3, 3], &mut r).data;
+        let mut u = Vec::new();
+        Tile::F4.transform_weights(&w, o, c, false, &mut u);
+        let run = |past: f32, isa: Isa, pool: bool| -> Vec<f32> {
+            let mut r = rng(8);
+            let mut x = vec![past; images * c * plane + room];
+            for k in 0..images * c {
+                for v in &mut x[k * plane..][..rows * cols] {
+                    *v = r.gen_range(-1.0f32..1.0);
+                }
+            }
+            let src = Source {
+                start: 0,
+                plane,
+                row: cols,
+            };
+            let per = if pool {
+                (out.0 / 2) * (out.1 / 2)
+            } else {
+                out.0 * out.1
+            };
+            let mut y = vec![0.0f32; images * o * per];
+            winograd::convolve(
+                isa,
+                Tile::F4,
+                &x,
+                src,
+                c * plane,
+                images,
+                c,
+                &u,
+                o,
+                out,
+                |i, p| {
+                    for k in 0..o {
+                        let finish = Finish {
+                            relu: false,
+                            pool: pool.then_some(cols),
+                        };
+                        let y = &mut y[(i * o + k) * per..][..per];
+                        p.plane(k, 0.25, finish, y, &mut []);
+                    }
+                },
+            );
+            y
+        };
+        for isa in simd::supported() {
+            for pool in [false, true] {
+                let (zeros, nans) = (run(0.0, isa, pool), run(f32::NAN, isa, pool));
+                assert!(zeros.iter().all(|v| v.is_finite()), "{out:?} {isa}");
+                assert_eq!(
+                    zeros.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    nans.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{out:?} on {isa}, pooled {pool}: a value past the plane reached an output"
+                );
+            }
+        }
+    }
+}
+
 /// The weight gradient's choice: the shifted dots always; lane dots and Winograd only for
 /// a 3x3, stride-1 conv on the direct path whose outputs fill whole vectors, refused
 /// otherwise without changing what runs.
@@ -274,9 +348,9 @@ fn a_weight_gradient_path_the_shape_cannot_run_is_refused() {
 /// A conv with the ReLU and max pool after it fused gives the same bits as the conv
 /// unfused, then `nn::Activation` and `nn::Pool2d`, ties included: inputs and weights are
 /// small integers, so many windows hold equal values, and each window's first position must
-/// win. Stride 2 runs im2col + GEMM with the plain column layout. 8x12 and 8x40 planes are
-/// whole 4x4 tiles, for F(4x4, 3x3)'s pool (four windows a tile; 10 tiles a row take one
-/// AVX-512 vector and part of another).
+/// win. Stride 2 runs im2col + GEMM with the plain column layout. F(4x4, 3x3)'s pool (four
+/// windows a tile) runs on all three: 7x6 planes hang over the tiles' end, 8x12 and 8x40
+/// are whole tiles (10 tiles a row take one AVX-512 vector and part of another).
 #[test]
 fn a_conv_with_its_relu_and_max_pool_fused_matches_the_separate_layers() {
     for (n, c, h, w) in [(11, 2, 7, 6), (5, 2, 8, 12), (3, 2, 8, 40)] {
