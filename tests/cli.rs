@@ -533,14 +533,20 @@ fn bench_reports_the_conv_path_that_convnet_simd_picks() {
     );
     assert!(!f2.contains("F(4x4"), "{f2}");
     // Their weight gradients run as Winograd with the output channels in the lanes (32 and
-    // 64 fill whole vectors; conv1's single input channel keeps the shifted dots).
-    let named = "conv2 forward and input gradient as Winograd F(4x4, 3x3), weight gradient \
-                 as Winograd with the channels in the lanes · conv3 forward";
-    assert_eq!(
-        on.contains(named),
-        has_vectors,
-        "Winograd weight gradient: {on}"
-    );
+    // 64 fill whole vectors; conv1's single input channel keeps the shifted dots): F(4x4)
+    // for conv2's 28x28 (0.56x the products), F(2x2) for conv3's 14x14 (0.73x, not enough).
+    for named in [
+        "conv2 forward and input gradient as Winograd F(4x4, 3x3), weight gradient as \
+         Winograd F(4x4, 3x3) with the channels in the lanes · conv3 forward",
+        "conv3 forward and input gradient as Winograd F(4x4, 3x3), weight gradient as \
+         Winograd F(2x2, 3x3) with the channels in the lanes",
+    ] {
+        assert_eq!(
+            on.contains(named),
+            has_vectors,
+            "Winograd weight gradient: {on}"
+        );
+    }
     assert!(!on.contains("conv1 weight gradient"), "{on}");
     // Without Winograd, AVX-512 runs them with the output channels in the lanes.
     let lanes = on.contains("direct AVX-512 kernels");

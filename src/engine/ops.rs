@@ -243,14 +243,17 @@ impl Op for ConvOp {
             (Some(f), None) => Some(format!("forward as {}", name(f))),
             _ => None,
         };
-        let dw = match self.fast.weight_grad() {
-            WeightGrad::LaneDots => Some("weight gradient with the channels in the lanes"),
-            WeightGrad::Winograd => {
-                Some("weight gradient as Winograd with the channels in the lanes")
+        let dw = match (self.fast.weight_grad(), self.fast.dw_tile()) {
+            (WeightGrad::LaneDots, _) => {
+                Some("weight gradient with the channels in the lanes".to_string())
             }
-            WeightGrad::ShiftedDots => None,
+            (WeightGrad::Winograd, tile) => Some(format!(
+                "weight gradient as {} with the channels in the lanes",
+                name(tile.unwrap_or(Tile::F2))
+            )),
+            (WeightGrad::ShiftedDots, _) => None,
         };
-        let named: Vec<String> = winograd.into_iter().chain(dw.map(String::from)).collect();
+        let named: Vec<String> = winograd.into_iter().chain(dw).collect();
         (!named.is_empty()).then(|| named.join(", "))
     }
     fn prepare(&mut self, mode: Mode) {

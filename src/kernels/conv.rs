@@ -258,6 +258,15 @@ impl FastConv {
             .then(|| self.tile_for(g.in_h, g.in_w, true))
     }
 
+    /// The Winograd algorithm of the weight gradient when it runs as Winograd
+    /// (`WeightGrad::Winograd`), whose tiles are the output planes': F(4x4) where
+    /// `Tile::four_pays_for_weight_grad` (cnn-plus's conv2, not its conv3).
+    pub fn dw_tile(&self) -> Option<Tile> {
+        let g = &self.shape;
+        let four = Tile::four_pays_for_weight_grad(g.out_h, g.out_w);
+        (self.dw == WeightGrad::Winograd).then(|| self.tile_for(g.out_h, g.out_w, four))
+    }
+
     fn tile_for(&self, h: usize, w: usize, four: bool) -> Tile {
         if self.four && four && Tile::four_pays(h, w) {
             Tile::F4
@@ -681,8 +690,8 @@ impl FastConv {
         // weight gradient past the last padded image (into the rest of `s.work`).
         let dx_tile = self.dx_tile().unwrap_or(Tile::F2);
         let room = margin + winograd::convolve_room(dx_tile, (g.in_h, g.in_w), g.padded_w(), row);
-        // The weight gradient's transforms are F(2x2).
-        let x_room = winograd::convolve_room(Tile::F2, (g.out_h, g.out_w), g.padded_w(), plane);
+        let dw_tile = self.dw_tile().unwrap_or(Tile::F2);
+        let x_room = winograd::convolve_room(dw_tile, (g.out_h, g.out_w), g.padded_w(), plane);
         grow(&mut s.work, padded_len + x_room);
         BACKWARD.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -773,7 +782,8 @@ impl FastConv {
                 };
                 let (xs, dys) = ((work, x, g.in_c * plane), (dyw, dys, g.out_c * row));
                 let out = (g.out_h, g.out_w);
-                winograd_dw::weight_grad(isa, nb, xs, g.in_c, dys, g.out_c, out, dw);
+                let tile = self.dw_tile().unwrap_or(Tile::F2);
+                winograd_dw::weight_grad(isa, tile, nb, xs, g.in_c, dys, g.out_c, out, dw);
             }
         }
         for (o, d) in db.iter_mut().enumerate() {

@@ -76,6 +76,15 @@ impl Tile {
         Tile::F4.products(out_h, out_w) < Tile::F2.products(out_h, out_w)
     }
 
+    /// Whether the weight gradient should run F(4x4) on an `out_h` x `out_w` plane: only
+    /// where it takes at most 2/3 of F(2x2)'s products, since its input transform costs
+    /// more per product saved there than in the forward pass (its `V` is made anew, and on
+    /// an AMD EPYC, Zen 4, cnn-plus's conv3 at 14x14, 0.73x the products, ran no faster
+    /// while conv2 at 28x28, 0.56x, ran 12% faster).
+    pub fn four_pays_for_weight_grad(out_h: usize, out_w: usize) -> bool {
+        3 * Tile::F4.products(out_h, out_w) <= 2 * Tile::F2.products(out_h, out_w)
+    }
+
     /// The weights' transform (`transform_weights` or F(4x4)'s).
     pub fn transform_weights(
         self,

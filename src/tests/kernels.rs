@@ -225,7 +225,13 @@ fn every_conv_path_matches_the_readable_conv() {
                     ("db", &db, &conv.bias.grad),
                 ] {
                     let e = max_rel_diff(got, want);
-                    assert!(e < 1e-4, "{case}: {name} differs by {e}");
+                    // F(4x4)'s weight gradient sums its larger error over every tile.
+                    let tol = if name == "dw" && fast.dw_tile() == Some(Tile::F4) {
+                        4e-4
+                    } else {
+                        1e-4
+                    };
+                    assert!(e < tol, "{case}: {name} differs by {e}");
                 }
             }
         }
