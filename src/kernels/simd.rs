@@ -253,6 +253,8 @@ pub(crate) trait Lanes {
     unsafe fn permute(v: Self::V, idx: Self::Idx) -> Self::V;
     /// Lane `j` of the result is lane `idx[j]` of `a` followed by `b` (`idx[j] < 2 LANES`).
     unsafe fn permute2(a: Self::V, b: Self::V, idx: Self::Idx) -> Self::V;
+    /// `a`'s first `n` lanes (`n <= LANES`), then `b`'s.
+    unsafe fn blend_first(a: Self::V, b: Self::V, n: usize) -> Self::V;
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -437,6 +439,10 @@ mod x86 {
         unsafe fn permute2(a: __m512, b: __m512, idx: __m512i) -> __m512 {
             _mm512_permutex2var_ps(a, idx, b)
         }
+        #[inline(always)]
+        unsafe fn blend_first(a: __m512, b: __m512, n: usize) -> __m512 {
+            _mm512_mask_blend_ps(((1u32 << n) - 1) as u16, b, a)
+        }
     }
 
     impl Lanes for Avx2 {
@@ -565,6 +571,12 @@ mod x86 {
                 _mm256_permutevar8x32_ps(b, idx),
                 from_b,
             )
+        }
+        #[inline(always)]
+        unsafe fn blend_first(a: __m256, b: __m256, n: usize) -> __m256 {
+            let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let first = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+            _mm256_blendv_ps(b, a, _mm256_castsi256_ps(first))
         }
     }
 }

@@ -254,7 +254,7 @@ unsafe fn input_tiles<S: Lanes>(args: InputArgs) {
 /// `permute` indices taking lane `from(j)` into lane `j` (clamped to the vector: lanes past
 /// the values that matter take any lane).
 #[inline(always)]
-unsafe fn lanes<S: Lanes>(from: impl Fn(usize) -> usize) -> S::Idx {
+pub(super) unsafe fn lanes<S: Lanes>(from: impl Fn(usize) -> usize) -> S::Idx {
     // A plain loop: `array::from_fn` was left as a call (0.7% of a cnn-plus training
     // profile, the output transform building three of these per plane).
     let mut idx = [0u32; MAX_LANES];

@@ -34,7 +34,7 @@
 //! conv3 forward 12% faster in `cargo bench --bench conv`, its input gradient 3-5%.
 
 use super::simd::{call_isa_copy, isa_copies, prefetch_write, round_up, Isa, Lanes, MAX_LANES};
-use super::winograd::{open_up, Finish, InputArgs};
+use super::winograd::{lanes, open_up, Finish, InputArgs};
 
 /// The transform matrix G (6x3), in f64: the weights are transformed once a batch.
 const G: [[f64; 3]; 6] = [
@@ -172,6 +172,12 @@ unsafe fn input_tiles<S: Lanes>(args: InputArgs) {
     let ((th, tw), (rows, cols)) = (args.3, args.6);
     // Tiles hang over the padded plane's end when its outputs are not whole tiles.
     let masked = 4 * th + 2 > rows || 4 * tw + 2 > cols;
+    if 4 * tw <= S::LANES {
+        return match masked {
+            false => input_quad::<S, false>(args),
+            true => input_quad::<S, true>(args),
+        };
+    }
     match (tw <= S::LANES / 2, masked) {
         (true, false) => input_rows::<S, true, false>(args),
         (false, false) => input_rows::<S, false, false>(args),
@@ -308,6 +314,76 @@ unsafe fn input_rows<S: Lanes, const PACKED: bool, const MASKED: bool>(args: Inp
     }
 }
 
+/// The input transform with four tile rows a vector, for rows of at most a quarter of a
+/// vector (`4 tw <= LANES`: cnn-plus's conv3, four tiles a row, then fills AVX-512's 16
+/// lanes where `input_rows` filled 8). A row's tiles then lie in one vector from its
+/// column 0 (their columns `4 t` to `4 t + 3`) and one from column 4 (`4 t + 4`, `4 t + 5`),
+/// so each of the six columns of four rows' tiles takes two two-source permutes and a
+/// blend instead of the deinterleaving wider rows need; and a block stores 36 whole
+/// vectors where two blocks of two rows stored 72 half ones (as measured, the transform
+/// costs about the same per block whatever share of the lanes it fills). The values and
+/// arithmetic are `input_rows`'s, so the same bits.
+#[inline(always)]
+unsafe fn input_quad<S: Lanes, const MASKED: bool>(args: InputArgs) {
+    // How far ahead of the stores `prefetch_write` asks for lines, in values (as F(2x2)).
+    const PF: usize = 32;
+    let (x, src, planes, (th, tw), (v, ld, step), at, extent) = args;
+    let l = S::LANES;
+    // Column `j` of two rows' tiles, the first row's from lane `base`, the second's after.
+    let pair = |base: usize, j: usize| {
+        pair_lanes::<S>(|lane| match lane.checked_sub(base) {
+            Some(t) if t < tw => 4 * t + j,
+            Some(t) if t < 2 * tw => l + 4 * (t - tw) + j,
+            _ => 0,
+        })
+    };
+    let low: [S::Idx; 4] = std::array::from_fn(|j| pair(0, j));
+    let high: [S::Idx; 4] = std::array::from_fn(|j| pair(2 * tw, j));
+    for k in 0..planes {
+        let plane = x.add(src.start + k * src.plane);
+        let vk = v.add(k * ld + at);
+        let mut ty = 0;
+        while ty < th {
+            let here = (th - ty).min(4);
+            // Tile rows past the grid's end read its row `ty` again, never stored.
+            let tile_row = |r: usize| if r < here { ty + r } else { ty };
+            let h: [[S::V; 6]; 6] = std::array::from_fn(|i| {
+                let load = |r: usize, col: usize| {
+                    let pr = 4 * tile_row(r) + i;
+                    load_in::<S, MASKED>(plane.add(pr * src.row + col), (pr, col), extent)
+                };
+                let from0: [S::V; 4] = std::array::from_fn(|r| load(r, 0));
+                let from4: [S::V; 4] = std::array::from_fn(|r| load(r, 4));
+                let column = |q: &[S::V; 4], j: usize| {
+                    let first = S::permute2(q[0], q[1], low[j]);
+                    S::blend_first(first, S::permute2(q[2], q[3], high[j]), 2 * tw)
+                };
+                bt::<S>([
+                    column(&from0, 0),
+                    column(&from0, 1),
+                    column(&from0, 2),
+                    column(&from0, 3),
+                    column(&from4, 0),
+                    column(&from4, 1),
+                ])
+            });
+            let n = here * tw;
+            let col: [[S::V; 6]; 6] =
+                std::array::from_fn(|j| bt::<S>(std::array::from_fn(|i| h[i][j])));
+            // As `input_rows`: the 36 streams from one pointer, each line asked for ahead.
+            let mut dst = vk.add(ty * tw);
+            for i in 0..6 {
+                for c in &col {
+                    prefetch_write(dst.wrapping_add(PF));
+                    S::store_first(dst, c[i], n);
+                    dst = dst.wrapping_add(step);
+                }
+            }
+            ty += 4;
+        }
+    }
+}
+
 /// Output planes `r < bias.len()` of one image from the products: plane `r`'s tile `t` has
 /// its 36 values at `m[start + r * ld + ξ * stride + t]`; `A^T M A`, plus `bias[r]`,
 /// finished per `finish` (the ReLU; the 2x2 max pool, four windows a tile, the winners'
@@ -387,7 +463,9 @@ isa_copies!(output_avx512, output_avx2 = output_tiles(args: OutputArgs));
 
 #[inline(always)]
 unsafe fn output_tiles<S: Lanes>(args: OutputArgs) {
-    if args.2 .1 <= S::LANES / 2 {
+    if 4 * args.2 .1 <= S::LANES && args.5.pool.is_none() {
+        output_quad::<S>(args)
+    } else if args.2 .1 <= S::LANES / 2 {
         output_rows::<S, true>(args)
     } else {
         output_rows::<S, false>(args)
@@ -416,6 +494,49 @@ unsafe fn output_rows<S: Lanes, const PACKED: bool>(args: OutputArgs) {
         let at = (m.add(r * ld), stride);
         let to = (y.add(r * plane), arg);
         output_plane::<S, PACKED>(at, ((th, tw), (oh, ow)), bias, finish, open, to);
+    }
+}
+
+/// The unpooled output transform with four tile rows a vector, as `input_quad` leaves
+/// them (`4 tw <= LANES`): the lanes opened up to the vector's four quarters (nothing to
+/// move when a row fills a quarter, as cnn-plus's conv3's four tiles do on AVX-512), then
+/// an output row's four columns of each tile interleaved into place, which turns a tile
+/// row's output row per quarter into a whole output row per vector.
+#[inline(always)]
+unsafe fn output_quad<S: Lanes>(args: OutputArgs) {
+    let (m, (ld, stride), (th, tw), (oh, ow), bias, finish, y, _) = args;
+    let (l, quarter) = (S::LANES, S::LANES / 4);
+    let open = lanes::<S>(|j| (j / quarter) * tw + (j % quarter).min(tw - 1));
+    let moves = tw < quarter;
+    for (r, &bias) in bias.iter().enumerate() {
+        let (m, y, b) = (m.add(r * ld), y.add(r * oh * ow), S::splat(bias));
+        let mut ty = 0;
+        while ty < th {
+            let here = (th - ty).min(4);
+            for a in 0..2 {
+                let rows = rows_half::<S, false>((m, stride, ty * tw), a, b, finish.relu, open);
+                for (k, mut row) in rows.into_iter().enumerate() {
+                    if moves {
+                        for v in &mut row {
+                            *v = S::permute(*v, open);
+                        }
+                    }
+                    let [y0, y1, y2, y3] = row;
+                    let (p0, p1) = S::interleave(y0, y2);
+                    let (q0, q1) = S::interleave(y1, y3);
+                    let (a0, a1) = S::interleave(p0, q0);
+                    let (a2, a3) = S::interleave(p1, q1);
+                    let out = [a0, a1, a2, a3];
+                    for (q, &v) in out.iter().enumerate().take(here) {
+                        let row = 4 * (ty + q) + 2 * a + k;
+                        if row < oh {
+                            S::store_first(y.add(row * ow), v, ow.min(l));
+                        }
+                    }
+                }
+            }
+            ty += 4;
+        }
     }
 }
 
