@@ -345,26 +345,20 @@ unsafe fn input_quad<S: Lanes, const MASKED: bool>(args: InputArgs) {
         let mut ty = 0;
         while ty < th {
             let here = (th - ty).min(4);
-            // Tile rows past the grid's end read its row `ty` again, never stored.
-            let tile_row = |r: usize| if r < here { ty + r } else { ty };
+            // Each tile row's first padded row; rows past the grid's end read row `ty`'s
+            // again, never stored.
+            let rows: [usize; 4] = std::array::from_fn(|r| 4 * if r < here { ty + r } else { ty });
             let h: [[S::V; 6]; 6] = std::array::from_fn(|i| {
-                let load = |r: usize, col: usize| {
-                    let pr = 4 * tile_row(r) + i;
-                    load_in::<S, MASKED>(plane.add(pr * src.row + col), (pr, col), extent)
-                };
-                let from0: [S::V; 4] = std::array::from_fn(|r| load(r, 0));
-                let from4: [S::V; 4] = std::array::from_fn(|r| load(r, 4));
-                let column = |q: &[S::V; 4], j: usize| {
-                    let first = S::permute2(q[0], q[1], low[j]);
-                    S::blend_first(first, S::permute2(q[2], q[3], high[j]), 2 * tw)
-                };
+                let from0 = quad_loads::<S, MASKED>(plane, src.row, rows, i, 0, extent);
+                let from4 = quad_loads::<S, MASKED>(plane, src.row, rows, i, 4, extent);
+                let split = 2 * tw;
                 bt::<S>([
-                    column(&from0, 0),
-                    column(&from0, 1),
-                    column(&from0, 2),
-                    column(&from0, 3),
-                    column(&from4, 0),
-                    column(&from4, 1),
+                    quad_column::<S>(&from0, low[0], high[0], split),
+                    quad_column::<S>(&from0, low[1], high[1], split),
+                    quad_column::<S>(&from0, low[2], high[2], split),
+                    quad_column::<S>(&from0, low[3], high[3], split),
+                    quad_column::<S>(&from4, low[0], high[0], split),
+                    quad_column::<S>(&from4, low[1], high[1], split),
                 ])
             });
             let n = here * tw;
@@ -382,6 +376,33 @@ unsafe fn input_quad<S: Lanes, const MASKED: bool>(args: InputArgs) {
             ty += 4;
         }
     }
+}
+
+/// Padded row `rows[r] + i` of each of four tile rows, from column `col`, for `input_quad`.
+/// (Plain functions, not closures: one the compiler keeps out of line loses the caller's
+/// instruction set, and each vector operation in it becomes a call.)
+#[inline(always)]
+unsafe fn quad_loads<S: Lanes, const MASKED: bool>(
+    plane: *const f32,
+    row: usize,
+    rows: [usize; 4],
+    i: usize,
+    col: usize,
+    extent: (usize, usize),
+) -> [S::V; 4] {
+    let load = |r: usize| {
+        let pr = rows[r] + i;
+        load_in::<S, MASKED>(plane.add(pr * row + col), (pr, col), extent)
+    };
+    [load(0), load(1), load(2), load(3)]
+}
+
+/// One column of four tile rows' tiles from their rows' vectors `q`: the first two rows'
+/// lanes by `low`, the other two's by `high`, joined at lane `split`.
+#[inline(always)]
+unsafe fn quad_column<S: Lanes>(q: &[S::V; 4], low: S::Idx, high: S::Idx, split: usize) -> S::V {
+    let first = S::permute2(q[0], q[1], low);
+    S::blend_first(first, S::permute2(q[2], q[3], high), split)
 }
 
 /// Output planes `r < bias.len()` of one image from the products: plane `r`'s tile `t` has
@@ -463,8 +484,11 @@ isa_copies!(output_avx512, output_avx2 = output_tiles(args: OutputArgs));
 
 #[inline(always)]
 unsafe fn output_tiles<S: Lanes>(args: OutputArgs) {
-    if 4 * args.2 .1 <= S::LANES && args.5.pool.is_none() {
-        output_quad::<S>(args)
+    if 4 * args.2 .1 <= S::LANES {
+        match args.5.pool {
+            None => output_quad::<S>(args),
+            Some(step) => output_quad_pooled::<S>(args, step),
+        }
     } else if args.2 .1 <= S::LANES / 2 {
         output_rows::<S, true>(args)
     } else {
@@ -498,16 +522,13 @@ unsafe fn output_rows<S: Lanes, const PACKED: bool>(args: OutputArgs) {
 }
 
 /// The unpooled output transform with four tile rows a vector, as `input_quad` leaves
-/// them (`4 tw <= LANES`): the lanes opened up to the vector's four quarters (nothing to
-/// move when a row fills a quarter, as cnn-plus's conv3's four tiles do on AVX-512), then
-/// an output row's four columns of each tile interleaved into place, which turns a tile
-/// row's output row per quarter into a whole output row per vector.
+/// them (`4 tw <= LANES`): the lanes opened up to the vector's four quarters (`quad_open`),
+/// then an output row's four columns of each tile interleaved into place, which turns a
+/// tile row's output row per quarter into a whole output row per vector.
 #[inline(always)]
 unsafe fn output_quad<S: Lanes>(args: OutputArgs) {
     let (m, (ld, stride), (th, tw), (oh, ow), bias, finish, y, _) = args;
-    let (l, quarter) = (S::LANES, S::LANES / 4);
-    let open = lanes::<S>(|j| (j / quarter) * tw + (j % quarter).min(tw - 1));
-    let moves = tw < quarter;
+    let (open, moves) = quad_open::<S>(tw);
     for (r, &bias) in bias.iter().enumerate() {
         let (m, y, b) = (m.add(r * ld), y.add(r * oh * ow), S::splat(bias));
         let mut ty = 0;
@@ -530,7 +551,89 @@ unsafe fn output_quad<S: Lanes>(args: OutputArgs) {
                     for (q, &v) in out.iter().enumerate().take(here) {
                         let row = 4 * (ty + q) + 2 * a + k;
                         if row < oh {
-                            S::store_first(y.add(row * ow), v, ow.min(l));
+                            S::store_first(y.add(row * ow), v, ow.min(S::LANES));
+                        }
+                    }
+                }
+            }
+            ty += 4;
+        }
+    }
+}
+
+/// Lane indices moving four tile rows of `tw` tiles each, side by side, to the vector's four
+/// quarters, and whether that moves anything (not when a row fills a quarter, as cnn-plus's
+/// conv3's four tiles do on AVX-512).
+#[inline(always)]
+unsafe fn quad_open<S: Lanes>(tw: usize) -> (S::Idx, bool) {
+    let quarter = S::LANES / 4;
+    let open = lanes::<S>(|j| (j / quarter) * tw + (j % quarter).min(tw - 1));
+    (open, tw < quarter)
+}
+
+/// The pooled output transform with four tile rows a vector (`output_quad`'s lanes): the
+/// two windows of each tile's row of windows, which leaves two pooled rows in each half of
+/// a vector (the second moved down before it is stored), and the winners' positions into
+/// `arg` unless it is null, as `output_plane` keeps them.
+#[inline(always)]
+unsafe fn output_quad_pooled<S: Lanes>(args: OutputArgs, step: usize) {
+    let (m, (ld, stride), (th, tw), (oh, ow), bias, finish, y, arg) = args;
+    let (l, quarter) = (S::LANES, S::LANES / 4);
+    let (open, moves) = quad_open::<S>(tw);
+    let down = lanes::<S>(|j| j + l / 2);
+    let (ph, pw) = (oh / 2, ow / 2);
+    let plane = ph * pw;
+    let offsets = [0.0, 1.0, step as f32, step as f32 + 1.0];
+    for (r, &bias) in bias.iter().enumerate() {
+        let (m, y, b) = (m.add(r * ld), y.add(r * plane), S::splat(bias));
+        let arg = if arg.is_null() {
+            arg
+        } else {
+            arg.add(r * plane)
+        };
+        let mut ty = 0;
+        while ty < th {
+            let here = (th - ty).min(4);
+            for a in 0..2 {
+                let mut rows = rows_half::<S, false>((m, stride, ty * tw), a, b, finish.relu, open);
+                if moves {
+                    for row in &mut rows {
+                        for v in row {
+                            *v = S::permute(*v, open);
+                        }
+                    }
+                }
+                // The first of tied values wins, in row-major order; the winner's position
+                // `row * step + column` of the unpooled plane.
+                let mut base = [0.0f32; MAX_LANES];
+                for (j, v) in base.iter_mut().enumerate().take(l) {
+                    let (q, t) = (j / quarter, j % quarter);
+                    *v = (4 * (ty + q) * step + 2 * a * step + 4 * t) as f32;
+                }
+                let base = S::load(base.as_ptr());
+                let (v0, q0) = window::<S>(&rows, 0, &offsets, base);
+                let (v1, q1) = window::<S>(&rows, 1, &offsets, S::add(base, S::splat(2.0)));
+                // Pooled row 2 (ty + q) + a, columns 2 t + c, in quarter-rows of 2 t values.
+                let (lo, hi) = S::interleave(v0, v1);
+                let pooled = [lo, S::permute(lo, down), hi, S::permute(hi, down)];
+                for (q, &v) in pooled.iter().enumerate().take(here) {
+                    let row = 2 * (ty + q) + a;
+                    if row < ph {
+                        S::store_first(y.add(row * pw), v, pw);
+                    }
+                }
+                if !arg.is_null() {
+                    let (qlo, qhi) = S::interleave(q0, q1);
+                    let mut pos = [[0.0f32; MAX_LANES]; 2];
+                    S::store(pos[0].as_mut_ptr(), qlo);
+                    S::store(pos[1].as_mut_ptr(), qhi);
+                    for q in 0..here {
+                        let row = 2 * (ty + q) + a;
+                        if row < ph {
+                            let from = &pos[q / 2][(q % 2) * (l / 2)..][..pw];
+                            for (i, &p) in from.iter().enumerate() {
+                                *arg.add(row * pw + i) = p as u32;
+                            }
                         }
                     }
                 }
