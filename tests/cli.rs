@@ -548,6 +548,8 @@ fn bench_reports_the_conv_path_that_convnet_simd_picks() {
         );
     }
     assert!(!on.contains("conv1 weight gradient"), "{on}");
+    // Its shares of the FMA peak say what they count once Winograd layers run.
+    assert_eq!(on.contains("a share can pass 100%"), has_vectors, "{on}");
     // Without Winograd, AVX-512 runs them with the output channels in the lanes.
     let lanes = on.contains("direct AVX-512 kernels");
     let off = winograd("off");
