@@ -229,7 +229,8 @@ def main():
     print("|---|---|---|---|---|")
     for name, batch, best, peak, share, ratios in rows:
         c = best["convnet"]
-        share_text = f" ({share:.0f}% of the {peak:.0f} GFLOP/s FMA peak)" if peak else ""
+        # convnet bench counts each conv's direct multiply-adds; Winograd layers do fewer.
+        share_text = f" ({share:.0f}% of the {peak:.0f} GFLOP/s FMA peak, direct-conv FLOPs)" if peak else ""
         print(f"| {name} | {batch} | convnet | {c[0]:,.0f}{share_text} | {c[1]:,.0f} |")
         if torch:
             for layout in ("default", "channels_last"):

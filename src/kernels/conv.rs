@@ -545,19 +545,13 @@ impl FastConv {
             g.out_c,
             out,
             |i, p| {
-                if !self.pool {
-                    let planes = &mut y[i * g.out_c * plane..][..g.out_c * plane];
-                    return p.planes(0, bias, self.relu, planes);
-                }
-                for (o, &bias) in bias.iter().enumerate() {
-                    let k = i * g.out_c + o;
-                    let arg = if keep_arg {
-                        &mut indices[k * plane..][..plane]
-                    } else {
-                        &mut []
-                    };
-                    p.plane(o, bias, finish, &mut y[k * plane..][..plane], arg);
-                }
+                let planes = &mut y[i * g.out_c * plane..][..g.out_c * plane];
+                let arg = if keep_arg {
+                    &mut indices[i * g.out_c * plane..][..g.out_c * plane]
+                } else {
+                    &mut []
+                };
+                p.planes(0, bias, finish, planes, arg)
             },
         );
     }
@@ -817,12 +811,12 @@ impl FastConv {
                 g.in_c,
                 out,
                 |i, p| {
-                    p.planes(
-                        0,
-                        &no_bias,
-                        false,
-                        &mut dx[i * g.in_c * hw..][..g.in_c * hw],
-                    )
+                    let finish = Finish {
+                        relu: false,
+                        pool: None,
+                    };
+                    let dx = &mut dx[i * g.in_c * hw..][..g.in_c * hw];
+                    p.planes(0, &no_bias, finish, dx, &mut [])
                 },
             );
             return;
