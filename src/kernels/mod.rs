@@ -8,7 +8,7 @@
 //! | `conv.rs` | `nn::Conv2d` (+ the ReLU and 2x2 max pool after it) | direct vector kernels or im2col + GEMM, per chunk of images, with the ReLU and pool applied on the output rows |
 //! | `conv_direct.rs` | the conv's inner sums | AVX-512 / AVX2 kernels reading the padded input in place |
 //! | `winograd.rs` | a wide 3x3 conv's forward pass and input gradient | Winograd F(2x2, 3x3): transformed tiles, 16 products on the direct kernels, the ReLU and pool on the way out |
-//! | `winograd4.rs` | the same, for planes where it takes fewer products | Winograd F(4x4, 3x3)'s transforms: 36 products per 16 outputs instead of 64, through `winograd.rs`'s `convolve` |
+//! | `winograd4.rs` | the same, for planes where it takes fewer products | Winograd F(4x4, 3x3)'s transforms (one, two or four tile rows a vector, by the plane's width): 36 products per 16 outputs instead of 64, through `winograd.rs`'s `convolve` |
 //! | `winograd_dw.rs` | a wide 3x3 conv's weight gradient | Winograd F(2x2, 3x3), or F(4x4, 3x3) where it takes at most 2/3 of the products: the tiles as the contraction, the output channels in the lanes |
 //! | `im2col.rs` | the conv's loops over the window | unfolding into columns for one GEMM |
 //! | `pool.rs` | `nn::Pool2d` | a vector 2x2 max pool; the plain loops per chunk otherwise |
