@@ -498,6 +498,23 @@ fn bench_reports_the_conv_path_that_convnet_simd_picks() {
         "stride-1 convs: im2col + GEMM"
     };
     assert!(stdout.contains(default), "{stdout}");
+    // seed-cnn's conv2 (8 -> 16 channels, 14x14) is wide enough for F(4x4), not for F(2x2);
+    // its conv1 (one input channel) for neither.
+    assert_eq!(
+        stdout.contains("conv2 forward and input gradient as Winograd F(4x4, 3x3)"),
+        has_vectors,
+        "{stdout}"
+    );
+    assert!(!stdout.contains("conv1 forward"), "{stdout}");
+    // With F(2x2) only (CONVNET_WINOGRAD=f2) it stays on the direct kernels.
+    let out = Command::new(env!("CARGO_BIN_EXE_convnet"))
+        .args(["bench", "--seconds", "0.05", "--batch-size", "8"])
+        .args(["--eval-batch-size", "16", "--threads", "1"])
+        .env("CONVNET_WINOGRAD", "f2")
+        .output()
+        .expect("the binary runs");
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(!text(&out).0.contains("Winograd"), "{:?}", text(&out));
     // cnn-plus's conv2 and conv3 are wide enough for Winograd; CONVNET_WINOGRAD=off keeps
     // them on the direct kernels.
     let winograd = |setting: &str| {

@@ -111,12 +111,25 @@ pub enum WeightGrad {
 /// bench` (BENCHMARKS.md): 32 -> 64 channels gain, 16 -> 32 a little, 8 -> 16 lose.
 const WINOGRAD_MAX_THINNESS: f64 = 0.1;
 
-/// Whether `shape` can and should run as Winograd F(2x2, 3x3) on the direct path.
+/// The same where the output planes run F(4x4, 3x3) (`Tile::four_pays`), whose products
+/// shrink 4x against the direct sums' 2.25x: seed-cnn's conv2 (8 -> 16, 14x14, pooled)
+/// trained 56,702-60,903 -> 64,127-66,248 images/s in five alternating `convnet bench`
+/// pairs on an AMD EPYC (Zen 4), once conv3's four tile rows a vector had halved the
+/// transforms of 14x14 planes.
+const WINOGRAD_FOUR_MAX_THINNESS: f64 = 0.2;
+
+/// Whether `shape` can and should run as Winograd on the direct path.
 fn wants_winograd(g: &ConvShape) -> bool {
+    let four = winograd::four_allowed() && Tile::four_pays(g.out_h, g.out_w);
+    let most = if four {
+        WINOGRAD_FOUR_MAX_THINNESS
+    } else {
+        WINOGRAD_MAX_THINNESS
+    };
     winograd::allowed()
         && g.kernel == 3
         && g.stride == 1
-        && 1.0 / g.in_c as f64 + 1.0 / g.out_c as f64 <= WINOGRAD_MAX_THINNESS
+        && 1.0 / g.in_c as f64 + 1.0 / g.out_c as f64 <= most
 }
 
 /// The fewest input channels for which the lane weight gradient is the default (on
