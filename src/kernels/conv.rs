@@ -108,7 +108,7 @@ pub enum WeightGrad {
 /// How thin a 3x3 layer may be and still gain from Winograd: per tile its input transform
 /// costs in proportion to C, its output transform to O, the products saved to C * O; so
 /// it pays when 1/C + 1/O is small. Measured with `cargo bench --bench conv` and `convnet
-/// bench` (BENCHMARKS.md): 32 -> 64 channels gain, 16 -> 32 a little, 8 -> 16 lose.
+/// bench` (BENCHMARKS.md), F(2x2): 32 -> 64 channels gain, 16 -> 32 a little, 8 -> 16 lose.
 const WINOGRAD_MAX_THINNESS: f64 = 0.1;
 
 /// The same where the output planes run F(4x4, 3x3) (`Tile::four_pays`), whose products
