@@ -258,7 +258,8 @@ impl Network {
     /// The output of layer `i` from the last forward pass (`i = 0` is the first layer).
     /// Every layer's own output only after an evaluation pass with `keep_every_output`
     /// set (or on the reference engine): otherwise a conv followed by a ReLU writes the
-    /// ReLU's output into the ReLU's tensor, and its own is stale; so is the input of a
+    /// ReLU's output into the ReLU's tensor, and its own is stale (empty after an
+    /// evaluation pass, which sizes only the tensors it writes); so is the input of a
     /// skipped flatten, and after a training pass every output that no backward pass reads
     /// (kept per thread instead: `pipeline.rs`).
     pub fn activation(&self, i: usize) -> &Tensor {

@@ -366,6 +366,10 @@ fn evaluation_fuses_unless_every_output_is_kept() {
     let pool1_fused = net.activation(2).data.clone();
     assert!(pool1_fused.iter().all(|&v| v >= 0.0));
     assert!(pool1_fused.iter().any(|&v| v > 0.0));
+    // The slots no layer writes (conv1's and relu1's own) are left empty, not filled at
+    // the batch's size.
+    assert!(net.activation(0).data.is_empty() && net.activation(1).data.is_empty());
+    assert_eq!(net.activation(2).data.len(), 10 * 8 * 14 * 14);
 
     net.keep_every_output = true;
     fill(&mut net);
