@@ -340,30 +340,18 @@ impl Pipeline {
         // others are left empty rather than zero-filled at the batch's size (a one-shot
         // `convnet eval` of cnn-plus spent a quarter of its time filling 100 MB tensors
         // that no layer wrote).
-        let written: Vec<bool> = match (mode, self.fused_now) {
-            (Mode::Eval, Some(_)) => {
-                let skips = Skips {
+        let written = match (mode, self.fused_now) {
+            (Mode::Eval, Some(_)) => Some(
+                Skips {
                     absorbed: &self.eval_absorbed[start..],
                     fused: true,
-                };
-                let mut written = vec![false; end - start + 1];
-                written[0] = true;
-                for j in (0..end - start).filter(|&j| !skips.skip(j)) {
-                    if let Some(w) = written.get_mut(skips.out(j)) {
-                        *w = true;
-                    }
                 }
-                written
-            }
-            _ => vec![true; end - start + 1],
+                .written(end - start),
+            ),
+            _ => None,
         };
-        prepare_outputs(
-            &mut ops[start..end],
-            &mut acts[start..=end],
-            &written,
-            n,
-            mode,
-        );
+        let slots = &mut acts[start..=end];
+        prepare_outputs(&mut ops[start..end], slots, written.as_deref(), n, mode);
         grow_scratch(&mut self.scratch[start..last], n);
         let views = chunk_views(
             &mut acts[start..=end],
@@ -524,7 +512,7 @@ impl Pipeline {
         assert_eq!(labels.len(), n, "one label per sample");
         let chunks = n.div_ceil(CHUNK);
         self.set_fusion(ops, true, Mode::Train);
-        prepare_outputs(ops, &mut acts[..=end], &vec![true; end + 1], n, Mode::Train);
+        prepare_outputs(ops, &mut acts[..=end], None, n, Mode::Train);
         prepare_input_grads(ops, &mut grads[..end], 0, n);
         let classes = ops[end - 1].layer().output_shape()[0];
         grads[end].resize_batch(n, &[classes]);
@@ -582,13 +570,13 @@ impl Pipeline {
 fn prepare_outputs(
     ops: &mut [Box<dyn Op>],
     outputs_from_input: &mut [Tensor],
-    written: &[bool],
+    written: Option<&[bool]>,
     n: usize,
     mode: Mode,
 ) {
-    let slots = outputs_from_input[1..].iter_mut().zip(&written[1..]);
-    for (op, (y, &written)) in ops.iter_mut().zip(slots) {
-        if written {
+    let outputs = outputs_from_input[1..].iter_mut().enumerate();
+    for (op, (j, y)) in ops.iter_mut().zip(outputs) {
+        if written.is_none_or(|w| w[j + 1]) {
             y.resize_batch(n, op.layer().output_shape());
         } else {
             // Empty: its capacity kept for the next pass that writes it.
@@ -705,6 +693,18 @@ impl Skips<'_> {
             i += 1;
         }
         i
+    }
+    /// Per slot of a stage of `len` layers (its input, then each layer's output), whether
+    /// a pass writes it: the input, and each unskipped layer's `out`.
+    fn written(&self, len: usize) -> Vec<bool> {
+        let mut written = vec![false; len + 1];
+        written[0] = true;
+        for j in (0..len).filter(|&j| !self.skip(j)) {
+            if let Some(w) = written.get_mut(self.out(j)) {
+                *w = true;
+            }
+        }
+        written
     }
 }
 

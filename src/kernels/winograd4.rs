@@ -528,26 +528,16 @@ unsafe fn output_rows<S: Lanes, const PACKED: bool>(args: OutputArgs) {
 #[inline(always)]
 unsafe fn output_quad<S: Lanes>(args: OutputArgs) {
     let (m, (ld, stride), (th, tw), (oh, ow), bias, finish, y, _) = args;
-    let (open, moves) = quad_open::<S>(tw);
+    let open = quad_open::<S>(tw);
     for (r, &bias) in bias.iter().enumerate() {
         let (m, y, b) = (m.add(r * ld), y.add(r * oh * ow), S::splat(bias));
         let mut ty = 0;
         while ty < th {
             let here = (th - ty).min(4);
             for a in 0..2 {
-                let rows = rows_half::<S, false>((m, stride, ty * tw), a, b, finish.relu, open);
-                for (k, mut row) in rows.into_iter().enumerate() {
-                    if moves {
-                        for v in &mut row {
-                            *v = S::permute(*v, open);
-                        }
-                    }
-                    let [y0, y1, y2, y3] = row;
-                    let (p0, p1) = S::interleave(y0, y2);
-                    let (q0, q1) = S::interleave(y1, y3);
-                    let (a0, a1) = S::interleave(p0, q0);
-                    let (a2, a3) = S::interleave(p1, q1);
-                    let out = [a0, a1, a2, a3];
+                let rows = quad_rows::<S>((m, stride, ty * tw), a, b, finish.relu, open);
+                for (k, row) in rows.into_iter().enumerate() {
+                    let out = interleave4::<S>(row);
                     for (q, &v) in out.iter().enumerate().take(here) {
                         let row = 4 * (ty + q) + 2 * a + k;
                         if row < oh {
@@ -559,6 +549,28 @@ unsafe fn output_quad<S: Lanes>(args: OutputArgs) {
             ty += 4;
         }
     }
+}
+
+/// Output rows `2 a` and `2 a + 1` of a block of four tile rows from `at_tile` on
+/// (`rows_half`), their lanes opened up to the vector's quarters when that moves any
+/// (`quad_open`).
+#[inline(always)]
+unsafe fn quad_rows<S: Lanes>(
+    tile: (*const f32, usize, usize),
+    a: usize,
+    bias: S::V,
+    relu: bool,
+    (open, moves): (S::Idx, bool),
+) -> [[S::V; 4]; 2] {
+    let mut rows = rows_half::<S, false>(tile, a, bias, relu, open);
+    if moves {
+        for row in &mut rows {
+            for v in row {
+                *v = S::permute(*v, open);
+            }
+        }
+    }
+    rows
 }
 
 /// Lane indices moving four tile rows of `tw` tiles each, side by side, to the vector's four
@@ -579,11 +591,19 @@ unsafe fn quad_open<S: Lanes>(tw: usize) -> (S::Idx, bool) {
 unsafe fn output_quad_pooled<S: Lanes>(args: OutputArgs, step: usize) {
     let (m, (ld, stride), (th, tw), (oh, ow), bias, finish, y, arg) = args;
     let (l, quarter) = (S::LANES, S::LANES / 4);
-    let (open, moves) = quad_open::<S>(tw);
+    let open = quad_open::<S>(tw);
     let down = lanes::<S>(|j| j + l / 2);
     let (ph, pw) = (oh / 2, ow / 2);
     let plane = ph * pw;
     let offsets = [0.0, 1.0, step as f32, step as f32 + 1.0];
+    // The first of tied values wins, in row-major order; the winner's position
+    // `row * step + column` of the unpooled plane: from the block's first window at `base`
+    // (whole numbers below 2^24, so exact as floats).
+    let mut base = [0.0f32; MAX_LANES];
+    for (j, v) in base.iter_mut().enumerate().take(l) {
+        *v = (4 * (j / quarter) * step + 4 * (j % quarter)) as f32;
+    }
+    let base = S::load(base.as_ptr());
     for (r, &bias) in bias.iter().enumerate() {
         let (m, y, b) = (m.add(r * ld), y.add(r * plane), S::splat(bias));
         let arg = if arg.is_null() {
@@ -595,24 +615,10 @@ unsafe fn output_quad_pooled<S: Lanes>(args: OutputArgs, step: usize) {
         while ty < th {
             let here = (th - ty).min(4);
             for a in 0..2 {
-                let mut rows = rows_half::<S, false>((m, stride, ty * tw), a, b, finish.relu, open);
-                if moves {
-                    for row in &mut rows {
-                        for v in row {
-                            *v = S::permute(*v, open);
-                        }
-                    }
-                }
-                // The first of tied values wins, in row-major order; the winner's position
-                // `row * step + column` of the unpooled plane.
-                let mut base = [0.0f32; MAX_LANES];
-                for (j, v) in base.iter_mut().enumerate().take(l) {
-                    let (q, t) = (j / quarter, j % quarter);
-                    *v = (4 * (ty + q) * step + 2 * a * step + 4 * t) as f32;
-                }
-                let base = S::load(base.as_ptr());
-                let (v0, q0) = window::<S>(&rows, 0, &offsets, base);
-                let (v1, q1) = window::<S>(&rows, 1, &offsets, S::add(base, S::splat(2.0)));
+                let rows = quad_rows::<S>((m, stride, ty * tw), a, b, finish.relu, open);
+                let at = S::add(base, S::splat(((4 * ty + 2 * a) * step) as f32));
+                let (v0, q0) = window::<S>(&rows, 0, &offsets, at);
+                let (v1, q1) = window::<S>(&rows, 1, &offsets, S::add(at, S::splat(2.0)));
                 // Pooled row 2 (ty + q) + a, columns 2 t + c, in quarter-rows of 2 t values.
                 let (lo, hi) = S::interleave(v0, v1);
                 let pooled = [lo, S::permute(lo, down), hi, S::permute(hi, down)];
@@ -836,10 +842,7 @@ unsafe fn store_row<S: Lanes, const PACKED: bool>(
     [y0, y1, y2, y3]: [S::V; 4],
 ) {
     let l = S::LANES;
-    let (p0, p1) = S::interleave(y0, y2);
-    let (q0, q1) = S::interleave(y1, y3);
-    let (a0, a1) = S::interleave(p0, q0);
-    let (a2, a3) = S::interleave(p1, q1);
+    let [a0, a1, a2, a3] = interleave4::<S>([y0, y1, y2, y3]);
     if PACKED {
         put::<S, PACKED>((y, ow, 4), both, row, 0, a0, a2);
         put::<S, PACKED>((y, ow, 4), both, row, l, a1, a3);
@@ -847,6 +850,17 @@ unsafe fn store_row<S: Lanes, const PACKED: bool>(
         put::<S, PACKED>((y, ow, 4), both, row, 4 * t, a0, a1);
         put::<S, PACKED>((y, ow, 4), both, row, 4 * t + 2 * l, a2, a3);
     }
+}
+
+/// Four vectors of an output row's columns 0 to 3 of each tile, interleaved into the row's
+/// order (lane `t` of `y[c]` to value `4 t + c`), a quarter of the lanes at a time.
+#[inline(always)]
+unsafe fn interleave4<S: Lanes>([y0, y1, y2, y3]: [S::V; 4]) -> [S::V; 4] {
+    let (p0, p1) = S::interleave(y0, y2);
+    let (q0, q1) = S::interleave(y1, y3);
+    let (a0, a1) = S::interleave(p0, q0);
+    let (a2, a3) = S::interleave(p1, q1);
+    [a0, a1, a2, a3]
 }
 
 /// Stores `lo` and `hi` into a plane `cols` wide and `rows` high (`to` = (its start, its

@@ -140,23 +140,24 @@ pub fn weight_grad(
         // dW = G^T dU G per (output, input) channel pair, as (C * 9, O) with the output
         // channels in the lanes, then transposed into (O, C, 3, 3).
         let dwt = &mut dyt[..9 * pairs];
-        match tile {
-            Tile::F2 => finish(isa, du, planes, outs, dwt),
-            Tile::F4 => finish4(isa, du, planes, outs, dwt),
-        }
+        finish(isa, tile, du, planes, outs, dwt);
         simd::transpose(Some(isa), dwt, planes * 9, outs, dw);
     });
 }
 
-/// `dwt[(c * 9 + k) * outs + o] = (G^T dU G)[k]` for each pair's 4x4 sums
-/// `du[ξ][c][o]` (rows of `outs`, position blocks of `planes * outs`).
-fn finish(isa: Isa, du: &[f32], planes: usize, outs: usize, dwt: &mut [f32]) {
-    assert!(du.len() >= 16 * planes * outs && dwt.len() >= 9 * planes * outs);
+/// `dwt[(c * 9 + k) * outs + o] = (G^T dU G)[k]` for each pair's sums `du[ξ][c][o]`
+/// (rows of `outs`, position blocks of `planes * outs`): 4x4 for F(2x2), 6x6 for F(4x4)
+/// (`G` in `winograd4.rs`).
+fn finish(isa: Isa, tile: Tile, du: &[f32], planes: usize, outs: usize, dwt: &mut [f32]) {
+    assert!(du.len() >= tile.positions() * planes * outs && dwt.len() >= 9 * planes * outs);
     assert!(outs.is_multiple_of(isa.lanes()));
     // SAFETY: the reads and writes stay within the lengths checked above.
     unsafe {
         let args = (du.as_ptr(), planes, outs, dwt.as_mut_ptr());
-        call_isa_copy!(isa, finish_avx512, finish_avx2(args))
+        match tile {
+            Tile::F2 => call_isa_copy!(isa, finish_avx512, finish_avx2(args)),
+            Tile::F4 => call_isa_copy!(isa, finish4_avx512, finish4_avx2(args)),
+        }
     }
 }
 
@@ -365,18 +366,6 @@ unsafe fn grad4_tiles<S: Lanes>(args: Grad4Args) {
                 }
             }
         }
-    }
-}
-
-/// F(4x4)'s `dwt[(c * 9 + k) * outs + o] = (G^T dU G)[k]` for each pair's 6x6 sums
-/// `du[ξ][c][o]`, as `finish` (`G` in `winograd4.rs`).
-fn finish4(isa: Isa, du: &[f32], planes: usize, outs: usize, dwt: &mut [f32]) {
-    assert!(du.len() >= 36 * planes * outs && dwt.len() >= 9 * planes * outs);
-    assert!(outs.is_multiple_of(isa.lanes()));
-    // SAFETY: the reads and writes stay within the lengths checked above.
-    unsafe {
-        let args = (du.as_ptr(), planes, outs, dwt.as_mut_ptr());
-        call_isa_copy!(isa, finish4_avx512, finish4_avx2(args))
     }
 }
 
