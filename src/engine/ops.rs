@@ -20,7 +20,7 @@ use crate::tensor::Tensor;
 pub(crate) enum Absorb {
     /// A ReLU the layer before it applies itself.
     Relu,
-    /// A 2x2, stride-2 max pool the conv before it applies itself.
+    /// A 2x2, stride-2 max pool the conv or batch norm before it applies itself.
     MaxPool2x2,
     /// A layer that leaves the data as it is (flatten): the next layer reads its input.
     Identity,
@@ -127,9 +127,11 @@ pub(crate) trait Op: Send + Sync {
         let _ = (scratch, chunks);
     }
     /// A barrier's input gradient for one chunk, after its `finish_backward`, from its input
-    /// `x` and output gradient `dy`.
-    fn dx_chunk(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        let _ = (x, dy, dx);
+    /// `x`, output gradient `dy` and the chunk's scratch of its own stage (the same chunk:
+    /// a barrier's stage and the one below it cut the batch alike, as no `wide_chunk`
+    /// layer's output feeds a barrier that keeps anything in its scratch).
+    fn dx_chunk(&self, x: &[f32], dy: &[f32], dx: &mut [f32], s: &Scratch) {
+        let _ = (x, dy, dx, s);
     }
 }
 
@@ -540,11 +542,13 @@ impl Op for BatchNormOp {
     fn batch_barrier(&self) -> bool {
         true
     }
+    /// The ReLU after it, and a 2x2 max pool after that (or right after it) over 2-d maps.
     fn fuse(&mut self, what: Absorb, on: bool) -> bool {
-        if what != Absorb::Relu {
-            return false;
+        match (what, self.layer.input_shape()) {
+            (Absorb::Relu, _) => self.fast.relu = on,
+            (Absorb::MaxPool2x2, &[_, h, w]) => self.fast.pool = on.then_some((h, w)),
+            _ => return false,
         }
-        self.fast.relu = on;
         true
     }
     fn prepare(&mut self, mode: Mode) {
@@ -560,8 +564,10 @@ impl Op for BatchNormOp {
         self.fast.use_running(&mut self.layer);
         Some(self.fast.scale_shift())
     }
-    fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], _s: &mut Scratch, _mode: Mode) {
-        self.fast.apply_chunk(&self.layer, x, y);
+    /// A fused max pool's winners go to the chunk's scratch in training passes.
+    fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, mode: Mode) {
+        let arg = (mode == Mode::Train).then_some(&mut s.indices);
+        self.fast.apply_chunk(&self.layer, x, y, arg);
     }
     fn backward_chunk(
         &self,
@@ -572,7 +578,8 @@ impl Op for BatchNormOp {
         s: &mut Scratch,
     ) {
         // The fused ReLU's mask comes from x (`FastBatchNorm::grad_chunk`), not from y.
-        self.fast.grad_chunk(&self.layer, x, dy, &mut s.sums);
+        self.fast
+            .grad_chunk(&self.layer, x, dy, &s.indices, &mut s.sums);
     }
     fn finish_backward(&mut self, x: &Tensor, _dy: &Tensor, scratch: &[Scratch], chunks: usize) {
         let m = x.batch() * self.layer.plane;
@@ -586,8 +593,8 @@ impl Op for BatchNormOp {
         let parts = scratch[..chunks].iter().map(|s| &s.sums[..]);
         self.fast.finish_stats(&mut self.layer, parts);
     }
-    fn dx_chunk(&self, x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        self.fast.dx_chunk(&self.layer, x, dy, dx);
+    fn dx_chunk(&self, x: &[f32], dy: &[f32], dx: &mut [f32], s: &Scratch) {
+        self.fast.dx_chunk(&self.layer, x, dy, &s.indices, dx);
     }
 }
 

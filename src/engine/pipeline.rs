@@ -17,10 +17,11 @@
 //! chunks are fixed and their parts are added in chunk order, results do not depend on the
 //! number of threads.
 //!
-//! Fusion: inside a stage, a ReLU after a conv or a batch norm, a 2x2 max pool after a conv
+//! Fusion: inside a stage, a ReLU after a conv or a batch norm, a 2x2 max pool after either
 //! (and its ReLU), and a flatten are skipped: the conv applies the ReLU and the pool to its
-//! own output rows (`kernels/conv.rs`), the batch norm the ReLU to its output
-//! (`kernels/batchnorm.rs`), and the layer after a flatten reads the flatten's input, whose
+//! own output rows (`kernels/conv.rs`), the batch norm the ReLU and the pool to its output
+//! plane by plane (`kernels/batchnorm.rs`; its backward passes then read the pooled
+//! gradient, so the full-size one is never written: cnn-plus's bn2 and bn3), and the layer after a flatten reads the flatten's input, whose
 //! data is already in order. In evaluation passes a batch norm right after a conv is
 //! skipped too: its scale and shift (running statistics) are folded into the conv's weights
 //! and bias, and the conv then applies the ReLU and the pool after the batch norm. The
@@ -121,7 +122,7 @@ fn stages(ops: &[Box<dyn Op>], barriers: bool) -> Vec<(usize, usize)> {
 /// The fusions of passes in `mode` over `stages`: each layer a fused pass skips, with
 /// what for and the layer that applies it instead (its host). Only inside a stage and not
 /// its last layer: each flatten; each ReLU the layer before it can apply; each 2x2 max pool
-/// likewise (the conv before it and its ReLU); in evaluation, each batch norm right after
+/// likewise (the conv or batch norm before it and its ReLU); in evaluation, each batch norm right after
 /// a conv (folded into it; the conv then also applies the ReLU and pool after it).
 fn fusions(
     ops: &mut [Box<dyn Op>],
@@ -931,7 +932,7 @@ impl<'a> Run<'a> {
             };
             let dx = slot(dx, buf, self.len).expect("the barrier's input gradient");
             let dy = dy[0].as_deref().expect("output gradients exist");
-            barrier.dx_chunk(v.acts[self.len], dy, dx);
+            barrier.dx_chunk(v.acts[self.len], dy, dx, v.scratch[self.len]);
             if let Some(b) = begin {
                 t[self.len.min(MAX_TIMED - 1)].1 += b.elapsed();
             }
@@ -1033,8 +1034,8 @@ impl Alone {
         self.op
             .finish_backward(x, dy, &self.scratch, n.div_ceil(CHUNK));
         if self.op.batch_barrier() {
-            self.each_chunk(&mut dx, (x, y, dy), |op, dx, (x, _, dy), _| {
-                op.dx_chunk(x, dy, dx)
+            self.each_chunk(&mut dx, (x, y, dy), |op, dx, (x, _, dy), s| {
+                op.dx_chunk(x, dy, dx, s)
             });
         }
         dx

@@ -17,11 +17,18 @@
 //!                         below starts its backward pass
 //! ```
 //!
+//! A 2x2 max pool after the batch norm (and its ReLU) may be fused too: `apply_chunk` then
+//! pools each plane as it is normalised and keeps the windows' winners, and the backward
+//! passes read the pooled gradient, sending each value to its winner plane by plane into a
+//! buffer in L1 (`Unpool`) exactly as the pool's own backward would. The full-size output
+//! gradient is then never written to memory and read back by the stage below.
+//!
 //! Sums run in f64 (8 interleaved lanes within a chunk); chunks are fixed and combined in
 //! order, so results repeat on any thread count. Evaluation passes need no barrier: the
 //! running statistics give scale and shift before the pass.
 
-use super::simd::{self, on_best_isa};
+use super::pool;
+use super::simd::{self, on_best_isa, Isa};
 use crate::nn::{ActivationKind, BatchNorm};
 
 /// `sum(f(v))` over `values` in 8 interleaved f64 partial sums. The order is fixed, so
@@ -132,6 +139,65 @@ on_best_isa! {
     }
 }
 
+/// The output gradient of a batch norm whose 2x2 max pool is fused: `dy` is the pooled
+/// gradient, `arg` the winners the forward pass kept, each plane (`in_hw`) rebuilt at full
+/// size when a kernel reaches it.
+#[derive(Clone, Copy)]
+pub(crate) struct Unpool<'a> {
+    isa: Option<Isa>,
+    arg: &'a [u32],
+    in_hw: (usize, usize),
+}
+
+impl<'a> Unpool<'a> {
+    pub(crate) fn new(isa: Option<Isa>, arg: &'a [u32], in_hw: (usize, usize)) -> Self {
+        Unpool { isa, arg, in_hw }
+    }
+
+    /// Plane `k`'s full-size gradient into `buf` (one plane long): each pooled value at
+    /// its window's winner, zeros elsewhere, as `pool::backward_chunk` writes it.
+    #[inline(always)]
+    fn plane<'b>(&self, dy: &[f32], k: usize, buf: &'b mut [f32]) -> &'b [f32] {
+        let (h, w) = self.in_hw;
+        let pooled = (h / 2) * (w / 2);
+        let (dy, arg) = (
+            &dy[k * pooled..][..pooled],
+            &self.arg[k * pooled..][..pooled],
+        );
+        pool::unpool_2x2(self.isa, dy, None, arg, (h / 2, w / 2), w, h, buf);
+        buf
+    }
+}
+
+/// A chunk's output gradient as the gradient kernels read it: `dy` itself, or, with the
+/// max pool fused (`pooled`), the pooled gradient that each plane is rebuilt from.
+#[derive(Clone, Copy)]
+pub(crate) struct OutGrad<'a> {
+    pub dy: &'a [f32],
+    pub pooled: Option<Unpool<'a>>,
+}
+
+impl OutGrad<'_> {
+    /// Plane `(s, c)`: `dy`'s own, or rebuilt into `buf` from the pooled one.
+    #[inline(always)]
+    fn plane<'b>(
+        &'b self,
+        shape: (usize, usize),
+        (s, c): (usize, usize),
+        buf: &'b mut [f32],
+    ) -> &'b [f32] {
+        match &self.pooled {
+            Some(u) => u.plane(self.dy, s * shape.0 + c, buf),
+            None => plane_of(self.dy, shape, s, c),
+        }
+    }
+
+    /// The buffer `plane` needs for planes of `len` values.
+    fn buffer(&self, len: usize) -> Vec<f32> {
+        vec![0.0; if self.pooled.is_some() { len } else { 0 }]
+    }
+}
+
 on_best_isa! {
     /// sum(g) and sum(g * (x - mean)) per channel of one chunk into `sums`, g being `dy`
     /// masked by the fused ReLU: where `x * scale + shift`, the ReLU's input, is positive
@@ -140,13 +206,14 @@ on_best_isa! {
     fn grad_kernel(
         x: &[f32],
         relu_of: Option<(&[f32], &[f32])>,
-        dy: &[f32],
+        dy: OutGrad<'_>,
         shape: (usize, usize),
         mean: &[f32],
         sums: &mut Vec<f64>,
     ) {
         let (channels, plane) = shape;
         let samples = x.len() / (channels * plane).max(1);
+        let mut full = dy.buffer(plane);
         // The chunk in memory order (samples outer): channels outer jumped a sample's
         // length every plane. Each channel's planes are still added in sample order, so
         // the sums are the same as summed channel by channel. (One pass for both sums, a
@@ -156,7 +223,8 @@ on_best_isa! {
         for s in 0..samples {
             for (c, &m) in mean.iter().enumerate().take(channels) {
                 let m = m as f64;
-                let (xs, gs) = (plane_of(x, shape, s, c), plane_of(dy, shape, s, c));
+                let xs = plane_of(x, shape, s, c);
+                let gs = dy.plane(shape, (s, c), &mut full);
                 let (sg, sgx) = match relu_of {
                     Some((scale, shift)) => {
                         let (a, b) = (scale[c], shift[c]);
@@ -194,16 +262,18 @@ on_best_isa! {
     fn dx_kernel(
         x: &[f32],
         relu_of: Option<(&[f32], &[f32])>,
-        dy: &[f32],
+        dy: OutGrad<'_>,
         dx: &mut [f32],
         shape: (usize, usize),
         t: &DxTerms,
     ) {
         let (channels, plane) = shape;
         let samples = x.len() / (channels * plane).max(1);
+        let mut full = dy.buffer(plane);
         for s in 0..samples {
             for c in 0..channels {
-                let (x, dy) = (plane_of(x, shape, s, c), plane_of(dy, shape, s, c));
+                let x = plane_of(x, shape, s, c);
+                let dy = dy.plane(shape, (s, c), &mut full);
                 let dx = &mut dx[(s * channels + c) * plane..][..plane];
                 let relu = relu_of.map(|(scale, shift)| (scale[c], shift[c]));
                 let k = t.weight[c] * t.inv_std[c];
@@ -249,6 +319,9 @@ pub struct FastBatchNorm {
     mean_dweight: Vec<f32>,
     /// The ReLU after the batch norm is applied here (fused passes).
     pub relu: bool,
+    /// The 2x2 max pool after it (and its ReLU) is applied here too (fused passes): the
+    /// input planes' (height, width).
+    pub pool: Option<(usize, usize)>,
 }
 
 impl FastBatchNorm {
@@ -316,18 +389,58 @@ impl FastBatchNorm {
         }
     }
 
-    /// y = x * scale + shift for one chunk (then the ReLU, when fused).
-    pub fn apply_chunk(&self, bn: &BatchNorm, x: &[f32], y: &mut [f32]) {
-        let shape = (bn.channels, bn.plane);
-        apply_kernel(
-            simd::detect(),
-            x,
-            y,
-            shape,
-            &self.scale,
-            &self.shift,
-            self.relu,
-        );
+    /// y = x * scale + shift for one chunk (then the ReLU, when fused). With the max pool
+    /// fused, each plane is normalised into a buffer and pooled from it into `y`, the
+    /// windows' winners into `arg` when given (a training pass).
+    pub fn apply_chunk(
+        &self,
+        bn: &BatchNorm,
+        x: &[f32],
+        y: &mut [f32],
+        arg: Option<&mut Vec<u32>>,
+    ) {
+        let isa = simd::detect();
+        let (scale, shift) = (&self.scale[..], &self.shift[..]);
+        let Some((h, w)) = self.pool else {
+            let shape = (bn.channels, bn.plane);
+            return apply_kernel(isa, x, y, shape, scale, shift, self.relu);
+        };
+        let (plane, pooled) = (bn.plane, (h / 2) * (w / 2));
+        let planes = x.len() / plane.max(1);
+        let mut arg = arg.map(|a| {
+            a.resize(planes * pooled, 0);
+            &mut a[..]
+        });
+        // Past the plane, room for the pool's whole-vector reads of its last rows.
+        let mut full = vec![0.0f32; plane + 2 * simd::MAX_LANES];
+        for k in 0..planes {
+            let c = k % bn.channels;
+            let (scale, shift) = (&scale[c..=c], &shift[c..=c]);
+            let x = &x[k * plane..][..plane];
+            apply_kernel(
+                isa,
+                x,
+                &mut full[..plane],
+                (1, plane),
+                scale,
+                shift,
+                self.relu,
+            );
+            // The rest of the chunk: whole vectors may run on into the next plane.
+            let (y, a) = (
+                &mut y[k * pooled..],
+                arg.as_mut().map(|a| &mut a[k * pooled..]),
+            );
+            pool::max_pool_2x2(isa, &full, w, None, false, (h / 2, w / 2), y, a);
+        }
+    }
+
+    /// The pooled output gradient's winners, when the max pool is fused.
+    fn out_grad<'a>(&self, dy: &'a [f32], arg: &'a [u32]) -> OutGrad<'a> {
+        let pooled = self
+            .pool
+            .map(|in_hw| Unpool::new(simd::detect(), arg, in_hw));
+        OutGrad { dy, pooled }
     }
 
     /// The fused ReLU's input is `x * scale + shift` of the last forward pass: where it is
@@ -337,9 +450,18 @@ impl FastBatchNorm {
     }
 
     /// One chunk's gradient sums after a forward pass of the same chunk: `sums` gets
-    /// sum(g) and sum(g * (x - mean)) per channel, g being `dy` masked by the fused ReLU.
-    pub fn grad_chunk(&self, bn: &BatchNorm, x: &[f32], dy: &[f32], sums: &mut Vec<f64>) {
+    /// sum(g) and sum(g * (x - mean)) per channel, g being `dy` masked by the fused ReLU
+    /// (with the max pool fused, `dy` is pooled and `arg` holds the chunk's winners).
+    pub fn grad_chunk(
+        &self,
+        bn: &BatchNorm,
+        x: &[f32],
+        dy: &[f32],
+        arg: &[u32],
+        sums: &mut Vec<f64>,
+    ) {
         let shape = (bn.channels, bn.plane);
+        let dy = self.out_grad(dy, arg);
         grad_kernel(simd::detect(), x, self.relu_of(), dy, shape, &bn.mean, sums);
     }
 
@@ -371,8 +493,9 @@ impl FastBatchNorm {
         }
     }
 
-    /// One chunk's input gradient, after `finish_grads`.
-    pub fn dx_chunk(&self, bn: &BatchNorm, x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    /// One chunk's input gradient, after `finish_grads` (`dy` and `arg` as in
+    /// `grad_chunk`).
+    pub fn dx_chunk(&self, bn: &BatchNorm, x: &[f32], dy: &[f32], arg: &[u32], dx: &mut [f32]) {
         let terms = DxTerms {
             mean: &bn.mean,
             inv_std: &bn.inv_std,
@@ -385,7 +508,7 @@ impl FastBatchNorm {
             simd::detect(),
             x,
             self.relu_of(),
-            dy,
+            self.out_grad(dy, arg),
             dx,
             (bn.channels, bn.plane),
             &terms,

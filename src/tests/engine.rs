@@ -68,6 +68,47 @@ type = "linear"
 out_features = 10
 "#;
 
+/// Max pools fused into the batch norm before them: one right after it, over an odd-sized
+/// map (25x25: the last row and column are dropped), one after its ReLU over 11x11.
+const BN_POOLS: &str = r#"
+name = "bn-pools"
+input = [1, 28, 28]
+[[layers]]
+name = "conv1"
+type = "conv2d"
+out_channels = 3
+kernel = 4
+[[layers]]
+name = "bn1"
+type = "batch_norm2d"
+[[layers]]
+name = "pool1"
+type = "max_pool2d"
+kernel = 2
+[[layers]]
+name = "conv2"
+type = "conv2d"
+out_channels = 4
+kernel = 2
+[[layers]]
+name = "bn2"
+type = "batch_norm2d"
+[[layers]]
+name = "relu2"
+type = "relu"
+[[layers]]
+name = "pool2"
+type = "max_pool2d"
+kernel = 2
+[[layers]]
+name = "flatten"
+type = "flatten"
+[[layers]]
+name = "fc"
+type = "linear"
+out_features = 10
+"#;
+
 /// Batch norms where the pipeline has no stage before them to gather their statistics
 /// (the network's first layer) and back to back (a stage of one barrier), a ReLU fused
 /// into the second, and one before a linear layer (1-d) whose ReLU is the last layer.
@@ -143,6 +184,7 @@ fn networks() -> Vec<ModelSpec> {
         ModelSpec::preset("cnn-plus").unwrap(),
         spec(SKIPS),
         spec(POOLS),
+        spec(BN_POOLS),
         spec(BARRIERS),
         spec(WIDE),
     ]
@@ -153,8 +195,10 @@ fn networks() -> Vec<ModelSpec> {
 /// cnn-plus, what bn1, bn2 and bn3 write for their fused ReLUs, pool1's and pool2's outputs
 /// (pool2's into the skipped flatten's slot) and bn4's; and the output gradients written
 /// and read inside one stage by a layer that is no batch norm and no linear layer (conv1's,
-/// conv2's and conv3's, which their batch norms write, pool1's and flatten's, which conv3
-/// and drop1 write, and drop2's). Their tensors are left as they were, and the step's
+/// conv2's and conv3's, which their batch norms write, and drop2's). The gradients of
+/// relu2's and relu3's outputs are never written: bn2 and bn3 apply pool1 and pool2 and
+/// read the pooled gradients (pool1's and flatten's slots, which the stages below read
+/// again). Their tensors are left as they were, and the step's
 /// logits and gradients are the same bits as with every tensor written
 /// (`the_chunk_pipeline_matches_running_layers_one_at_a_time` checks those against the
 /// layers run one at a time).
@@ -214,7 +258,7 @@ fn a_training_pass_writes_no_tensor_that_no_backward_pass_reads() {
     // reads it over the whole batch), are the per-thread ones.
     assert_eq!(
         kept(poisoned.unwritten_gradients()),
-        ["conv1", "conv2", "pool1", "conv3", "flatten", "drop2"]
+        ["conv1", "conv2", "relu2", "conv3", "relu3", "drop2"]
     );
     assert_eq!(poisoned.output().data, plain.output().data, "logits");
     for ((name, a), (_, b)) in poisoned.named_params().iter().zip(plain.named_params()) {

@@ -683,10 +683,15 @@ fn vector_transpose_matches_the_plain_loop() {
 
 /// The batch norm's four kernels, compiled for each vector unit from one body, give the
 /// same bits on every one this CPU has as the baseline copy (the compiler vectorises the
-/// loops but never reorders float operations).
+/// loops but never reorders float operations); with a fused 2x2 max pool, the gradient
+/// kernels give the same bits from the pooled gradient as from the full-size one the
+/// pool's own backward writes.
 #[test]
 fn batch_norm_kernels_give_the_same_bits_on_every_vector_unit() {
-    use crate::kernels::batchnorm::{apply_kernel, dx_kernel, grad_kernel, stats_kernel, DxTerms};
+    use crate::kernels::batchnorm::{
+        apply_kernel, dx_kernel, grad_kernel, stats_kernel, DxTerms, OutGrad, Unpool,
+    };
+    use crate::kernels::pool::{max_pool_2x2, unpool_2x2};
     let mut r = rng(77);
     // 3 samples of 5 channels of 7x5: planes that are not whole vectors.
     let shape = (5, 35);
@@ -703,7 +708,46 @@ fn batch_norm_kernels_give_the_same_bits_on_every_vector_unit() {
     let (scale, shift, mean) = (per_channel(2), per_channel(1), per_channel(1));
     let inv_std: Vec<f32> = per_channel(1).iter().map(|v| v.abs() + 0.5).collect();
     let (mdb, mdw) = (per_channel(1), per_channel(1));
-    let run = |isa: Option<Isa>| {
+    // The 3x2 windows' winners of each 7x5 plane of x, a pooled gradient for them, and
+    // the full-size gradient the pool's backward makes of it.
+    let (planes, pooled) = (3 * 5, 3 * 2);
+    let mut arg = vec![0u32; planes * pooled];
+    let mut pooled_max = vec![0.0f32; planes * pooled];
+    for k in 0..planes {
+        let (y, a) = (&mut pooled_max[k * pooled..], &mut arg[k * pooled..]);
+        max_pool_2x2(None, &x[k * 35..][..35], 5, None, false, (3, 2), y, Some(a));
+    }
+    let pooled_dy = random(&[planes * pooled], &mut r).data;
+    let mut unpooled = vec![f32::NAN; n];
+    for k in 0..planes {
+        let (dy, a) = (
+            &pooled_dy[k * pooled..][..pooled],
+            &arg[k * pooled..][..pooled],
+        );
+        unpool_2x2(
+            None,
+            dy,
+            None,
+            a,
+            (3, 2),
+            5,
+            7,
+            &mut unpooled[k * 35..][..35],
+        );
+    }
+    let run = |isa: Option<Isa>, fused_pool: bool| {
+        let dy = if fused_pool {
+            let pooled = Some(Unpool::new(isa, &arg, (7, 5)));
+            OutGrad {
+                dy: &pooled_dy,
+                pooled,
+            }
+        } else {
+            OutGrad {
+                dy: &dy,
+                pooled: None,
+            }
+        };
         let mut out: Vec<Vec<u64>> = Vec::new();
         let mut stats = Vec::new();
         stats_kernel(isa, &x, shape, &mut stats);
@@ -713,7 +757,7 @@ fn batch_norm_kernels_give_the_same_bits_on_every_vector_unit() {
             apply_kernel(isa, &x, &mut y, shape, &scale, &shift, relu);
             out.push(y.iter().map(|v| v.to_bits() as u64).collect());
             let mask = relu.then_some((&scale[..], &shift[..]));
-            grad_kernel(isa, &x, mask, &dy, shape, &mean, &mut stats);
+            grad_kernel(isa, &x, mask, dy, shape, &mean, &mut stats);
             out.push(stats.iter().map(|v| v.to_bits()).collect());
             for trained in [None, Some((&mdb[..], &mdw[..]))] {
                 let terms = DxTerms {
@@ -723,19 +767,60 @@ fn batch_norm_kernels_give_the_same_bits_on_every_vector_unit() {
                     trained,
                 };
                 let mut dx = vec![0.0f32; n];
-                dx_kernel(isa, &x, mask, &dy, &mut dx, shape, &terms);
+                dx_kernel(isa, &x, mask, dy, &mut dx, shape, &terms);
                 out.push(dx.iter().map(|v| v.to_bits() as u64).collect());
             }
         }
         out
     };
-    let baseline = run(None);
+    let baseline = run(None, false);
     assert!(
         baseline[1].iter().any(|&b| b != 0),
         "the outputs are not all zero"
     );
     for isa in simd::supported() {
-        assert_eq!(run(Some(isa)), baseline, "{isa:?}");
+        assert_eq!(run(Some(isa), false), baseline, "{isa:?}");
+    }
+    // Fused: the gradient kernels' outputs (all but stats and apply's) as from `unpooled`.
+    let unfused = {
+        let dy = OutGrad {
+            dy: &unpooled,
+            pooled: None,
+        };
+        let mut out: Vec<Vec<u64>> = Vec::new();
+        let mut stats = Vec::new();
+        for relu in [false, true] {
+            let mask = relu.then_some((&scale[..], &shift[..]));
+            grad_kernel(None, &x, mask, dy, shape, &mean, &mut stats);
+            out.push(stats.iter().map(|v| v.to_bits()).collect());
+            for trained in [None, Some((&mdb[..], &mdw[..]))] {
+                let terms = DxTerms {
+                    mean: &mean,
+                    inv_std: &inv_std,
+                    weight: &scale,
+                    trained,
+                };
+                let mut dx = vec![0.0f32; n];
+                dx_kernel(None, &x, mask, dy, &mut dx, shape, &terms);
+                out.push(dx.iter().map(|v| v.to_bits() as u64).collect());
+            }
+        }
+        out
+    };
+    assert!(
+        unpooled.iter().all(|v| v.is_finite()),
+        "every value written"
+    );
+    for isa in [None]
+        .into_iter()
+        .chain(simd::supported().into_iter().map(Some))
+    {
+        let fused = run(isa, true);
+        let gradients: Vec<Vec<u64>> = [2, 3, 4, 6, 7, 8]
+            .iter()
+            .map(|&i| fused[i].clone())
+            .collect();
+        assert_eq!(gradients, unfused, "fused pool on {isa:?}");
     }
 }
 
