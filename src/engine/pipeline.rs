@@ -21,8 +21,8 @@
 //! (and its ReLU), and a flatten are skipped: the conv applies the ReLU and the pool to its
 //! own output rows (`kernels/conv.rs`), the batch norm the ReLU and the pool to its output
 //! plane by plane (`kernels/batchnorm.rs`; its backward passes then read the pooled
-//! gradient, so the full-size one is never written: cnn-plus's bn2 and bn3), and the layer after a flatten reads the flatten's input, whose
-//! data is already in order. In evaluation passes a batch norm right after a conv is
+//! gradient, so the full-size one is never written: cnn-plus's bn2 and bn3), and the layer
+//! after a flatten reads the flatten's input, whose data is already in order. In evaluation passes a batch norm right after a conv is
 //! skipped too: its scale and shift (running statistics) are folded into the conv's weights
 //! and bias, and the conv then applies the ReLU and the pool after the batch norm. The
 //! layer before a run of skipped layers writes straight into the last one's output tensor
@@ -122,8 +122,9 @@ fn stages(ops: &[Box<dyn Op>], barriers: bool) -> Vec<(usize, usize)> {
 /// The fusions of passes in `mode` over `stages`: each layer a fused pass skips, with
 /// what for and the layer that applies it instead (its host). Only inside a stage and not
 /// its last layer: each flatten; each ReLU the layer before it can apply; each 2x2 max pool
-/// likewise (the conv or batch norm before it and its ReLU); in evaluation, each batch norm right after
-/// a conv (folded into it; the conv then also applies the ReLU and pool after it).
+/// likewise (the conv or batch norm before it and its ReLU); in evaluation, each batch norm
+/// right after a conv (folded into it; the conv then also applies the ReLU and pool after
+/// it).
 fn fusions(
     ops: &mut [Box<dyn Op>],
     stages: &[(usize, usize)],

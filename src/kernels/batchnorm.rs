@@ -435,7 +435,8 @@ impl FastBatchNorm {
         }
     }
 
-    /// The pooled output gradient's winners, when the max pool is fused.
+    /// The output gradient as the gradient kernels read it: `dy` itself, or, with the max
+    /// pool fused, the pooled `dy` and the chunk's winners `arg`.
     fn out_grad<'a>(&self, dy: &'a [f32], arg: &'a [u32]) -> OutGrad<'a> {
         let pooled = self
             .pool
