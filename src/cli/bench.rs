@@ -110,6 +110,11 @@ fn gemm_peak(backend: Backend, seconds: f64) -> f64 {
 
 pub fn run(args: Args) -> Result<(), Error> {
     let threads = crate::threads::init_threads(args.threads);
+    // As training runs: its loops start on a worker of the pool (`on_pool`).
+    crate::threads::on_pool(|| measure(args, threads))
+}
+
+fn measure(args: Args, threads: usize) -> Result<(), Error> {
     let (spec, _) = args.model.resolve()?;
     let cfg = TrainConfig::default_for(spec);
     let engine = Engine::from_env();

@@ -55,6 +55,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<(), Error> {
     crate::threads::init_threads(args.threads);
+    crate::threads::on_pool(|| evaluate(args))
+}
+
+fn evaluate(args: Args) -> Result<(), Error> {
     let (mut net, file) = load_model(&args.model)?;
     let dataset = args
         .data
