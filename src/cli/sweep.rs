@@ -111,9 +111,7 @@ pub fn run_trial(
         let mut trainer = Training::resume_or_start(&cfg, dir)?;
         trainer.evaluate_test = false;
         trainer.time_budget = time_budget;
-        // On a worker of the pool, as `convnet train` runs (in a sweep's own pool, this is
-        // that pool's worker already).
-        crate::threads::on_pool(|| trainer.run(splits, &mut |_| {}, &interrupted))
+        trainer.run(splits, &mut |_| {}, &interrupted)
     });
     match outcome {
         Ok(_) => (Status::Done, String::new()),

@@ -101,8 +101,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     install_ctrl_c();
     let started = Instant::now();
     let mut progress = Progress::new(cfg.epochs);
-    let result =
-        crate::threads::on_pool(|| training.run(&splits, &mut |e| progress.event(e), &interrupted));
+    let result = training.run(&splits, &mut |e| progress.event(e), &interrupted);
     progress.finish();
     if !args.no_plot {
         draw_run_curves(&run_dir);

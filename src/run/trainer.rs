@@ -490,8 +490,19 @@ impl Training {
     /// Trains until the configured number of epochs (or the time budget), then evaluates on
     /// the test set (unless `evaluate_test` is off) and writes `model.safetensors`.
     /// `stop()` is asked after every batch; when it says yes, a checkpoint is written and
-    /// `Error::Interrupted` returned.
+    /// `Error::Interrupted` returned. Runs on a worker of the thread pool
+    /// (`threads::on_pool`): each parallel loop of a step then starts on that worker at once.
     pub fn run(
+        &mut self,
+        splits: &Splits,
+        on_event: &mut (dyn FnMut(Event) + Send),
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Option<BatchStats>, Error> {
+        crate::threads::on_pool(|| self.run_here(splits, on_event, stop))
+    }
+
+    /// `run`, on the calling thread.
+    fn run_here(
         &mut self,
         splits: &Splits,
         on_event: &mut dyn FnMut(Event),
