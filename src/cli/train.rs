@@ -128,12 +128,20 @@ pub fn run(args: Args) -> Result<(), Error> {
         format_count(test.correct, test.count),
         started.elapsed().as_secs_f64()
     );
-    println!(
-        "saved {} (best validation: epoch {}, {})",
-        run_dir.join(MODEL).display(),
-        training.state.best_epoch,
-        run_dir.join(BEST).display()
-    );
+    // With `--val-size 0` there is no validation, so no best epoch and no best.safetensors.
+    if training.state.best_epoch > 0 {
+        println!(
+            "saved {} (best validation: epoch {}, {})",
+            run_dir.join(MODEL).display(),
+            training.state.best_epoch,
+            run_dir.join(BEST).display()
+        );
+    } else {
+        println!(
+            "saved {} (no validation set)",
+            run_dir.join(MODEL).display()
+        );
+    }
     Ok(())
 }
 
@@ -149,14 +157,21 @@ fn draw_run_curves(run_dir: &Path) {
 }
 
 fn epoch_line(m: &EpochMetrics, epochs: usize) -> String {
+    let val = if m.val.count > 0 {
+        format!(
+            "val loss {:.4} acc {}",
+            m.val.mean_loss(),
+            format_count(m.val.correct, m.val.count)
+        )
+    } else {
+        "no validation".to_string()
+    };
     format!(
-        "epoch {:>2}/{} train loss {:.4} acc {} | val loss {:.4} acc {} | {:.1}s {:.0} img/s",
+        "epoch {:>2}/{} train loss {:.4} acc {} | {val} | {:.1}s {:.0} img/s",
         m.epoch,
         epochs,
         m.train.mean_loss(),
         format_count(m.train.correct, m.train.count),
-        m.val.mean_loss(),
-        format_count(m.val.correct, m.val.count),
         m.seconds,
         m.images_per_sec
     )
