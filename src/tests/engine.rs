@@ -445,6 +445,70 @@ fn evaluation_chunks_give_the_same_logits_as_training_chunks() {
     assert_eq!(net.forward(Mode::Eval).data, trained);
 }
 
+/// Evaluation chunks are cut per pass so that each thread gets an even share: never more
+/// than `EVAL_CHUNK`, every sample in some chunk, and the threads' shares (the pool halves
+/// the chunks) at most one chunk apart.
+#[test]
+fn evaluation_chunks_share_the_batch_evenly_between_threads() {
+    use crate::engine::pipeline::{eval_chunk, EVAL_CHUNK};
+    for threads in 1..=4 {
+        for n in 1..=1100 {
+            let size = eval_chunk(n, threads);
+            assert!(
+                (1..=EVAL_CHUNK).contains(&size),
+                "n {n}, {threads} threads: {size}"
+            );
+            let chunks = n.div_ceil(size);
+            assert!(
+                chunks <= n.div_ceil(EVAL_CHUNK) + threads,
+                "n {n}: {chunks} chunks"
+            );
+            if threads == 2 && chunks >= 2 {
+                let first = (chunks / 2) * size;
+                let second = n - first;
+                assert!(
+                    first.abs_diff(second) <= size,
+                    "n {n}: {first} against {second}"
+                );
+            }
+        }
+    }
+    assert_eq!(eval_chunk(128, 2), 22, "5 x 22 + 18: 66 and 62 samples");
+    assert_eq!(eval_chunk(1000, 2), EVAL_CHUNK);
+}
+
+/// Since the evaluation chunk depends on the batch and the thread count, a sample's logits
+/// must not: cnn-plus (batch norms folded into the convs) gives the same bits for a batch
+/// on 1, 2 and 3 threads and for its first samples evaluated on their own.
+#[test]
+fn evaluation_logits_do_not_depend_on_the_batch_or_the_threads() {
+    let spec = ModelSpec::preset("cnn-plus").unwrap();
+    let eval = |threads: usize, n: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let mut net = Network::build_on(&spec, Engine::Fast).unwrap();
+            net.initialize(&mut rng(6), None);
+            for (i, v) in net.input_mut(n).iter_mut().enumerate() {
+                *v = ((i * 37) % 83) as f32 / 41.0 - 1.0;
+            }
+            net.forward(Mode::Eval).data.clone()
+        })
+    };
+    let n = 61;
+    let one = eval(1, n);
+    assert_eq!(one, eval(2, n), "1 vs 2 threads");
+    assert_eq!(one, eval(3, n), "1 vs 3 threads");
+    let first = eval(2, 23);
+    assert_eq!(
+        first[..],
+        one[..first.len()],
+        "23 samples alone vs in a batch of 61"
+    );
+}
+
 /// The two engines compute the same network: the fast one's logits and every gradient
 /// within a small tolerance of the reference engine's (f32 sums in another order against
 /// f64 sums), in training and evaluation mode.
