@@ -393,7 +393,13 @@ fn one_bad_file_does_not_stop_the_others() {
     assert!(lines[2].contains("missing.png: error:"), "{out}");
     assert!(lines[3].contains('%'), "{out}");
     assert_eq!(o.status.code(), Some(3), "a bad image file is a data error");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("2 of 4 files could not be classified"));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("2 of 4 files could not be"), "{err}");
+    assert!(
+        err.contains("blank.png: could not be classified")
+            && !err.contains(&*good.display().to_string()),
+        "names the first file that failed, not the first given: {err}"
+    );
 }
 
 #[test]

@@ -49,7 +49,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     if let Some(dir) = &args.save_preprocessed {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     }
-    let mut failures = 0;
+    let mut failures: Vec<&Path> = Vec::new();
     for path in &args.files {
         let result = model.prepare(path).and_then(|p| {
             if let Some(dir) = &args.save_preprocessed {
@@ -60,7 +60,7 @@ pub fn run(args: Args) -> Result<(), Error> {
         match result {
             Ok((prediction, inverted)) => print_prediction(path, &prediction, inverted, &args),
             Err(e) => {
-                failures += 1;
+                failures.push(path);
                 if args.json {
                     println!(
                         "{}",
@@ -72,11 +72,14 @@ pub fn run(args: Args) -> Result<(), Error> {
             }
         }
     }
-    if failures > 0 {
+    // The summary names the first file that failed, not the first file given (which may
+    // have been classified).
+    if let Some(first) = failures.first() {
         return Err(Error::data(
-            &args.files[0],
+            first,
             format!(
-                "{failures} of {} files could not be classified (see above)",
+                "could not be classified; {} of {} files could not be (see above)",
+                failures.len(),
                 args.files.len()
             ),
         ));
