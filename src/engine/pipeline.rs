@@ -59,18 +59,29 @@ pub const CHUNK: usize = 8;
 /// computed the same way whatever the chunk (`eval_chunk` picks it per pass).
 pub const EVAL_CHUNK: usize = 24;
 
-/// The chunk an evaluation pass of `n` samples on `threads` threads cuts: at most
-/// `EVAL_CHUNK`, and as even a share for each thread as whole chunks allow. 128 samples in
+/// The chunk an evaluation pass of `n` samples cuts: at most `EVAL_CHUNK`, and as even a share for each half of the
+/// chunks as whole chunks allow, the halves the pool gives two threads. 128 samples in
 /// chunks of 24 are 5 full chunks and one of 8; the pool halves them, so one thread ran 72
 /// samples and the other 56, and evaluation at batch 128 ran 12-15% slower than at 1000
 /// (cnn-plus on 2 threads). Chunks of 22 give 66 and 62: 36.5-37.3k -> 40.1-41.1k images/s
-/// (`convnet bench --eval-batch-size 128`, three alternating rounds, AMD EPYC Zen 5); 1000
-/// samples still run in chunks of 24.
-pub fn eval_chunk(n: usize, threads: usize) -> usize {
-    let per_thread = n.div_ceil(threads.max(1));
-    per_thread
-        .div_ceil(per_thread.div_ceil(EVAL_CHUNK).max(1))
-        .max(1)
+/// (`convnet bench --eval-batch-size 128`, alternating rounds, AMD EPYC Zen 5); 1000
+/// samples still run in chunks of 24. The chunk depends on `n` alone, never on the thread
+/// count, so evaluation gives the same bits on any number of threads. A chunk of a single
+/// sample sums in another order (its logits differ in the last bits from the same sample's
+/// in a larger chunk), so none is cut unless the batch is one sample.
+pub fn eval_chunk(n: usize) -> usize {
+    let half = n.div_ceil(2);
+    let size = half.div_ceil(half.div_ceil(EVAL_CHUNK).max(1)).max(1);
+    let lone = |s: usize| n > 1 && (s == 1 || n % s == 1);
+    if !lone(size) {
+        return size;
+    }
+    // A smaller chunk first (it keeps the bound), else a larger one.
+    (2..size)
+        .rev()
+        .chain(size + 1..=n)
+        .find(|&s| !lone(s))
+        .unwrap_or(n)
 }
 
 /// Samples per chunk of a training stage that is one `wide_chunk` layer: enough rows for
@@ -301,7 +312,7 @@ impl Pipeline {
     fn input_stats(&mut self, ops: &mut [Box<dyn Op>], acts: &[Tensor], n: usize) {
         let begin = Instant::now();
         let chunks = n.div_ceil(CHUNK);
-        grow_scratch(&mut self.scratch[..1], n);
+        grow_scratch(&mut self.scratch[..1], chunks);
         let per = CHUNK * acts[0].sample_len();
         let op = &*ops[0];
         acts[0]
@@ -347,7 +358,7 @@ impl Pipeline {
         let size = if mode == Mode::Train {
             self.train_chunk(ops, start, end)
         } else {
-            eval_chunk(n, rayon::current_num_threads())
+            eval_chunk(n)
         };
         let chunks = n.div_ceil(size);
         let tail = mode == Mode::Train && Self::tail(ops, end);
@@ -368,7 +379,7 @@ impl Pipeline {
         };
         let slots = &mut acts[start..=end];
         prepare_outputs(&mut ops[start..end], slots, written.as_deref(), n, mode);
-        grow_scratch(&mut self.scratch[start..last], n);
+        grow_scratch(&mut self.scratch[start..last], chunks);
         let views = chunk_views(
             &mut acts[start..=end],
             None,
@@ -446,7 +457,7 @@ impl Pipeline {
             (end, end)
         };
         prepare_input_grads(&ops[start..end], &mut grads[start..end], start, n);
-        grow_scratch(&mut self.scratch[start..last], n);
+        grow_scratch(&mut self.scratch[start..last], chunks);
         let views = chunk_views(
             &mut acts[start..=reach],
             Some(&mut grads[start..=reach]),
@@ -532,7 +543,7 @@ impl Pipeline {
         prepare_input_grads(ops, &mut grads[..end], 0, n);
         let classes = ops[end - 1].layer().output_shape()[0];
         grads[end].resize_batch(n, &[classes]);
-        grow_scratch(&mut self.scratch, n);
+        grow_scratch(&mut self.scratch, chunks);
         let views = chunk_views(acts, Some(grads), &mut self.scratch, (chunks, CHUNK), true);
         let run = Run::new(
             ops,
@@ -612,11 +623,10 @@ fn prepare_input_grads(ops: &[Box<dyn Op>], dxs: &mut [Tensor], first: usize, n:
     }
 }
 
-/// Makes sure there is a `Scratch` for every chunk of an `n`-sample batch in every layer.
-/// Never shrinks, so alternating batch sizes (training, then a larger evaluation batch) do
-/// not reallocate.
-fn grow_scratch(scratch: &mut [Vec<Scratch>], n: usize) {
-    let chunks = n.div_ceil(CHUNK);
+/// Makes sure there is a `Scratch` for each of a pass's `chunks` in every layer (an
+/// evaluation pass of a small batch may cut more chunks than `CHUNK` would). Never shrinks,
+/// so alternating batch sizes (training, then a larger evaluation batch) do not reallocate.
+fn grow_scratch(scratch: &mut [Vec<Scratch>], chunks: usize) {
     for s in scratch {
         if s.len() < chunks {
             s.resize_with(chunks, Scratch::default);

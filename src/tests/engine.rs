@@ -445,41 +445,43 @@ fn evaluation_chunks_give_the_same_logits_as_training_chunks() {
     assert_eq!(net.forward(Mode::Eval).data, trained);
 }
 
-/// Evaluation chunks are cut per pass so that each thread gets an even share: never more
-/// than `EVAL_CHUNK`, every sample in some chunk, and the threads' shares (the pool halves
-/// the chunks) at most one chunk apart.
+/// Evaluation chunks are cut per pass so that two threads get even shares: never more
+/// than `EVAL_CHUNK` (or the batch, when smaller), every sample in some
+/// chunk, the two halves of the chunks (what the pool gives two threads) at most one chunk
+/// apart, and no chunk of a single sample unless the batch is one.
 #[test]
 fn evaluation_chunks_share_the_batch_evenly_between_threads() {
     use crate::engine::pipeline::{eval_chunk, EVAL_CHUNK};
-    for threads in 1..=4 {
-        for n in 1..=1100 {
-            let size = eval_chunk(n, threads);
+    for n in 1..=2100 {
+        let size = eval_chunk(n);
+        assert!((1..=EVAL_CHUNK.min(n)).contains(&size), "n {n}: {size}");
+        let chunks = n.div_ceil(size);
+        // Not needlessly small: half the batch, or half of EVAL_CHUNK.
+        let floor = n.div_ceil(2).min(EVAL_CHUNK / 2);
+        assert!(size + 1 >= floor, "n {n}: chunks of {size}");
+        assert!(
+            n == 1 || (size > 1 && n % size != 1),
+            "n {n}: a chunk of one sample"
+        );
+        if chunks >= 2 {
+            let first = (chunks / 2) * size;
+            let second = n - first;
             assert!(
-                (1..=EVAL_CHUNK).contains(&size),
-                "n {n}, {threads} threads: {size}"
+                first.abs_diff(second) <= size,
+                "n {n}: {first} against {second}"
             );
-            let chunks = n.div_ceil(size);
-            assert!(
-                chunks <= n.div_ceil(EVAL_CHUNK) + threads,
-                "n {n}: {chunks} chunks"
-            );
-            if threads == 2 && chunks >= 2 {
-                let first = (chunks / 2) * size;
-                let second = n - first;
-                assert!(
-                    first.abs_diff(second) <= size,
-                    "n {n}: {first} against {second}"
-                );
-            }
         }
     }
-    assert_eq!(eval_chunk(128, 2), 22, "5 x 22 + 18: 66 and 62 samples");
-    assert_eq!(eval_chunk(1000, 2), EVAL_CHUNK);
+    assert_eq!(eval_chunk(128), 22, "5 x 22 + 18: 66 and 62 samples");
+    assert_eq!(eval_chunk(1000), EVAL_CHUNK);
+    assert_eq!(eval_chunk(3), 3, "not 2 + 1");
+    assert_eq!(eval_chunk(2), 2, "not 1 + 1");
 }
 
-/// Since the evaluation chunk depends on the batch and the thread count, a sample's logits
-/// must not: cnn-plus (batch norms folded into the convs) gives the same bits for a batch
-/// on 1, 2 and 3 threads and for its first samples evaluated on their own.
+/// A sample's evaluation logits must not depend on the thread count, nor on the batch
+/// around it (unless it ends up alone in a chunk: `eval_chunk`): cnn-plus (batch norms
+/// folded into the convs) gives the same bits for a batch on 1, 2 and 3 threads and for its
+/// first samples evaluated on their own.
 #[test]
 fn evaluation_logits_do_not_depend_on_the_batch_or_the_threads() {
     let spec = ModelSpec::preset("cnn-plus").unwrap();
@@ -501,12 +503,17 @@ fn evaluation_logits_do_not_depend_on_the_batch_or_the_threads() {
     let one = eval(1, n);
     assert_eq!(one, eval(2, n), "1 vs 2 threads");
     assert_eq!(one, eval(3, n), "1 vs 3 threads");
-    let first = eval(2, 23);
-    assert_eq!(
-        first[..],
-        one[..first.len()],
-        "23 samples alone vs in a batch of 61"
-    );
+    // 23 samples: chunks of 12 and 11; 3 samples: one chunk of 3, not 2 + 1.
+    for part in [23, 3] {
+        for threads in [1, 2] {
+            let first = eval(threads, part);
+            assert_eq!(
+                first[..],
+                one[..first.len()],
+                "{part} samples alone vs in a batch of 61"
+            );
+        }
+    }
 }
 
 /// The two engines compute the same network: the fast one's logits and every gradient
