@@ -354,6 +354,22 @@ fn the_chunk_pipeline_matches_running_layers_one_at_a_time() {
     }
 }
 
+/// Runs `work` on a pool of its own with `threads` threads.
+fn on_threads<T: Send>(threads: usize, work: impl FnOnce() -> T + Send) -> T {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(work)
+}
+
+/// A fast-engine network of `spec`, initialised from `seed`.
+fn fast_net(spec: &ModelSpec, seed: u64) -> Network {
+    let mut net = Network::build_on(spec, Engine::Fast).unwrap();
+    net.initialize(&mut rng(seed), None);
+    net
+}
+
 /// Chunks are fixed and their gradient parts are added in chunk order, so a whole network
 /// gives the same bits on 1, 2 or 3 threads.
 #[test]
@@ -361,13 +377,8 @@ fn whole_networks_are_bit_identical_across_thread_counts() {
     for preset in ["seed-cnn", "cnn-plus"] {
         let spec = ModelSpec::preset(preset).unwrap();
         let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                let mut net = Network::build_on(&spec, Engine::Fast).unwrap();
-                net.initialize(&mut rng(8), None);
+            on_threads(threads, || {
+                let mut net = fast_net(&spec, 8);
                 net.reseed(4);
                 // Past two of cnn-plus fc1's wide chunks, so they too are split over threads.
                 let n = 2 * crate::engine::pipeline::WIDE_CHUNK + 9;
@@ -486,13 +497,8 @@ fn evaluation_chunks_share_the_batch_evenly_between_threads() {
 fn evaluation_logits_do_not_depend_on_the_batch_or_the_threads() {
     let spec = ModelSpec::preset("cnn-plus").unwrap();
     let eval = |threads: usize, n: usize| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
-        pool.install(|| {
-            let mut net = Network::build_on(&spec, Engine::Fast).unwrap();
-            net.initialize(&mut rng(6), None);
+        on_threads(threads, || {
+            let mut net = fast_net(&spec, 6);
             for (i, v) in net.input_mut(n).iter_mut().enumerate() {
                 *v = ((i * 37) % 83) as f32 / 41.0 - 1.0;
             }
