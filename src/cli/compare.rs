@@ -4,7 +4,7 @@
 //! accuracy drawn against wall-clock time.
 
 use super::common::{
-    install_ctrl_c, interrupted, stopped, DataChoice, Preset, SpecChoice, TrainFlags,
+    counted, install_ctrl_c, interrupted, stopped, DataChoice, Preset, SpecChoice, TrainFlags,
 };
 use super::sweep::run_trial;
 use crate::data::dataset::load_splits;
@@ -98,7 +98,7 @@ pub fn run(args: Args) -> Result<(), Error> {
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let budget = match args.seconds {
         Some(s) => format!("{s} s of training each"),
-        None => format!("{} epochs each", template.epochs),
+        None => format!("{} each", counted(template.epochs, "epoch")),
     };
     println!(
         "convnet compare: {} models on {}, {budget} · seed {} · {}",

@@ -3,7 +3,7 @@
 //! skips finished trials and resumes an interrupted one.
 
 use super::common::{
-    catch_panic, install_ctrl_c, interrupted, stopped, DataChoice, SpecChoice, TrainFlags,
+    catch_panic, counted, install_ctrl_c, interrupted, stopped, DataChoice, SpecChoice, TrainFlags,
 };
 use crate::data::dataset::{load_splits, Splits};
 use crate::fsutil::write_atomic;
@@ -210,9 +210,9 @@ pub fn run(args: Args, explicit: &[String]) -> Result<(), Error> {
     // failure to make the folder itself).
     let outcomes: Mutex<Vec<Option<(Status, String)>>> = Mutex::new(vec![None; total]);
     println!(
-        "convnet sweep: {total} trials of {} ({} epochs each) on {} · {} job(s) · seed {} · {}",
+        "convnet sweep: {total} trials of {} ({} each) on {} · {} job(s) · seed {} · {}",
         base.model.name,
-        base.epochs,
+        counted(base.epochs, "epoch"),
         base.dataset,
         args.jobs.max(1),
         base.seed,
