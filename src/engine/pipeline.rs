@@ -59,16 +59,17 @@ pub const CHUNK: usize = 8;
 /// computed the same way whatever the chunk (`eval_chunk` picks it per pass).
 pub const EVAL_CHUNK: usize = 24;
 
-/// The chunk an evaluation pass of `n` samples cuts: at most `EVAL_CHUNK`, and as even a share for each half of the
-/// chunks as whole chunks allow, the halves the pool gives two threads. 128 samples in
-/// chunks of 24 are 5 full chunks and one of 8; the pool halves them, so one thread ran 72
-/// samples and the other 56, and evaluation at batch 128 ran 12-15% slower than at 1000
-/// (cnn-plus on 2 threads). Chunks of 22 give 66 and 62: 36.5-37.3k -> 40.1-41.1k images/s
-/// (`convnet bench --eval-batch-size 128`, alternating rounds, AMD EPYC Zen 5); 1000
-/// samples still run in chunks of 24. The chunk depends on `n` alone, never on the thread
-/// count, so evaluation gives the same bits on any number of threads. A chunk of a single
-/// sample sums in another order (its logits differ in the last bits from the same sample's
-/// in a larger chunk), so none is cut unless the batch is one sample.
+/// The chunk an evaluation pass of `n` samples cuts: at most `EVAL_CHUNK`, and as even a
+/// share for each half of the chunks (what the pool gives each of two threads) as whole
+/// chunks allow. 128 samples in chunks of 24 are 5 full chunks and one of 8; the pool
+/// halves them, so one thread ran 72 samples and the other 56, and evaluation at batch 128
+/// ran 12-15% slower than at 1000 (cnn-plus on 2 threads). Chunks of 22 give 66 and 62:
+/// 36.5-37.3k -> 40.1-41.1k images/s (`convnet bench --eval-batch-size 128`, alternating
+/// rounds, AMD EPYC Zen 5); 1000 samples still run in chunks of 24. The chunk depends on
+/// `n` alone, never on the thread count, so evaluation gives the same bits on any number
+/// of threads. A chunk of a single sample sums in another order (its logits differ in the
+/// last bits from the same sample's in a larger chunk), so none is cut unless the batch is
+/// one sample.
 pub fn eval_chunk(n: usize) -> usize {
     let half = n.div_ceil(2);
     let size = half.div_ceil(half.div_ceil(EVAL_CHUNK).max(1)).max(1);
