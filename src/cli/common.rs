@@ -301,15 +301,6 @@ fn detach_from_terminal() {
     }
 }
 
-/// "1 epoch", "3 epochs": a count and its noun, plural unless the count is one.
-pub fn counted(n: usize, noun: &str) -> String {
-    if n == 1 {
-        format!("1 {noun}")
-    } else {
-        format!("{n} {noun}s")
-    }
-}
-
 /// Makes Ctrl-C, SIGTERM (what `timeout` and Slurm send) and SIGHUP (a closed terminal or
 /// ssh session) ask the command to stop after the current batch, with a checkpoint.
 pub fn install_ctrl_c() {
@@ -364,17 +355,5 @@ pub fn catch_panic<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> 
             let msg = LAST_PANIC.lock().map(|m| m.clone()).unwrap_or_default();
             Err(Error::Internal(msg))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::counted;
-
-    #[test]
-    fn counts_take_the_plural_unless_one() {
-        assert_eq!(counted(1, "epoch"), "1 epoch");
-        assert_eq!(counted(0, "epoch"), "0 epochs");
-        assert_eq!(counted(15, "epoch"), "15 epochs");
     }
 }

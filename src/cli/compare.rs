@@ -4,12 +4,13 @@
 //! accuracy drawn against wall-clock time.
 
 use super::common::{
-    counted, install_ctrl_c, interrupted, stopped, DataChoice, Preset, SpecChoice, TrainFlags,
+    install_ctrl_c, interrupted, stopped, DataChoice, Preset, SpecChoice, TrainFlags,
 };
 use super::sweep::run_trial;
 use crate::data::dataset::load_splits;
 use crate::fsutil::write_atomic;
 use crate::report::sweep::{summarize_run, time_to_reach, Status};
+use crate::report::table::counted;
 use crate::report::table::group_digits;
 use crate::run::checkpoint::load_model;
 use crate::run::config::TrainConfig;

@@ -3,12 +3,13 @@
 //! skips finished trials and resumes an interrupted one.
 
 use super::common::{
-    catch_panic, counted, install_ctrl_c, interrupted, stopped, DataChoice, SpecChoice, TrainFlags,
+    catch_panic, install_ctrl_c, interrupted, stopped, DataChoice, SpecChoice, TrainFlags,
 };
 use crate::data::dataset::{load_splits, Splits};
 use crate::fsutil::write_atomic;
 use crate::report::plan::{Plan, BEST_TEST, FAILED, PLAN, SBATCH, TRIALS};
 use crate::report::sweep::{summarize_run, Axis, Status, Summary};
+use crate::report::table::counted;
 use crate::run::config::TrainConfig;
 use crate::run::metrics::format_count;
 use crate::run::run_dir::{timestamp, BEST, DIVERGED, MODEL};

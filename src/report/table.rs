@@ -18,6 +18,15 @@ pub fn group_digits(n: usize) -> String {
     out
 }
 
+/// "1 epoch", "3 epochs": a count and its noun, plural unless the count is one.
+pub fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// The table's rows: a header, the input, one row per layer, the total.
 pub fn layer_rows(spec: &ModelSpec) -> Result<Vec<[String; 6]>, Error> {
     let layers = spec.resolve()?;
@@ -87,4 +96,16 @@ pub fn layer_table(spec: &ModelSpec) -> Result<String, Error> {
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counted;
+
+    #[test]
+    fn counts_take_the_plural_unless_one() {
+        assert_eq!(counted(1, "epoch"), "1 epoch");
+        assert_eq!(counted(0, "epoch"), "0 epochs");
+        assert_eq!(counted(15, "epoch"), "15 epochs");
+    }
 }

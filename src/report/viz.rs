@@ -4,6 +4,7 @@
 
 use super::plot::{err, save_figure as save_both, save_png, DrawResult};
 use super::report::EvalReport;
+use super::table::counted;
 use crate::data::Dataset;
 use crate::nn::{Layer, LayerKind, ParamRole};
 use crate::Error;
@@ -308,8 +309,8 @@ fn draw_filters<DB: DrawingBackend>(
     root.fill(&WHITE).map_err(err)?;
     let (width, _) = root.dim_in_pixel();
     let title = format!(
-        "{name}: {o} kernels of {c} input channel{} ({k}x{k})",
-        if c == 1 { "" } else { "s" }
+        "{name}: {o} kernels of {} ({k}x{k})",
+        counted(c, "input channel")
     );
     text(
         root,
