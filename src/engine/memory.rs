@@ -47,8 +47,9 @@ pub fn estimate(
     for l in layers {
         let out = len(&l.output);
         f.activations += n * out * F32 * copies;
-        // Parameters, their gradients, up to two optimiser buffers and a transposed copy.
-        f.params += l.param_count() as u128 * F32 * 5;
+        // Parameters, their gradients, up to two optimiser buffers, a transposed copy and
+        // the copy evaluation passes compare the weights with (`kernels::PreparedFrom`).
+        f.params += l.param_count() as u128 * F32 * 6;
         f.working += match l.op {
             LayerOp::Conv2d { shape: s } => {
                 let (pw, ph) = (

@@ -275,7 +275,10 @@ impl Op for ConvOp {
         } else {
             &self.layer.weight.value
         };
-        self.fast.prepare(w);
+        match mode {
+            Mode::Train => self.fast.prepare(w),
+            Mode::Eval => self.fast.prepare_forward(w),
+        }
     }
     fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, mode: Mode) {
         self.fast.forward_chunk(self.params(mode), x, y, s, mode);
@@ -333,8 +336,11 @@ impl Op for LinearOp {
     fn wide_chunk(&self) -> bool {
         self.layer.in_features * self.layer.out_features >= WIDE_LINEAR_WEIGHTS
     }
-    fn prepare(&mut self, _mode: Mode) {
-        self.fast.prepare(&self.layer.weight.value);
+    fn prepare(&mut self, mode: Mode) {
+        match mode {
+            Mode::Train => self.fast.prepare(&self.layer.weight.value),
+            Mode::Eval => self.fast.prepare_forward(&self.layer.weight.value),
+        }
     }
     fn forward_chunk(&self, _c: usize, x: &[f32], y: &mut [f32], _s: &mut Scratch, _mode: Mode) {
         self.fast.forward_chunk(&self.layer.bias.value, x, y);

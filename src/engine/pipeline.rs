@@ -594,7 +594,9 @@ impl Pipeline {
 }
 
 /// Resizes the outputs of `ops` for `n` samples and lets each layer prepare its forward
-/// pass.
+/// pass. The layers prepare in parallel: before the chunks start, nothing else runs, and
+/// cnn-plus's conv3 (its Winograd weights, 0.26 ms) and fc1 (its transposed weights, 0.24)
+/// took a training step's half a millisecond one after the other on one thread.
 fn prepare_outputs(
     ops: &mut [Box<dyn Op>],
     outputs_from_input: &mut [Tensor],
@@ -610,8 +612,8 @@ fn prepare_outputs(
             // Empty: its capacity kept for the next pass that writes it.
             y.resize_batch(0, op.layer().output_shape());
         }
-        op.prepare(mode);
     }
+    ops.par_iter_mut().for_each(|op| op.prepare(mode));
 }
 
 /// Resizes the input gradients of `ops` (the first is layer `first` of the network; the

@@ -32,6 +32,8 @@ pub mod winograd;
 pub mod winograd4;
 pub mod winograd_dw;
 
+use rayon::prelude::*;
+
 /// One chunk's working memory in one layer: what the forward pass leaves for the backward
 /// pass (padded images, argmax positions, dropout masks) and the chunk's share of the
 /// parameter gradients. The engine keeps one per chunk of the batch and layer, reused
@@ -96,6 +98,50 @@ pub fn sum_chunk_grads(scratch: &[Scratch], chunks: usize, out: &mut [&mut [f32]
         }
         offset += len;
     }
+}
+
+/// The weights (and a `key` for anything else they depend on) from which a layer last
+/// made the copies its forward pass reads (transposed, Winograd-transformed), so an
+/// evaluation pass on unchanged weights reuses them. Making them is serial, before the
+/// chunks start: 0.57 ms of each 6.4 ms cnn-plus evaluation batch of 128 on an AMD EPYC
+/// (Zen 4), with the other thread idle. Compared bit for bit, so a changed weight, a NaN or
+/// a zero's sign is never missed; training passes, which change the weights every step,
+/// `forget` instead of keeping a copy.
+#[derive(Default)]
+pub(crate) struct PreparedFrom {
+    weights: Vec<f32>,
+    key: Option<usize>,
+}
+
+impl PreparedFrom {
+    /// Whether the copies were made from exactly `weights` with `key`.
+    /// Large layers compare in parallel: fc1's 1.6 MB took 0.14 ms on one thread.
+    pub fn matches(&self, weights: &[f32], key: usize) -> bool {
+        const PIECE: usize = 1 << 15;
+        self.key == Some(key)
+            && self.weights.len() == weights.len()
+            && (self.weights.par_chunks(PIECE))
+                .zip(weights.par_chunks(PIECE))
+                .all(|(a, b)| as_bytes(a) == as_bytes(b))
+    }
+
+    /// Records that the copies are now made from `weights` with `key`.
+    pub fn remember(&mut self, weights: &[f32], key: usize) {
+        self.weights.clear();
+        self.weights.extend_from_slice(weights);
+        self.key = Some(key);
+    }
+
+    /// The copies are made from weights not recorded: the next `matches` is false.
+    pub fn forget(&mut self) {
+        self.key = None;
+    }
+}
+
+/// The bytes of `v`: compared as bytes (a `memcmp`), floats equal only if their bits are.
+fn as_bytes(v: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and u8 no alignment; the length is the same memory's.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
 }
 
 /// Makes `v` at least `len` long; never shrinks it, so what it holds survives.

@@ -630,3 +630,99 @@ fn evaluation_folds_a_batch_norm_into_the_conv_before_it() {
     let e = max_rel_diff(&fused, &unfused);
     assert!(e < 1e-4, "folded logits differ by {e}");
 }
+
+/// An evaluation pass reuses the copies of the weights the last one made (transposed,
+/// Winograd-transformed, with the batch norm folded in) only while the weights are the
+/// same bits: after the smallest change to one conv or linear weight, to a batch norm's
+/// running statistics, after a training step, or with the fusions switched, the logits are
+/// those of a network that never ran an evaluation pass before, and a repeated pass gives
+/// the same bits.
+#[test]
+fn evaluation_passes_see_every_change_to_the_weights() {
+    for spec in networks() {
+        let name = spec.name.clone();
+        let n = 13;
+        let fill = |net: &mut Network| {
+            for (i, v) in net.input_mut(n).iter_mut().enumerate() {
+                *v = ((i * 29) % 97) as f32 / 40.0 - 1.2;
+            }
+        };
+        let labels: Vec<u8> = (0..n).map(|i| (i * 7 % 10) as u8).collect();
+        // `seen` evaluates after every change; a fresh copy of it evaluates once.
+        let mut seen = fast_net(&spec, 5);
+        let eval = |net: &mut Network| {
+            fill(net);
+            net.forward(Mode::Eval).data.clone()
+        };
+        let fresh = |seen: &Network| {
+            let mut net = Network::build_on(&spec, Engine::Fast).unwrap();
+            net.keep_every_output = seen.keep_every_output;
+            for (to, from) in net.params_mut().into_iter().zip(seen.named_params()) {
+                to.value.copy_from_slice(&from.1.value);
+            }
+            for i in 0..seen.len() {
+                let buffers: Vec<_> = seen
+                    .layer(i)
+                    .buffers()
+                    .into_iter()
+                    .map(|b| match b {
+                        crate::nn::Buffer::F32(n, v) => (n, v.to_vec(), 0),
+                        crate::nn::Buffer::I64(n, c) => (n, Vec::new(), c),
+                    })
+                    .collect();
+                for (b, v, c) in buffers {
+                    net.layer_mut(i).set_buffer(b, &v, c);
+                }
+            }
+            eval(&mut net)
+        };
+        let first = eval(&mut seen);
+        assert_eq!(first, eval(&mut seen), "{name}: a repeated pass");
+        assert_eq!(first, fresh(&seen), "{name}: before any change");
+        let weighted: Vec<usize> = (0..seen.len())
+            .filter(|&i| !seen.layer(i).params().is_empty())
+            .collect();
+        for &i in &weighted {
+            let layer = seen.layer(i).name().to_string();
+            {
+                let mut params = seen.layer_mut(i).params_mut();
+                let w = &mut params[0].value;
+                let at = w.len() / 2;
+                w[at] = f32::from_bits(w[at].to_bits() + 1);
+            }
+            let after = eval(&mut seen);
+            assert_eq!(
+                after,
+                fresh(&seen),
+                "{name}: after nudging {layer}'s weight"
+            );
+        }
+        let norms: Vec<usize> = (0..seen.len())
+            .filter(|&i| !seen.layer(i).buffers().is_empty())
+            .collect();
+        for &i in &norms {
+            let var: Vec<f32> = match seen.layer(i).buffers()[1] {
+                crate::nn::Buffer::F32(_, v) => v.iter().map(|v| v * 1.5).collect(),
+                _ => unreachable!("running_var is the second buffer"),
+            };
+            seen.layer_mut(i).set_buffer("running_var", &var, 0);
+            let after = eval(&mut seen);
+            assert_eq!(
+                after,
+                fresh(&seen),
+                "{name}: after changing layer {i}'s variance"
+            );
+        }
+        fill(&mut seen);
+        seen.train_step(&labels);
+        let after = eval(&mut seen);
+        assert_ne!(after, first, "{name}: a training step changes the logits");
+        assert_eq!(after, fresh(&seen), "{name}: after a training step");
+        // Unfused, a conv may take another Winograd tile (the pool decides it).
+        seen.keep_every_output = true;
+        let unfused = eval(&mut seen);
+        assert_eq!(unfused, fresh(&seen), "{name}: unfused");
+        seen.keep_every_output = false;
+        assert_eq!(after, eval(&mut seen), "{name}: fused again");
+    }
+}
