@@ -260,8 +260,8 @@ impl Network {
     /// set (or on the reference engine): otherwise a conv followed by a ReLU writes the
     /// ReLU's output into the ReLU's tensor, and its own is stale (empty after an
     /// evaluation pass, which sizes only the tensors it writes); so is the input of a
-    /// skipped flatten, and after a training pass every output that no backward pass reads
-    /// (kept per thread instead: `pipeline.rs`).
+    /// skipped flatten or (in evaluation) dropout, and after a training pass every output
+    /// that no backward pass reads (kept per thread instead: `pipeline.rs`).
     pub fn activation(&self, i: usize) -> &Tensor {
         &self.acts[i + 1]
     }

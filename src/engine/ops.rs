@@ -67,6 +67,11 @@ pub(crate) trait Op: Send + Sync {
     fn is_affine(&self) -> bool {
         false
     }
+    /// Whether the layer leaves its input as it is in evaluation (dropout), so a fused
+    /// evaluation pass may skip it as it skips a flatten.
+    fn is_identity_in_eval(&self) -> bool {
+        false
+    }
     /// In evaluation, the per-channel `(scale, shift)` this layer applies (a batch norm),
     /// computed now from its running statistics; `None` for other layers.
     fn eval_affine(&mut self) -> Option<(Vec<f32>, Vec<f32>)> {
@@ -493,6 +498,10 @@ impl Op for DropoutOp {
     /// The mask is kept in the chunk's scratch.
     fn backward_reads(&self) -> (bool, bool) {
         (false, false)
+    }
+    /// cnn-plus's drop1 copied 1.6 MB a batch of 128 in evaluation passes.
+    fn is_identity_in_eval(&self) -> bool {
+        true
     }
     fn forward_chunk(&self, c: usize, x: &[f32], y: &mut [f32], s: &mut Scratch, mode: Mode) {
         // `saved`: the scale each value was multiplied by (0 or 1/(1-p)).

@@ -22,11 +22,12 @@
 //! own output rows (`kernels/conv.rs`), the batch norm the ReLU and the pool to its output
 //! plane by plane (`kernels/batchnorm.rs`; its backward passes then read the pooled
 //! gradient, so the full-size one is never written: cnn-plus's bn2 and bn3), and the layer
-//! after a flatten reads the flatten's input, whose data is already in order. In evaluation passes a batch norm right after a conv is
-//! skipped too: its scale and shift (running statistics) are folded into the conv's weights
-//! and bias, and the conv then applies the ReLU and the pool after the batch norm. The
-//! layer before a run of skipped layers writes straight into the last one's output tensor
-//! and reads its gradient.
+//! after a flatten reads the flatten's input, whose data is already in order. In evaluation
+//! passes a batch norm right after a conv is skipped too: its scale and shift (running
+//! statistics) are folded into the conv's weights and bias, and the conv then applies the
+//! ReLU and the pool after the batch norm; so is a dropout, which is then the identity.
+//! The layer before a run of skipped layers writes straight into the last one's output
+//! tensor and reads its gradient.
 //!
 //! Transient outputs: in a training pass, an output written and read inside one stage, by
 //! layers whose backward passes read neither it (`Op::backward_reads`: cnn-plus's batch
@@ -148,9 +149,9 @@ fn stages(ops: &[Box<dyn Op>], barriers: bool) -> Vec<(usize, usize)> {
 /// The fusions of passes in `mode` over `stages`: each layer a fused pass skips, with
 /// what for and the layer that applies it instead (its host). Only inside a stage and not
 /// its last layer: each flatten; each ReLU the layer before it can apply; each 2x2 max pool
-/// likewise (the conv or batch norm before it and its ReLU); in evaluation, each batch norm
-/// right after a conv (folded into it; the conv then also applies the ReLU and pool after
-/// it).
+/// likewise (the conv or batch norm before it and its ReLU); in evaluation, each dropout
+/// (like a flatten: the next layer reads its input) and each batch norm right after a conv
+/// (folded into it; the conv then also applies the ReLU and pool after it).
 fn fusions(
     ops: &mut [Box<dyn Op>],
     stages: &[(usize, usize)],
@@ -162,6 +163,7 @@ fn fusions(
         for i in start + 1..end.saturating_sub(1) {
             let what = match ops[i].absorb() {
                 None if mode == Mode::Eval && ops[i].is_affine() => Absorb::BatchNorm,
+                None if mode == Mode::Eval && ops[i].is_identity_in_eval() => Absorb::Identity,
                 None => continue,
                 Some(what) => what,
             };

@@ -573,7 +573,8 @@ fn the_fast_engine_agrees_with_the_reference_engine() {
 /// In evaluation a batch norm right after a conv is folded into the conv's weights and
 /// bias (its running statistics' scale and shift), and the conv then applies the ReLU and
 /// pool after it: cnn-plus's conv2 takes bn2, relu2 and pool1, conv1 and conv3 their batch
-/// norm and ReLU (and conv3 its pool), while training passes keep each batch norm. The
+/// norm and ReLU (and conv3 its pool), and the dropouts are skipped, while training passes
+/// keep each batch norm and dropout. The
 /// logits stay within rounding of the unfused pass (every output kept), with running
 /// statistics far from their start.
 #[test]
@@ -594,11 +595,9 @@ fn evaluation_folds_a_batch_norm_into_the_conv_before_it() {
     }
     let names: Vec<String> = net.layers().map(|l| l.name().to_string()).collect();
     let at = |name: &str| names.iter().position(|n| n == name).unwrap();
-    assert_eq!(
-        net.applied_by(at("bn2")),
-        None,
-        "training keeps the batch norm"
-    );
+    for layer in ["bn2", "drop1", "drop2"] {
+        assert_eq!(net.applied_by(at(layer)), None, "training keeps {layer}");
+    }
     fill(&mut net, 99);
     let fused = net.forward(Mode::Eval).data.clone();
     for (layer, host) in [
@@ -610,6 +609,10 @@ fn evaluation_folds_a_batch_norm_into_the_conv_before_it() {
         ("bn3", "conv3"),
         ("relu3", "conv3"),
         ("pool2", "conv3"),
+        // Dropout is the identity: skipped like the flatten, fc1 reads pool2's slot.
+        ("flatten", "conv3"),
+        ("drop1", "conv3"),
+        ("drop2", "bn4"),
     ] {
         assert_eq!(
             net.applied_by(at(layer)),
