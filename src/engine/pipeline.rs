@@ -291,6 +291,7 @@ impl Pipeline {
     ) {
         let n = acts[0].batch();
         self.set_fusion(ops, fuse, mode);
+        prepare_layers(ops, mode);
         let train = mode == Mode::Train;
         if train && ops[0].batch_barrier() {
             self.input_stats(ops, acts, n);
@@ -381,7 +382,7 @@ impl Pipeline {
             _ => None,
         };
         let slots = &mut acts[start..=end];
-        prepare_outputs(&mut ops[start..end], slots, written.as_deref(), n, mode);
+        prepare_outputs(&mut ops[start..end], slots, written.as_deref(), n);
         grow_scratch(&mut self.scratch[start..last], chunks);
         let views = chunk_views(
             &mut acts[start..=end],
@@ -542,7 +543,8 @@ impl Pipeline {
         assert_eq!(labels.len(), n, "one label per sample");
         let chunks = n.div_ceil(CHUNK);
         self.set_fusion(ops, true, Mode::Train);
-        prepare_outputs(ops, &mut acts[..=end], None, n, Mode::Train);
+        prepare_layers(ops, Mode::Train);
+        prepare_outputs(ops, &mut acts[..=end], None, n);
         prepare_input_grads(ops, &mut grads[..end], 0, n);
         let classes = ops[end - 1].layer().output_shape()[0];
         grads[end].resize_batch(n, &[classes]);
@@ -595,16 +597,20 @@ impl Pipeline {
     }
 }
 
-/// Resizes the outputs of `ops` for `n` samples and lets each layer prepare its forward
-/// pass. The layers prepare in parallel: before the chunks start, nothing else runs, and
-/// cnn-plus's conv3 (its Winograd weights, 0.26 ms) and fc1 (its transposed weights, 0.24)
-/// took a training step's half a millisecond one after the other on one thread.
+/// Lets every layer prepare its forward pass (`Op::prepare`), once a pass, all layers at
+/// once in parallel: nothing else runs then, and cnn-plus's conv3 (its Winograd weights,
+/// 0.26-0.29 ms) and fc1 (its transposed weights, 0.24) took a training step's 0.75-0.8 ms
+/// one after the other on one thread when each stage prepared its own layers.
+fn prepare_layers(ops: &mut [Box<dyn Op>], mode: Mode) {
+    ops.par_iter_mut().for_each(|op| op.prepare(mode));
+}
+
+/// Resizes the outputs of `ops` for `n` samples.
 fn prepare_outputs(
     ops: &mut [Box<dyn Op>],
     outputs_from_input: &mut [Tensor],
     written: Option<&[bool]>,
     n: usize,
-    mode: Mode,
 ) {
     let outputs = outputs_from_input[1..].iter_mut().enumerate();
     for (op, (j, y)) in ops.iter_mut().zip(outputs) {
@@ -615,7 +621,6 @@ fn prepare_outputs(
             y.resize_batch(0, op.layer().output_shape());
         }
     }
-    ops.par_iter_mut().for_each(|op| op.prepare(mode));
 }
 
 /// Resizes the input gradients of `ops` (the first is layer `first` of the network; the
