@@ -425,7 +425,7 @@ impl FastConv {
         if let Some(isa) = self.direct {
             assert!(
                 self.backward_ready,
-                "conv backward needs `prepare` after the weights"
+                "conv backward needs a training-mode `prepare` since the last evaluation one"
             );
             return self.direct_backward(isa, (w, b), y, dy, dx, s);
         }
