@@ -371,11 +371,7 @@ impl FastConv {
             return;
         }
         let tile = self.forward_tile();
-        let key = match tile {
-            None => 0,
-            Some(Tile::F2) => 2,
-            Some(Tile::F4) => 4,
-        };
+        let key = tile.map_or(0, Tile::side);
         if self.made_from.matches(weight, key) {
             return;
         }

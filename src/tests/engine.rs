@@ -574,9 +574,8 @@ fn the_fast_engine_agrees_with_the_reference_engine() {
 /// bias (its running statistics' scale and shift), and the conv then applies the ReLU and
 /// pool after it: cnn-plus's conv2 takes bn2, relu2 and pool1, conv1 and conv3 their batch
 /// norm and ReLU (and conv3 its pool), and the dropouts are skipped, while training passes
-/// keep each batch norm and dropout. The
-/// logits stay within rounding of the unfused pass (every output kept), with running
-/// statistics far from their start.
+/// keep each batch norm and dropout. The logits stay within rounding of the unfused pass
+/// (every output kept), with running statistics far from their start.
 #[test]
 fn evaluation_folds_a_batch_norm_into_the_conv_before_it() {
     let spec = ModelSpec::preset("cnn-plus").unwrap();

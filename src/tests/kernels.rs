@@ -120,7 +120,11 @@ fn fast_conv_forward(
     out_len: usize,
     mode: Mode,
 ) -> (Vec<f32>, Vec<Scratch>) {
-    fast.prepare(&conv.weight.value);
+    // As the engine does: an evaluation pass prepares only what a forward pass reads.
+    match mode {
+        Mode::Train => fast.prepare(&conv.weight.value),
+        Mode::Eval => fast.prepare_forward(&conv.weight.value),
+    }
     let n = x.batch();
     let in_len = x.sample_len();
     let mut y = vec![f32::NAN; n * out_len];
@@ -207,6 +211,8 @@ fn every_conv_path_matches_the_readable_conv() {
                 assert!(e < tol, "{case}: forward differs by {e}");
                 let (y_eval, _) = fast_conv_forward(&mut fast, &conv, &x, g.out_len(), Mode::Eval);
                 assert_eq!(y_eval, y, "{case}: evaluation forward differs");
+                // The evaluation-only prepare left the input gradient's copies stale.
+                fast.prepare(&conv.weight.value);
                 // The fused ReLU's backward: the gradient passes where the output is positive.
                 let dy_in: Vec<f32> = if relu {
                     dy.data
@@ -871,5 +877,41 @@ fn the_shifted_sums_match_a_plain_loop_bit_for_bit() {
                 );
             }
         }
+    }
+}
+
+/// A conv's backward pass on the direct path after an evaluation-only prepare (which
+/// leaves the input gradient's copies as they were) refuses to run on stale copies; after
+/// a training-mode prepare it runs.
+#[test]
+fn a_conv_backward_after_an_evaluation_only_prepare_is_refused() {
+    let g = ConvShape::new([16, 14, 14], 32, 3, 1, 1).unwrap();
+    let mut r = rng(77);
+    let mut conv = Conv2d::new("conv", g);
+    randomize_params(&mut conv, &mut r);
+    let x = random(&[3, 16, 14, 14], &mut r);
+    let dy = random(&[3, 32, 14, 14], &mut r);
+    for isa in simd::supported() {
+        let path = ConvPath {
+            isa: Some(isa),
+            winograd: true,
+            four: true,
+            dw: WeightGrad::ShiftedDots,
+        };
+        let mut fast = fast_conv_on(g, path);
+        let (y, mut scratch) = fast_conv_forward(&mut fast, &conv, &x, g.out_len(), Mode::Train);
+        let mut changed = conv.weight.value.clone();
+        changed[0] += 1.0;
+        fast.prepare_forward(&changed);
+        let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            fast_conv_backward(&fast, &conv, &x, &y, &dy.data, &mut scratch)
+        }));
+        assert!(refused.is_err(), "{isa}: backward ran on stale copies");
+        let (y, mut scratch) = fast_conv_forward(&mut fast, &conv, &x, g.out_len(), Mode::Train);
+        let (dx, _, _) = fast_conv_backward(&fast, &conv, &x, &y, &dy.data, &mut scratch);
+        assert!(
+            dx.iter().all(|v| v.is_finite()),
+            "{isa}: backward after prepare"
+        );
     }
 }
