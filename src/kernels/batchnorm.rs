@@ -28,43 +28,92 @@
 //! running statistics give scale and shift before the pass.
 
 use super::pool;
-use super::simd::{self, on_best_isa, Isa};
+use super::simd::{self, call_isa_copy, isa_copies, on_best_isa, Isa, Plain, Wide8};
 use crate::nn::{ActivationKind, BatchNorm};
 
-/// `sum(f(v))` over `values` in 8 interleaved f64 partial sums. The order is fixed, so
-/// results repeat.
+// The sums below run in f64, in 8 interleaved partial sums (lanes) over each plane's
+// values, added together at the end, the values past the last 8 after them: a fixed
+// order, so results repeat, and the same on every vector unit (`Wide8`). A plane's sum is
+// a chain of dependent adds, each waiting out the last one's latency (3-4 cycles), so
+// several chains go at once: the statistics sum four samples' planes at a time (each
+// plane's sum still in its own order, added in sample order: the same bits), and the
+// gradient sums make sum(g) and sum(g * (x - mean)) in one pass where they took two.
+// Explicit vectors: given several plain loops, the compiler vectorised across the planes,
+// four lanes gathered from four places, or left them scalar.
+
+/// The lanes of `acc` added in order, then `rest`: how each sum ends.
 #[inline(always)]
-fn lanes_sum(values: &[f32], f: impl Fn(f32) -> f64) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let (blocks, rest) = values.as_chunks::<8>();
-    for b in blocks {
-        for (a, &v) in acc.iter_mut().zip(b) {
-            *a += f(v);
-        }
-    }
-    acc.iter().sum::<f64>() + rest.iter().map(|&v| f(v)).sum::<f64>()
+unsafe fn total<W: Wide8>(acc: W::D, rest: f64) -> f64 {
+    W::lanes(acc).iter().sum::<f64>() + rest
 }
 
-/// `sum(f(a, b, c))` over triples of `a`, `b` and `c`, in 8 interleaved partial sums like
-/// `lanes_sum`.
+/// `sum(v)` of each of `N` equally long planes.
 #[inline(always)]
-fn lanes_sum3(a: &[f32], b: &[f32], c: &[f32], f: impl Fn(f32, f32, f32) -> f64) -> f64 {
-    let mut acc = [0.0f64; 8];
-    let (a8, a_rest) = a.as_chunks::<8>();
-    let (b8, b_rest) = b.as_chunks::<8>();
-    let (c8, c_rest) = c.as_chunks::<8>();
-    for ((x, y), z) in a8.iter().zip(b8).zip(c8) {
-        for (((acc, &x), &y), &z) in acc.iter_mut().zip(x).zip(y).zip(z) {
-            *acc += f(x, y, z);
+unsafe fn plane_sums<W: Wide8, const N: usize>(p: [&[f32]; N]) -> [f64; N] {
+    let len = p[0].len();
+    assert!(p.iter().all(|p| p.len() == len));
+    let mut acc = [W::zero(); N];
+    for i in (0..len / 8 * 8).step_by(8) {
+        for (acc, p) in acc.iter_mut().zip(p) {
+            *acc = W::add(*acc, W::widen(p.as_ptr().add(i)));
         }
     }
-    let rest: f64 = a_rest
-        .iter()
-        .zip(b_rest)
-        .zip(c_rest)
-        .map(|((&x, &y), &z)| f(x, y, z))
-        .sum();
-    acc.iter().sum::<f64>() + rest
+    std::array::from_fn(|n| {
+        let rest = p[n][len / 8 * 8..].iter().map(|&v| v as f64).sum::<f64>();
+        total::<W>(acc[n], rest)
+    })
+}
+
+/// `sum((v - mean)^2)` of each of `N` equally long planes.
+#[inline(always)]
+unsafe fn plane_square_sums<W: Wide8, const N: usize>(p: [&[f32]; N], mean: f64) -> [f64; N] {
+    let len = p[0].len();
+    assert!(p.iter().all(|p| p.len() == len));
+    let m = W::splat(mean);
+    let mut acc = [W::zero(); N];
+    for i in (0..len / 8 * 8).step_by(8) {
+        for (acc, p) in acc.iter_mut().zip(p) {
+            let d = W::sub(W::widen(p.as_ptr().add(i)), m);
+            *acc = W::add(*acc, W::mul(d, d));
+        }
+    }
+    std::array::from_fn(|n| {
+        let rest = p[n][len / 8 * 8..]
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2));
+        total::<W>(acc[n], rest.sum::<f64>())
+    })
+}
+
+/// `[sum(g), sum(g * (x - mean))]` over a plane of `dy` and `x`, g being `dy` or, with
+/// `RELU`, `dy` where `x * a + b > 0`, else 0: both sums in one pass over the planes.
+#[inline(always)]
+unsafe fn plane_grad_sums<W: Wide8, const RELU: bool>(
+    (dy, x): (&[f32], &[f32]),
+    mean: f64,
+    (a, b): (f32, f32),
+) -> [f64; 2] {
+    let len = x.len();
+    assert_eq!(dy.len(), len);
+    let m = W::splat(mean);
+    let (mut sg, mut sgx) = (W::zero(), W::zero());
+    for i in (0..len / 8 * 8).step_by(8) {
+        let (gp, xp) = (dy.as_ptr().add(i), x.as_ptr().add(i));
+        let g = if RELU {
+            W::widen_relu(gp, xp, a, b)
+        } else {
+            W::widen(gp)
+        };
+        sg = W::add(sg, g);
+        sgx = W::add(sgx, W::mul(g, W::sub(W::widen(xp), m)));
+    }
+    let g = |(&g, &x): (&f32, &f32)| if RELU { relu_grad(x * a + b, g) } else { g };
+    let tail = || dy[len / 8 * 8..].iter().zip(&x[len / 8 * 8..]);
+    let rest_g = tail().map(|p| g(p) as f64).sum::<f64>();
+    let rest_gx = tail()
+        .map(|p| g(p) as f64 * (*p.1 as f64 - mean))
+        .sum::<f64>();
+    [total::<W>(sg, rest_g), total::<W>(sgx, rest_gx)]
 }
 
 /// Channel `c`'s slice of sample `s` of a chunk.
@@ -85,28 +134,57 @@ fn relu_grad(y: f32, dy: f32) -> f32 {
     ActivationKind::Relu.gradient(y, dy)
 }
 
-on_best_isa! {
-    /// (count, mean, M2) per channel of one chunk into `stats`.
-    fn stats_kernel(x: &[f32], shape: (usize, usize), stats: &mut Vec<f64>) {
-        let (channels, plane) = shape;
-        let samples = x.len() / (channels * plane).max(1);
-        let count = (samples * plane) as f64;
-        stats.clear();
-        // Plain loops: iterator adapters over the planes were left as calls the compiler
-        // did not inline into this copy, so they ran on the baseline's 128-bit vectors
-        // (3.6% of a cnn-plus training profile; 2.1% now).
-        for c in 0..channels {
-            let mut total = 0.0;
-            for s in 0..samples {
-                total += lanes_sum(plane_of(x, shape, s, c), |v| v as f64);
+/// (count, mean, M2) per channel of one chunk into `stats`.
+pub(crate) fn stats_kernel(
+    isa: Option<Isa>,
+    x: &[f32],
+    shape: (usize, usize),
+    stats: &mut Vec<f64>,
+) {
+    // SAFETY: `isa`, when given, is on this CPU (checked); the sums read inside slices.
+    unsafe {
+        match isa {
+            None => stats_on::<Plain>(x, shape, stats),
+            Some(isa) => {
+                assert!(simd::has(isa), "{isa:?} is not on this CPU");
+                call_isa_copy!(isa, stats_avx512, stats_avx2(x, shape, stats))
             }
-            let mean = total / count;
-            let mut m2 = 0.0;
-            for s in 0..samples {
-                m2 += lanes_sum(plane_of(x, shape, s, c), |v| (v as f64 - mean).powi(2));
-            }
-            stats.extend([count, mean, m2]);
         }
+    }
+}
+
+isa_copies!(stats_avx512, stats_avx2 = stats_on(x: &[f32], shape: (usize, usize), stats: &mut Vec<f64>));
+
+/// `stats_kernel` on `W`: each channel's planes four samples at a time, their sums added
+/// in sample order.
+#[inline(always)]
+unsafe fn stats_on<W: Wide8>(x: &[f32], shape: (usize, usize), stats: &mut Vec<f64>) {
+    let (channels, plane) = shape;
+    let samples = x.len() / (channels * plane).max(1);
+    let count = (samples * plane) as f64;
+    stats.clear();
+    for c in 0..channels {
+        let planes =
+            |s: usize| -> [&[f32]; 4] { std::array::from_fn(|k| plane_of(x, shape, s + k, c)) };
+        let (four, rest) = (samples / 4 * 4, samples / 4 * 4..samples);
+        let mut sum = 0.0;
+        for s in (0..four).step_by(4) {
+            plane_sums::<W, 4>(planes(s)).iter().for_each(|v| sum += v);
+        }
+        for s in rest.clone() {
+            sum += plane_sums::<W, 1>([plane_of(x, shape, s, c)])[0];
+        }
+        let mean = sum / count;
+        let mut m2 = 0.0;
+        for s in (0..four).step_by(4) {
+            plane_square_sums::<W, 4>(planes(s), mean)
+                .iter()
+                .for_each(|v| m2 += v);
+        }
+        for s in rest {
+            m2 += plane_square_sums::<W, 1>([plane_of(x, shape, s, c)], mean)[0];
+        }
+        stats.extend([count, mean, m2]);
     }
 }
 
@@ -198,51 +276,72 @@ impl OutGrad<'_> {
     }
 }
 
-on_best_isa! {
-    /// sum(g) and sum(g * (x - mean)) per channel of one chunk into `sums`, g being `dy`
-    /// masked by the fused ReLU: where `x * scale + shift`, the ReLU's input, is positive
-    /// (`relu_of`: that scale and shift). The mask is recomputed from `x`, which is read
-    /// anyway, rather than read from the ReLU's output: a third less memory traffic.
-    fn grad_kernel(
-        x: &[f32],
-        relu_of: Option<(&[f32], &[f32])>,
-        dy: OutGrad<'_>,
-        shape: (usize, usize),
-        mean: &[f32],
-        sums: &mut Vec<f64>,
-    ) {
-        let (channels, plane) = shape;
-        let samples = x.len() / (channels * plane).max(1);
-        let mut full = dy.buffer(plane);
-        // The chunk in memory order (samples outer): channels outer jumped a sample's
-        // length every plane. Each channel's planes are still added in sample order, so
-        // the sums are the same as summed channel by channel. (One pass for both sums, a
-        // closure returning the pair, was left scalar by the compiler.)
-        sums.clear();
-        sums.resize(2 * channels, 0.0);
-        for s in 0..samples {
-            for (c, &m) in mean.iter().enumerate().take(channels) {
-                let m = m as f64;
-                let xs = plane_of(x, shape, s, c);
-                let gs = dy.plane(shape, (s, c), &mut full);
-                let (sg, sgx) = match relu_of {
-                    Some((scale, shift)) => {
-                        let (a, b) = (scale[c], shift[c]);
-                        (
-                            lanes_sum3(gs, xs, xs, |g, x, _| relu_grad(x * a + b, g) as f64),
-                            lanes_sum3(gs, xs, xs, |g, x, _| {
-                                relu_grad(x * a + b, g) as f64 * (x as f64 - m)
-                            }),
-                        )
-                    }
-                    None => (
-                        lanes_sum(gs, |g| g as f64),
-                        lanes_sum3(gs, xs, xs, |g, x, _| g as f64 * (x as f64 - m)),
-                    ),
-                };
-                sums[2 * c] += sg;
-                sums[2 * c + 1] += sgx;
+/// sum(g) and sum(g * (x - mean)) per channel of one chunk into `sums`, g being `dy`
+/// masked by the fused ReLU: where `x * scale + shift`, the ReLU's input, is positive
+/// (`relu_of`: that scale and shift). The mask is recomputed from `x`, which is read
+/// anyway, rather than read from the ReLU's output: a third less memory traffic.
+pub(crate) fn grad_kernel(
+    isa: Option<Isa>,
+    x: &[f32],
+    relu_of: Option<(&[f32], &[f32])>,
+    dy: OutGrad<'_>,
+    shape: (usize, usize),
+    mean: &[f32],
+    sums: &mut Vec<f64>,
+) {
+    // SAFETY: as `stats_kernel`.
+    unsafe {
+        match isa {
+            None => grad_on::<Plain>(x, relu_of, dy, shape, mean, sums),
+            Some(isa) => {
+                assert!(simd::has(isa), "{isa:?} is not on this CPU");
+                call_isa_copy!(
+                    isa,
+                    grad_avx512,
+                    grad_avx2(x, relu_of, dy, shape, mean, sums)
+                )
             }
+        }
+    }
+}
+
+isa_copies!(grad_avx512, grad_avx2 = grad_on(
+    x: &[f32],
+    relu_of: Option<(&[f32], &[f32])>,
+    dy: OutGrad<'_>,
+    shape: (usize, usize),
+    mean: &[f32],
+    sums: &mut Vec<f64>,
+));
+
+/// `grad_kernel` on `W`.
+#[inline(always)]
+unsafe fn grad_on<W: Wide8>(
+    x: &[f32],
+    relu_of: Option<(&[f32], &[f32])>,
+    dy: OutGrad<'_>,
+    shape: (usize, usize),
+    mean: &[f32],
+    sums: &mut Vec<f64>,
+) {
+    let (channels, plane) = shape;
+    let samples = x.len() / (channels * plane).max(1);
+    let mut full = dy.buffer(plane);
+    // The chunk in memory order (samples outer): channels outer jumped a sample's length
+    // every plane. Each channel's planes are still added in sample order, so the sums are
+    // the same as summed channel by channel.
+    sums.clear();
+    sums.resize(2 * channels, 0.0);
+    for s in 0..samples {
+        for c in 0..channels {
+            let planes = (dy.plane(shape, (s, c), &mut full), plane_of(x, shape, s, c));
+            let m = mean[c] as f64;
+            let [sg, sgx] = match relu_of {
+                Some((scale, shift)) => plane_grad_sums::<W, true>(planes, m, (scale[c], shift[c])),
+                None => plane_grad_sums::<W, false>(planes, m, (1.0, 0.0)),
+            };
+            sums[2 * c] += sg;
+            sums[2 * c + 1] += sgx;
         }
     }
 }

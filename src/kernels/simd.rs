@@ -257,6 +257,67 @@ pub(crate) trait Lanes {
     unsafe fn blend_first(a: Self::V, b: Self::V, n: usize) -> Self::V;
 }
 
+/// Eight f64 lanes made from eight f32 values: what the batch norm's statistics and
+/// gradient sums add up in (`batchnorm::lanes_sums`). One AVX-512 vector, two AVX2 ones,
+/// or plain floats (`Plain`, on any CPU). Each operation is one IEEE operation per lane,
+/// never fused, so every implementation gives the same bits.
+pub(crate) trait Wide8 {
+    type D: Copy;
+    unsafe fn zero() -> Self::D;
+    unsafe fn splat(v: f64) -> Self::D;
+    /// The 8 floats at `p`, widened.
+    unsafe fn widen(p: *const f32) -> Self::D;
+    /// `if x * a + b > 0 { g } else { 0 }` (in f32: a fused ReLU's backward, its input
+    /// recomputed from `x`) for the 8 floats at `g` and `x`, widened.
+    unsafe fn widen_relu(g: *const f32, x: *const f32, a: f32, b: f32) -> Self::D;
+    unsafe fn add(a: Self::D, b: Self::D) -> Self::D;
+    unsafe fn sub(a: Self::D, b: Self::D) -> Self::D;
+    unsafe fn mul(a: Self::D, b: Self::D) -> Self::D;
+    unsafe fn lanes(v: Self::D) -> [f64; 8];
+}
+
+/// `Wide8` without vector instructions.
+pub(crate) struct Plain;
+
+impl Wide8 for Plain {
+    type D = [f64; 8];
+    #[inline(always)]
+    unsafe fn zero() -> [f64; 8] {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    unsafe fn splat(v: f64) -> [f64; 8] {
+        [v; 8]
+    }
+    #[inline(always)]
+    unsafe fn widen(p: *const f32) -> [f64; 8] {
+        std::array::from_fn(|l| f64::from(*p.add(l)))
+    }
+    #[inline(always)]
+    unsafe fn widen_relu(g: *const f32, x: *const f32, a: f32, b: f32) -> [f64; 8] {
+        std::array::from_fn(|l| {
+            let y = *x.add(l) * a + b;
+            f64::from(if y > 0.0 { *g.add(l) } else { 0.0 })
+        })
+    }
+    #[inline(always)]
+    unsafe fn add(a: [f64; 8], b: [f64; 8]) -> [f64; 8] {
+        std::array::from_fn(|l| a[l] + b[l])
+    }
+    #[inline(always)]
+    unsafe fn sub(a: [f64; 8], b: [f64; 8]) -> [f64; 8] {
+        std::array::from_fn(|l| a[l] - b[l])
+    }
+    #[inline(always)]
+    unsafe fn mul(a: [f64; 8], b: [f64; 8]) -> [f64; 8] {
+        std::array::from_fn(|l| a[l] * b[l])
+    }
+    #[inline(always)]
+    unsafe fn lanes(v: [f64; 8]) -> [f64; 8] {
+        v
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::{Avx2, Avx512};
 
@@ -577,6 +638,103 @@ mod x86 {
             let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
             let first = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
             _mm256_blendv_ps(b, a, _mm256_castsi256_ps(first))
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86_wide {
+    use super::x86::{Avx2, Avx512};
+    use super::Wide8;
+    use std::arch::x86_64::*;
+
+    impl Wide8 for Avx512 {
+        type D = __m512d;
+        #[inline(always)]
+        unsafe fn zero() -> __m512d {
+            _mm512_setzero_pd()
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f64) -> __m512d {
+            _mm512_set1_pd(v)
+        }
+        #[inline(always)]
+        unsafe fn widen(p: *const f32) -> __m512d {
+            _mm512_cvtps_pd(_mm256_loadu_ps(p))
+        }
+        #[inline(always)]
+        unsafe fn widen_relu(g: *const f32, x: *const f32, a: f32, b: f32) -> __m512d {
+            let y = _mm256_add_ps(
+                _mm256_mul_ps(_mm256_loadu_ps(x), _mm256_set1_ps(a)),
+                _mm256_set1_ps(b),
+            );
+            let on = _mm256_cmp_ps::<_CMP_GT_OQ>(y, _mm256_setzero_ps());
+            _mm512_cvtps_pd(_mm256_and_ps(on, _mm256_loadu_ps(g)))
+        }
+        #[inline(always)]
+        unsafe fn add(a: __m512d, b: __m512d) -> __m512d {
+            _mm512_add_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn sub(a: __m512d, b: __m512d) -> __m512d {
+            _mm512_sub_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn mul(a: __m512d, b: __m512d) -> __m512d {
+            _mm512_mul_pd(a, b)
+        }
+        #[inline(always)]
+        unsafe fn lanes(v: __m512d) -> [f64; 8] {
+            std::mem::transmute(v)
+        }
+    }
+
+    impl Wide8 for Avx2 {
+        type D = [__m256d; 2];
+        #[inline(always)]
+        unsafe fn zero() -> [__m256d; 2] {
+            [_mm256_setzero_pd(); 2]
+        }
+        #[inline(always)]
+        unsafe fn splat(v: f64) -> [__m256d; 2] {
+            [_mm256_set1_pd(v); 2]
+        }
+        #[inline(always)]
+        unsafe fn widen(p: *const f32) -> [__m256d; 2] {
+            let v = _mm256_loadu_ps(p);
+            [
+                _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+            ]
+        }
+        #[inline(always)]
+        unsafe fn widen_relu(g: *const f32, x: *const f32, a: f32, b: f32) -> [__m256d; 2] {
+            let y = _mm256_add_ps(
+                _mm256_mul_ps(_mm256_loadu_ps(x), _mm256_set1_ps(a)),
+                _mm256_set1_ps(b),
+            );
+            let on = _mm256_cmp_ps::<_CMP_GT_OQ>(y, _mm256_setzero_ps());
+            let v = _mm256_and_ps(on, _mm256_loadu_ps(g));
+            [
+                _mm256_cvtps_pd(_mm256_castps256_ps128(v)),
+                _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v)),
+            ]
+        }
+        #[inline(always)]
+        unsafe fn add(a: [__m256d; 2], b: [__m256d; 2]) -> [__m256d; 2] {
+            [_mm256_add_pd(a[0], b[0]), _mm256_add_pd(a[1], b[1])]
+        }
+        #[inline(always)]
+        unsafe fn sub(a: [__m256d; 2], b: [__m256d; 2]) -> [__m256d; 2] {
+            [_mm256_sub_pd(a[0], b[0]), _mm256_sub_pd(a[1], b[1])]
+        }
+        #[inline(always)]
+        unsafe fn mul(a: [__m256d; 2], b: [__m256d; 2]) -> [__m256d; 2] {
+            [_mm256_mul_pd(a[0], b[0]), _mm256_mul_pd(a[1], b[1])]
+        }
+        #[inline(always)]
+        unsafe fn lanes(v: [__m256d; 2]) -> [f64; 8] {
+            std::mem::transmute(v)
         }
     }
 }

@@ -687,9 +687,11 @@ fn vector_transpose_matches_the_plain_loop() {
     }
 }
 
-/// The batch norm's four kernels, compiled for each vector unit from one body, give the
-/// same bits on every one this CPU has as the baseline copy (the compiler vectorises the
-/// loops but never reorders float operations); with a fused 2x2 max pool, the gradient
+/// The batch norm's four kernels give the same bits on every vector unit this CPU has as
+/// the baseline copy (the compiler vectorises the loops but never reorders float
+/// operations, and the sums' explicit vectors add in the baseline's order); the statistics
+/// and gradient sums give the bits of plain loops summing one plane and one sum at a time
+/// (however many planes the kernels take at once); with a fused 2x2 max pool, the gradient
 /// kernels give the same bits from the pooled gradient as from the full-size one the
 /// pool's own backward writes.
 #[test]
@@ -699,9 +701,10 @@ fn batch_norm_kernels_give_the_same_bits_on_every_vector_unit() {
     };
     use crate::kernels::pool::{max_pool_2x2, unpool_2x2};
     let mut r = rng(77);
-    // 3 samples of 5 channels of 7x5: planes that are not whole vectors.
+    // 6 samples of 5 channels of 7x5: planes that are not whole vectors, and samples that
+    // are not whole groups of the statistics' four.
     let shape = (5, 35);
-    let n = 3 * 5 * 35;
+    let n = 6 * 5 * 35;
     let x = random(&[n], &mut r).data;
     let dy = random(&[n], &mut r).data;
     let mut per_channel = |k: usize| {
@@ -716,7 +719,7 @@ fn batch_norm_kernels_give_the_same_bits_on_every_vector_unit() {
     let (mdb, mdw) = (per_channel(1), per_channel(1));
     // The 3x2 windows' winners of each 7x5 plane of x, a pooled gradient for them, and
     // the full-size gradient the pool's backward makes of it.
-    let (planes, pooled) = (3 * 5, 3 * 2);
+    let (planes, pooled) = (6 * 5, 3 * 2);
     let mut arg = vec![0u32; planes * pooled];
     let mut pooled_max = vec![0.0f32; planes * pooled];
     for k in 0..planes {
@@ -785,6 +788,72 @@ fn batch_norm_kernels_give_the_same_bits_on_every_vector_unit() {
         baseline[1].iter().any(|&b| b != 0),
         "the outputs are not all zero"
     );
+    // The sums one plane and one sum at a time: 8 interleaved f64 partial sums added in
+    // order, then the values past the last 8; each channel's planes in sample order. On
+    // values of magnitudes 2^-30 to 2^30, whose f64 sums round, so that another order of
+    // adding gives other bits.
+    let wide = |v: &[f32]| -> Vec<f32> {
+        let scale = |i: usize| 2f32.powi((i * 7 % 61) as i32 - 30);
+        v.iter().enumerate().map(|(i, &v)| v * scale(i)).collect()
+    };
+    let (xw, dyw) = (wide(&x), wide(&dy));
+    let lanes_sum = |len: usize, f: &dyn Fn(usize) -> f64| {
+        let mut acc = [0.0f64; 8];
+        let whole = len / 8 * 8;
+        for i in 0..whole {
+            acc[i % 8] += f(i);
+        }
+        acc.iter().sum::<f64>() + (whole..len).map(f).sum::<f64>()
+    };
+    let at = |v: &[f32], s: usize, c: usize| v[(s * 5 + c) * 35..][..35].to_vec();
+    let mut stats = Vec::new();
+    for c in 0..5 {
+        let count = (6 * 35) as f64;
+        let sum = |f: &dyn Fn(f32) -> f64| {
+            (0..6).fold(0.0, |t, s| t + lanes_sum(35, &|i| f(at(&xw, s, c)[i])))
+        };
+        let mean = sum(&|v| v as f64) / count;
+        stats.extend([count, mean, sum(&|v| (v as f64 - mean).powi(2))]);
+    }
+    let bits = |v: &[f64]| v.iter().map(|v| v.to_bits()).collect::<Vec<u64>>();
+    let mut grads = Vec::new();
+    for relu in [false, true] {
+        let mut sums = vec![0.0f64; 10];
+        for s in 0..6 {
+            for c in 0..5 {
+                let (xs, gs) = (at(&xw, s, c), at(&dyw, s, c));
+                let g = |i: usize| match relu {
+                    true => ActivationKind::Relu.gradient(xs[i] * scale[c] + shift[c], gs[i]),
+                    false => gs[i],
+                };
+                let m = mean[c] as f64;
+                sums[2 * c] += lanes_sum(35, &|i| g(i) as f64);
+                sums[2 * c + 1] += lanes_sum(35, &|i| g(i) as f64 * (xs[i] as f64 - m));
+            }
+        }
+        grads.push(bits(&sums));
+    }
+    for isa in [None]
+        .into_iter()
+        .chain(simd::supported().into_iter().map(Some))
+    {
+        let mut out = Vec::new();
+        stats_kernel(isa, &xw, shape, &mut out);
+        assert_eq!(
+            bits(&out),
+            bits(&stats),
+            "statistics, one plane at a time, {isa:?}"
+        );
+        for (relu, want) in [false, true].into_iter().zip(&grads) {
+            let mask = relu.then_some((&scale[..], &shift[..]));
+            let dy = OutGrad {
+                dy: &dyw,
+                pooled: None,
+            };
+            grad_kernel(isa, &xw, mask, dy, shape, &mean, &mut out);
+            assert_eq!(&bits(&out), want, "gradient sums (ReLU {relu}), {isa:?}");
+        }
+    }
     for isa in simd::supported() {
         assert_eq!(run(Some(isa)), baseline, "{isa:?}");
     }
