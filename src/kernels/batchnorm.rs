@@ -289,41 +289,35 @@ pub(crate) fn grad_kernel(
     mean: &[f32],
     sums: &mut Vec<f64>,
 ) {
+    let args = (x, relu_of, dy, shape, mean);
     // SAFETY: as `stats_kernel`.
     unsafe {
         match isa {
-            None => grad_on::<Plain>(x, relu_of, dy, shape, mean, sums),
+            None => grad_on::<Plain>(args, sums),
             Some(isa) => {
                 assert!(simd::has(isa), "{isa:?} is not on this CPU");
-                call_isa_copy!(
-                    isa,
-                    grad_avx512,
-                    grad_avx2(x, relu_of, dy, shape, mean, sums)
-                )
+                call_isa_copy!(isa, grad_avx512, grad_avx2(args, sums))
             }
         }
     }
 }
 
-isa_copies!(grad_avx512, grad_avx2 = grad_on(
-    x: &[f32],
-    relu_of: Option<(&[f32], &[f32])>,
-    dy: OutGrad<'_>,
-    shape: (usize, usize),
-    mean: &[f32],
-    sums: &mut Vec<f64>,
-));
+/// `grad_kernel`'s inputs: x, the fused ReLU's scale and shift, the output gradient, the
+/// shape (channels, plane) and the mean.
+type GradArgs<'a> = (
+    &'a [f32],
+    Option<(&'a [f32], &'a [f32])>,
+    OutGrad<'a>,
+    (usize, usize),
+    &'a [f32],
+);
+
+isa_copies!(grad_avx512, grad_avx2 = grad_on(args: GradArgs, sums: &mut Vec<f64>));
 
 /// `grad_kernel` on `W`.
 #[inline(always)]
-unsafe fn grad_on<W: Wide8>(
-    x: &[f32],
-    relu_of: Option<(&[f32], &[f32])>,
-    dy: OutGrad<'_>,
-    shape: (usize, usize),
-    mean: &[f32],
-    sums: &mut Vec<f64>,
-) {
+unsafe fn grad_on<W: Wide8>(args: GradArgs, sums: &mut Vec<f64>) {
+    let (x, relu_of, dy, shape, mean) = args;
     let (channels, plane) = shape;
     let samples = x.len() / (channels * plane).max(1);
     let mut full = dy.buffer(plane);
