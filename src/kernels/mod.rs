@@ -140,8 +140,7 @@ impl PreparedFrom {
 
 /// The bytes of `v`: compared as bytes (a `memcmp`), floats equal only if their bits are.
 fn as_bytes(v: &[f32]) -> &[u8] {
-    // SAFETY: f32 has no padding and u8 no alignment; the length is the same memory's.
-    unsafe { std::slice::from_raw_parts(v.as_ptr().cast::<u8>(), std::mem::size_of_val(v)) }
+    bytemuck::cast_slice(v)
 }
 
 /// Makes `v` at least `len` long; never shrinks it, so what it holds survives.
